@@ -1,0 +1,140 @@
+"""Comparing a generation with its golden snapshot, and the report of how they differ.
+
+Token IDs are the truth; the text is checked too. The report names the first diverging token, both
+candidates and their margins, and labels the flip a near-tie (the golden margin was tiny: it may flip on
+other hardware) or a regression.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pytest_llmdet.golden_format import GoldenEntry
+
+PREFIX_CHARS = 60
+DIFF_LINES = 12
+
+
+@dataclass
+class Divergence:
+    """Where two token sequences first differ."""
+
+    index: int
+    golden_token: int | None  # None: the golden sequence ended here
+    current_token: int | None  # None: the current sequence ended here
+    golden_margin: float | None
+    current_margin: float | None
+    label: str  # "near-tie", "regression" or "length"
+
+
+@dataclass
+class Comparison:
+    """The outcome of one snapshot comparison."""
+
+    matched: bool
+    divergence: Divergence | None = None
+    text_changed: bool = False
+    golden_length: int = 0
+    current_length: int = 0
+    golden_finish: str | None = None
+    current_finish: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def first_divergence(golden: list[int], current: list[int]) -> int | None:
+    """The first index where the sequences differ (or where the shorter one ends); None when equal."""
+    for index, (a, b) in enumerate(zip(golden, current)):
+        if a != b:
+            return index
+    return None if len(golden) == len(current) else min(len(golden), len(current))
+
+
+def _at(values: list | None, index: int):
+    return values[index] if values is not None and index < len(values) else None
+
+
+def compare_tokens(golden: GoldenEntry, token_ids: list[int], margins: list[float], text: str,
+                   finish_reason: str | None, near_tie: float) -> Comparison:
+    """Compare a generation with a golden entry that has token IDs."""
+    assert golden.token_ids is not None
+    index = first_divergence(golden.token_ids, token_ids)
+    result = Comparison(matched=index is None and text == golden.text, text_changed=text != golden.text,
+                        golden_length=len(golden.token_ids), current_length=len(token_ids),
+                        golden_finish=golden.finish_reason, current_finish=finish_reason)
+    if index is not None:
+        golden_token, current_token = _at(golden.token_ids, index), _at(token_ids, index)
+        golden_margin = _at(golden.margins, index)
+        if golden_token is None or current_token is None:
+            label = "length"
+        elif golden_margin is not None and golden_margin < near_tie:
+            label = "near-tie"
+        else:
+            label = "regression"
+        result.divergence = Divergence(index, golden_token, current_token, golden_margin, _at(margins, index),
+                                       label)
+    elif result.text_changed:
+        result.notes.append("token IDs match but the decoded text differs: the tokenizer's decoding changed")
+    return result
+
+
+def compare_text(golden: GoldenEntry, text: str) -> Comparison:
+    """Compare text only (a plain string snapshot)."""
+    return Comparison(matched=golden.text == text, text_changed=golden.text != text)
+
+
+def _shorten_left(text: str, limit: int = PREFIX_CHARS) -> str:
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def _margin(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def text_diff(golden: str, current: str, limit: int = DIFF_LINES) -> list[str]:
+    """A bounded unified diff of the two texts, line by line."""
+    lines = list(difflib.unified_diff(golden.splitlines(), current.splitlines(), "golden", "current",
+                                      lineterm="", n=1))
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"… ({len(lines) - limit} more diff lines)"]
+    return lines
+
+
+def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text: str, current_ids: list[int],
+                      decode: Callable[[list[int]], str] | None, near_tie: float) -> list[str]:
+    """The lines of a failure report: the divergence, then the length change, then a bounded text diff."""
+    lines: list[str] = []
+    d = comparison.divergence
+    show = decode or (lambda ids: "")
+    if d is not None:
+        total = max(comparison.golden_length, comparison.current_length)
+        if d.label == "near-tie":
+            why = f"near-tie: golden margin {_margin(d.golden_margin)} < llm_near_tie {near_tie}"
+        elif d.label == "regression":
+            why = f"regression: golden margin {_margin(d.golden_margin)} >= llm_near_tie {near_tie}"
+        else:
+            why = "length: one output stops where the other goes on"
+        lines.append(f"first divergence at token {d.index} of {total} ({why})")
+        prefix = show(current_ids[: d.index]) if decode else ""
+        lines.append(f"matched prefix: {_shorten_left(prefix)!r}" if decode else f"matched tokens: {d.index}")
+        for side, token, margin in (("golden ", d.golden_token, d.golden_margin),
+                                    ("current", d.current_token, d.current_margin)):
+            if token is None:
+                lines.append(f"  {side}: (end of output)")
+            else:
+                lines.append(f"  {side}: {token} {show([token])!r}  margin {_margin(margin)}")
+    for note in comparison.notes:
+        lines.append(note)
+    if comparison.golden_length != comparison.current_length or comparison.golden_finish != comparison.current_finish:
+        change = ""
+        if comparison.current_length < comparison.golden_length:
+            change = ": early EOS" if comparison.current_finish == "eos" else ": shorter"
+        elif comparison.current_length > comparison.golden_length:
+            change = ": late EOS" if comparison.golden_finish == "eos" else ": longer"
+        lines.append(f"length: golden {comparison.golden_length} tokens ({comparison.golden_finish}), "
+                     f"current {comparison.current_length} tokens ({comparison.current_finish}){change}")
+    if comparison.text_changed:
+        lines.append("text diff:")
+        lines.extend("  " + line for line in text_diff(golden.text, current_text))
+    return lines

@@ -1,0 +1,90 @@
+"""The environment fingerprint in each golden file's header: what produced the recorded tokens.
+
+A local model is identified by a hash of its weight files, cached by path, size and modification time so
+that a large model is hashed once, not on every run; a hub model by its revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a model directory, in a stable order."""
+    return sorted({p for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
+
+
+def hash_weights(directory: Path, cache: MutableMapping[str, str] | None = None) -> str:
+    """sha256 over the weight files (names and bytes); reuses `cache` entries keyed by path, size, mtime."""
+    digest = hashlib.sha256()
+    for path in weight_files(directory):
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        file_hash = cache.get(key) if cache is not None else None
+        if file_hash is None:
+            file_hash = _hash_file(path)
+            if cache is not None:
+                cache[key] = file_hash
+        digest.update(f"{path.name}:{file_hash}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def environment_fingerprint(
+    *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
+    generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings."""
+    identity: dict[str, Any] = {"model": model}
+    if source_kind == "hub":
+        identity["revision"] = revision
+    else:
+        identity["weights_sha256"] = hash_weights(Path(location), cache)
+    return {
+        **identity,
+        "dtype": dtype,
+        "device_type": device.split(":")[0],
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "generation": generation,
+    }
+
+
+def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields that differ, as `field: old → new` lines (nested settings flattened)."""
+    old, new = _flatten(recorded), _flatten(current)
+    return [
+        f"{key}: {old.get(key, '(absent)')} → {new.get(key, '(absent)')}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

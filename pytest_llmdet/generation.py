@@ -1,0 +1,35 @@
+"""The plain data that one `llm.generate` call produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Prompt = str | list[dict[str, str]]
+
+
+@dataclass
+class Generation:
+    """One greedy (or explicitly seeded) generation: the new tokens and how confidently each was chosen.
+
+    `margins[i]` is the top-1 minus top-2 log-probability of the scores that chose `token_ids[i]`;
+    a margin near zero is a near-tie that may flip on other hardware. `logprobs[i]` is the
+    log-probability of the chosen token.
+    """
+
+    prompt: Prompt
+    text: str
+    token_ids: list[int]
+    prompt_token_ids: list[int]
+    finish_reason: str
+    margins: list[float]
+    logprobs: list[float]
+    settings: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+
+    def __repr__(self) -> str:
+        return (f"Generation(text={self.text[:40] + ('…' if len(self.text) > 40 else '')!r}, "
+                f"{len(self.token_ids)} tokens, finish_reason={self.finish_reason!r})")
+
+    def __str__(self) -> str:
+        return self.text

@@ -1,0 +1,186 @@
+"""The golden file format: UTF-8 JSON with sorted keys, 2-space indent and a trailing newline.
+
+Lists of numbers sit on one line and the text is a list of lines, so that a pull-request diff shows the
+changed lines. Parsing is data-only (no pickle, no eval) and every problem is reported with the file.
+
+    {
+      "format_version": 1,
+      "fingerprint": {...},          # model, revision or weights hash, dtype, device type, versions, settings
+      "snapshots": {
+        "<name>": {                  # one snapshot; the key "variants" is reserved for environment variants
+          "finish_reason": "length", "margins": [...], "prompt": "...", "prompt_sha256": "...",
+          "settings": {...}, "text_lines": ["..."], "token_ids": [...]
+        }
+      },
+      "test": "<node id>"
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MARGIN_DECIMALS = 4
+
+
+class GoldenFileError(ValueError):
+    """A golden file cannot be used: unreadable, not JSON, or not in the expected shape."""
+
+
+@dataclass
+class GoldenEntry:
+    """One snapshot: what a generate call gave when it was recorded. `token_ids` is None for a text-only
+    snapshot (a plain string compared as text)."""
+
+    text: str
+    token_ids: list[int] | None = None
+    margins: list[float | None] | None = None
+    prompt: Any = None
+    prompt_sha256: str | None = None
+    finish_reason: str | None = None
+    settings: dict[str, Any] | None = None
+
+
+@dataclass
+class GoldenFile:
+    """The golden file of one test: a fingerprint of the environment and its named snapshots."""
+
+    test: str
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    snapshots: dict[str, GoldenEntry] = field(default_factory=dict)
+
+
+def prompt_hash(token_ids: list[int]) -> str:
+    """A short, stable hash of prompt token IDs: reveals a changed tokenizer or chat template."""
+    return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
+
+
+def round_margin(value: float | None) -> float | None:
+    """A margin as stored: rounded to 4 decimals; infinite (a single candidate) as null."""
+    if value is None or math.isinf(value) or math.isnan(value):
+        return None
+    return round(value, MARGIN_DECIMALS)
+
+
+def entry_to_data(entry: GoldenEntry) -> dict[str, Any]:
+    data: dict[str, Any] = {"text_lines": entry.text.splitlines(keepends=True)}
+    if entry.token_ids is not None:
+        data.update(
+            token_ids=entry.token_ids,
+            margins=[round_margin(m) for m in entry.margins or []],
+            prompt=entry.prompt,
+            prompt_sha256=entry.prompt_sha256,
+            finish_reason=entry.finish_reason,
+            settings=entry.settings or {},
+        )
+    return data
+
+
+def dumps(golden: GoldenFile) -> str:
+    """Serialize deterministically: the same content always gives the same bytes."""
+    data = {
+        "format_version": FORMAT_VERSION,
+        "test": golden.test,
+        "fingerprint": golden.fingerprint,
+        "snapshots": {name: entry_to_data(entry) for name, entry in golden.snapshots.items()},
+    }
+    return _encode(data, 0) + "\n"
+
+
+def _encode(value: Any, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{_scalar(str(k))}: {_encode(value[k], level + 1)}" for k in sorted(value)]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        if all(v is None or isinstance(v, (int, float, bool)) for v in value):
+            return "[" + ", ".join(_scalar(v) for v in value) + "]"
+        return "[\n" + ",\n".join(inner + _encode(v, level + 1) for v in value) + "\n" + pad + "]"
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def loads(raw: bytes, where: str) -> GoldenFile:
+    """Parse and validate a golden file; `where` names it in every error."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise GoldenFileError(
+            f"{where} is {len(raw) / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB limit for a "
+            "golden file: it is not one pytest-llmdet wrote"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise GoldenFileError(f"{where} is not valid UTF-8 (byte {error.start})") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise GoldenFileError(f"{where} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+                              " (truncated or edited by hand?)") from None
+    except ValueError as error:
+        raise GoldenFileError(f"{where} is not valid JSON: {error}") from None
+    return _from_data(data, where)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in a golden file")
+
+
+def _expect(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise GoldenFileError(f"{where}: {message}")
+
+
+def _from_data(data: Any, where: str) -> GoldenFile:
+    _expect(isinstance(data, dict), where, "the top level must be a JSON object")
+    version = data.get("format_version")
+    _expect(isinstance(version, int) and not isinstance(version, bool), where, "missing format_version")
+    _expect(version <= FORMAT_VERSION, where,
+            f"format_version {version} was written by a newer pytest-llmdet (this one reads {FORMAT_VERSION}); "
+            "upgrade pytest-llmdet")
+    _expect(version == FORMAT_VERSION, where, f"unknown format_version {version}")
+    _expect(isinstance(data.get("test"), str), where, "missing or non-string 'test'")
+    _expect(isinstance(data.get("fingerprint"), dict), where, "missing or non-object 'fingerprint'")
+    snapshots = data.get("snapshots")
+    _expect(isinstance(snapshots, dict), where, "missing or non-object 'snapshots'")
+    entries = {name: _entry_from_data(value, f"{where}, snapshot {name!r}") for name, value in snapshots.items()}
+    return GoldenFile(test=data["test"], fingerprint=data["fingerprint"], snapshots=entries)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _entry_from_data(data: Any, where: str) -> GoldenEntry:
+    _expect(isinstance(data, dict), where, "must be a JSON object")
+    lines = data.get("text_lines")
+    _expect(isinstance(lines, list) and all(isinstance(x, str) for x in lines), where,
+            "'text_lines' must be a list of strings")
+    token_ids = data.get("token_ids")
+    if token_ids is None:
+        return GoldenEntry(text="".join(lines))
+    _expect(isinstance(token_ids, list) and all(_is_int(t) and t >= 0 for t in token_ids), where,
+            "'token_ids' must be a list of non-negative integers")
+    margins = data.get("margins")
+    _expect(isinstance(margins, list) and len(margins) == len(token_ids)
+            and all(m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)) for m in margins),
+            where, "'margins' must be a list of numbers as long as 'token_ids'")
+    _expect(data.get("finish_reason") in ("eos", "length"), where, "'finish_reason' must be 'eos' or 'length'")
+    _expect(isinstance(data.get("settings"), dict), where, "'settings' must be an object")
+    _expect(data.get("prompt_sha256") is None or isinstance(data.get("prompt_sha256"), str), where,
+            "'prompt_sha256' must be a string")
+    return GoldenEntry(text="".join(lines), token_ids=token_ids, margins=margins, prompt=data.get("prompt"),
+                       prompt_sha256=data.get("prompt_sha256"), finish_reason=data["finish_reason"],
+                       settings=data["settings"])

@@ -1,0 +1,146 @@
+"""The forced-greedy generation config: what is kept from a model's generation_config.json and what is not.
+
+transformers fills every unset field of a `GenerationConfig` from the model's own config, so a plain
+`generate(do_sample=False)` still carries the model's temperature/top_p/top_k and logs about them. We build
+the complete effective config ourselves instead, and let generate see only that (see runner.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Fields that only matter when sampling: never inherited on the greedy path.
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "top_h", "epsilon_cutoff", "eta_cutoff")
+
+# Deterministic logits processors: they change greedy output, so by default they are kept as the model ships
+# them (Qwen1.5-Chat's repetition_penalty=1.05 is one), with the neutral value each has when absent.
+PROCESSOR_FIELDS: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "exponential_decay_length_penalty": None,
+    "sequence_bias": None,
+    "renormalize_logits": False,
+    "remove_invalid_values": False,
+}
+
+TOKEN_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+# Fields that change the search itself (beams, several sequences, contrastive or guided search).
+SEARCH_FIELDS = ("num_beams", "num_beam_groups", "num_return_sequences", "penalty_alpha", "diversity_penalty",
+                 "guidance_scale", "watermarking_config", "constraints", "force_words_ids")
+
+# Fields that a caller may not override: the plugin owns them.
+RESERVED_FIELDS = ("output_scores", "return_dict_in_generate", "generation_config", "input_ids",
+                   "attention_mask", "streamer")
+
+
+class GenerationArgumentError(ValueError):
+    """`llm.generate` was called with settings that contradict each other or are unknown."""
+
+
+@dataclass(frozen=True)
+class GreedyPlan:
+    """The effective generation settings of one call, and how they relate to the model's own config."""
+
+    config: dict[str, Any]  # keyword arguments for transformers.GenerationConfig
+    inherited: dict[str, Any]  # deterministic processors kept from the model's config
+    ignored: dict[str, Any]  # sampling and search fields of the model's config that were not used
+    seed: int | None = None  # the explicit seed of a sampling call
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The effective settings worth recording: everything that can change the output tokens."""
+        recorded = {k: v for k, v in self.config.items() if k not in TOKEN_FIELDS and v is not None}
+        if self.seed is not None:
+            recorded["seed"] = self.seed
+        return dict(sorted(recorded.items()))
+
+
+def _non_neutral(name: str, value: Any) -> bool:
+    return value is not None and value != PROCESSOR_FIELDS.get(name)
+
+
+def split_model_config(model_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Split a model's generation config into (deterministic processors, sampling/search fields, token ids)."""
+    processors = {k: v for k, v in model_config.items() if k in PROCESSOR_FIELDS and _non_neutral(k, v)}
+    ignored = {
+        k: v for k, v in model_config.items()
+        if (k in SAMPLING_FIELDS or k in SEARCH_FIELDS or k == "do_sample") and v is not None
+    }
+    tokens = {k: v for k, v in model_config.items() if k in TOKEN_FIELDS and v is not None}
+    return processors, ignored, tokens
+
+
+def plan_generation(
+    model_config: dict[str, Any],
+    *,
+    max_new_tokens: int,
+    inherit_processors: bool = True,
+    overrides: dict[str, Any] | None = None,
+    known_fields: frozenset[str] | None = None,
+) -> GreedyPlan:
+    """Build the effective generation settings: greedy, unless the caller opts into seeded sampling.
+
+    `model_config` is the model's generation config as a dict; `overrides` are the caller's keyword
+    arguments; `known_fields` (the attributes of GenerationConfig) lets unknown names be rejected.
+    """
+    overrides = dict(overrides or {})
+    processors, ignored, tokens = split_model_config(model_config)
+    seed = overrides.pop("seed", None)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise GenerationArgumentError(f"seed must be an integer, not {seed!r}")
+
+    for name in overrides:
+        if name in RESERVED_FIELDS:
+            raise GenerationArgumentError(f"{name} is set by pytest-llmdet and cannot be passed to llm.generate")
+        if known_fields is not None and name not in known_fields:
+            raise GenerationArgumentError(
+                f"unknown generation setting {name!r}: pass fields of transformers.GenerationConfig"
+            )
+    if overrides.get("temperature") == 0:
+        if overrides.get("do_sample") is True:
+            raise GenerationArgumentError("temperature=0 means greedy decoding; it contradicts do_sample=True")
+        del overrides["temperature"]  # temperature=0 is the usual spelling of greedy
+
+    sampling = overrides.pop("do_sample", False) is True
+    config: dict[str, Any] = {"do_sample": sampling, "num_beams": 1, "max_new_tokens": max_new_tokens}
+    config.update(tokens)
+    if inherit_processors:
+        config.update(processors)
+    if sampling:
+        if seed is None:
+            raise GenerationArgumentError(
+                "do_sample=True needs an explicit seed, e.g. llm.generate(prompt, do_sample=True, seed=1234), "
+                "so that the sampled output is reproducible"
+            )
+        config.update({k: v for k, v in ignored.items() if k in SAMPLING_FIELDS})
+    else:
+        misplaced = sorted(k for k in overrides if k in SAMPLING_FIELDS)
+        if misplaced:
+            raise GenerationArgumentError(
+                f"{', '.join(misplaced)}: only used when sampling, and greedy decoding would ignore it. "
+                "Drop them, or opt into sampling with do_sample=True and seed=..."
+            )
+        if seed is not None:
+            raise GenerationArgumentError("seed= only applies together with do_sample=True")
+    search = sorted(k for k in overrides if k in SEARCH_FIELDS)
+    if search:
+        raise GenerationArgumentError(
+            f"{', '.join(search)} change the search itself; pytest-llmdet generates one greedy sequence per call"
+        )
+    if overrides.get("max_new_tokens") is None:
+        overrides.pop("max_new_tokens", None)
+    config.update(overrides)
+    if not inherit_processors:
+        ignored = {**ignored, **processors}
+        processors = {}
+    return GreedyPlan(config=config, inherited=processors, ignored=dict(sorted(ignored.items())),
+                      seed=seed if sampling else None)

@@ -1,0 +1,53 @@
+"""Where a test's golden file lives: `<test dir>/<snapshot dir>/<module>/<test name>.json`, with names that
+are safe on Linux, macOS and Windows, never leave the folder, and stay distinct after sanitising."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+SUFFIX = ".json"
+MAX_NAME_CHARS = 80
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-\[\]]+")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+
+
+def safe_file_stem(name: str) -> str:
+    """A file name stem for `name`: readable, portable, and distinct for distinct names.
+
+    Characters outside [A-Za-z0-9._-[]] become `_`; leading dots and trailing dots are dropped; long names
+    are cut. Whenever the result differs from `name`, or could collide on a case-insensitive file system,
+    a short hash of the original name is appended so that two names never share a file.
+    """
+    readable = _UNSAFE.sub("_", name).strip(". ")
+    readable = readable[:MAX_NAME_CHARS].rstrip(". ") or "_"
+    if readable.split(".")[0].upper() in _WINDOWS_RESERVED:
+        readable = "_" + readable
+    if readable != name or name != name.lower():
+        readable += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+    return readable
+
+
+def test_name_of(nodeid: str) -> str:
+    """The part of a node id after the module: `TestClass::test_x[param]` becomes `TestClass.test_x[param]`."""
+    return nodeid.split("::", 1)[1].replace("::", ".") if "::" in nodeid else nodeid
+
+
+def module_folder(test_path: Path, snapshot_dir: str) -> Path:
+    """The folder holding the golden files of one test module."""
+    return test_path.parent / snapshot_dir / safe_file_stem(test_path.stem)
+
+
+def golden_path(test_path: Path, nodeid: str, snapshot_dir: str) -> Path:
+    """The golden file of one test (each parametrized id its own file)."""
+    return module_folder(test_path, snapshot_dir) / (safe_file_stem(test_name_of(nodeid)) + SUFFIX)
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether `path` stays inside `folder` once both are resolved."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,166 @@
+"""Which model a test uses, where it comes from, and loading it once per session with clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded_model"
+EMBEDDED_MODEL_NAME = "pytest-llmdet/embedded-tiny-qwen2"
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; the message says what was tried and what to do."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: the embedded model, a local directory, or a hub id."""
+
+    kind: str  # "embedded", "local" or "hub"
+    location: str  # a directory path, or the hub id
+    name: str  # as the user wrote it
+
+    def describe(self) -> str:
+        if self.kind == "embedded":
+            return f"{self.name} (embedded, {self.location})"
+        if self.kind == "local":
+            return f"{self.name} (local directory {self.location})"
+        return f"{self.name} (hub)"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that makes two loaded models different: each distinct spec is loaded once per session."""
+
+    source: ModelSource
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+
+def resolve_source(name: str | None, base_dirs: list[Path]) -> ModelSource:
+    """Map what the user wrote to a model source: None is the embedded model; an existing directory
+    (tried relative to each of `base_dirs`) is local; anything else shaped like `org/name` is a hub id."""
+    if name is None:
+        return ModelSource("embedded", str(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_NAME)
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [base / path for base in base_dirs]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return ModelSource("local", str(candidate.resolve()), name)
+    if _HUB_ID_RE.match(name) and not name.startswith("."):
+        return ModelSource("hub", name, name)
+    tried = ", ".join(str(c) for c in candidates)
+    raise ModelLoadError(
+        f"model {name!r} is not a directory (tried: {tried}) and is not a hub id. "
+        "Set --llm-model / llm_model to an existing model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat."
+    )
+
+
+def read_local_generation_config(source: ModelSource) -> dict[str, Any] | None:
+    """The model's generation_config.json as a dict, read without transformers; None when not local."""
+    if source.kind == "hub":
+        return None
+    path = Path(source.location) / "generation_config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_device(device: str) -> str:
+    """Turn `auto` into cuda or cpu, and check that the requested device exists."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"llm_device={device} but torch sees no CUDA device; use cpu or auto")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"llm_device={device} but only {torch.cuda.device_count()} CUDA devices exist")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("llm_device=mps but the MPS backend is not available; use cpu or auto")
+    return device
+
+
+@dataclass
+class LoadedModel:
+    """A model and its tokenizer, loaded once and shared by every test that asks for the same spec."""
+
+    spec: ModelSpec
+    model: Any
+    tokenizer: Any
+    device: str
+    load_seconds: float
+    generation_config: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Load a model and tokenizer through `from_pretrained`, in eval mode, on the requested device."""
+    started = time.perf_counter()
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    source = spec.source
+    device = resolve_device(spec.device)
+    dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
+    kwargs = {"trust_remote_code": spec.trust_remote_code}
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # loading chatter and progress bars are not the test log's concern
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
+    except Exception as error:  # noqa: BLE001 - any failure here becomes one clear message
+        raise ModelLoadError(_explain_load_failure(source, error)) from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+    model.to(device)
+    model.eval()
+    generation_config = model.generation_config.to_diff_dict() if model.generation_config is not None else {}
+    generation_config.pop("transformers_version", None)
+    return LoadedModel(spec, model, tokenizer, device, time.perf_counter() - started, generation_config)
+
+
+def _explain_load_failure(source: ModelSource, error: Exception) -> str:
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if source.kind == "hub":
+        return (
+            f"could not load model {source.name!r} from the Hugging Face hub: {type(error).__name__}: {first_line}\n"
+            "If the machine is offline, download the model once and point --llm-model / llm_model at its "
+            "directory, or set HF_HUB_OFFLINE=1 with the model in the local cache."
+        )
+    return (
+        f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first_line}\n"
+        "The directory must hold what save_pretrained writes (config.json, weights, tokenizer files)."
+    )
+
+
+@dataclass
+class ModelPool:
+    """Loads each distinct model spec once per session, and remembers a failed load so it is not retried."""
+
+    loaded: dict[ModelSpec, LoadedModel] = field(default_factory=dict)
+    failed: dict[ModelSpec, ModelLoadError] = field(default_factory=dict)
+
+    def get(self, spec: ModelSpec) -> LoadedModel:
+        if spec in self.failed:
+            raise self.failed[spec]
+        if spec not in self.loaded:
+            try:
+                self.loaded[spec] = load_model(spec)
+            except ModelLoadError as error:
+                self.failed[spec] = error
+                raise
+        return self.loaded[spec]

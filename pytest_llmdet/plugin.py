@@ -1,0 +1,244 @@
+"""The pytest plugin entry: options, markers, fixtures and hooks. Each hook is thin; the logic lives in
+the modules it calls. Importing this module imports neither torch, transformers nor filelock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmdet.determinism import prepare_cuda_environment
+from pytest_llmdet.models import ModelLoadError
+from pytest_llmdet.report import header_lines, snapshot_header_line, snapshot_summary_lines, summary_lines
+from pytest_llmdet.runner import LLM
+from pytest_llmdet.session import LLMDetSession
+from pytest_llmdet.settings import (
+    NEAR_TIE_DEFAULT,
+    OPTIONS,
+    SNAPSHOT_DIR_DEFAULT,
+    SettingsError,
+    parse_bool,
+    resolve_settings,
+    resolve_snapshot_settings,
+)
+from pytest_llmdet.snapshot import LLMSnapshot, TestSnapshots
+
+SESSION_KEY = pytest.StashKey[LLMDetSession]()
+LLM_KEY = pytest.StashKey[LLM]()
+SNAPSHOTS_KEY = pytest.StashKey[TestSnapshots]()
+WORKER_OUTPUT = "llmdet"
+WEIGHTS_CACHE = "llmdet/weights-sha256"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmdet", "language-model regression testing (pytest-llmdet)")
+    for option in OPTIONS:
+        group.addoption(option.flag, dest=f"llmdet_{option.name}", default=None, metavar="VALUE",
+                        help=f"{option.help}; ini: {option.ini}")
+        parser.addini(option.ini, option.help, default="")
+    group.addoption("--llm-snapshot", action="store_true", default=False,
+                    help="compare outputs with the golden files (the CI gate)")
+    group.addoption("--llm-snapshot-update", action="store_true", default=False,
+                    help="record missing and changed golden snapshots, delete unused ones (implies --llm-snapshot)")
+    group.addoption("--llm-snapshot-details", action="store_true", default=False,
+                    help="list every snapshot and its outcome in the summary")
+    parser.addini("llm_snapshot_dir", f"folder beside each test module for golden files "
+                  f"(default {SNAPSHOT_DIR_DEFAULT})", default="")
+    parser.addini("llm_near_tie", f"a golden margin below this labels a flip near-tie, not regression "
+                  f"(default {NEAR_TIE_DEFAULT})", default="")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
+        "another model (a hub id or a local directory); each distinct model loads once per session",
+    )
+    prepare_cuda_environment()
+    try:
+        settings = resolve_settings(
+            {o.name: config.getoption(f"llmdet_{o.name}") for o in OPTIONS},
+            {o.name: str(config.getini(o.ini)) for o in OPTIONS},
+            config.inipath,
+            config.invocation_params.dir,
+        )
+        snapshot_settings = resolve_snapshot_settings(
+            config.getoption("llm_snapshot"), config.getoption("llm_snapshot_update"),
+            config.getoption("llm_snapshot_details"),
+            {"snapshot_dir": str(config.getini("llm_snapshot_dir")), "near_tie": str(config.getini("llm_near_tie"))},
+        )
+    except SettingsError as error:
+        raise pytest.UsageError(str(error)) from None
+    session = LLMDetSession(settings, config.rootpath, config.invocation_params.dir, snapshot_settings)
+    if getattr(config, "cache", None) is not None:
+        session.weights_cache.update(config.cache.get(WEIGHTS_CACHE, {}))
+    config.stash[SESSION_KEY] = session
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash[SESSION_KEY]
+    try:
+        source = session.default_spec().source
+    except ModelLoadError:
+        source = None
+    s = session.snapshot_settings
+    return header_lines(session.settings, source) + [snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie)]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    ci = os.environ.get("CI", "")
+    if config.getoption("llm_snapshot_update") and ci and _truthy(ci) and reporter is not None:
+        reporter.write_line(f"llmdet: WARNING: --llm-snapshot-update in CI (CI={ci}): golden files will be "
+                            "rewritten here; CI normally checks them with --llm-snapshot", yellow=True, bold=True)
+
+
+def _truthy(value: str) -> bool:
+    try:
+        return parse_bool(value)
+    except ValueError:
+        return True  # CI=github and the like
+
+
+@pytest.fixture
+def llm(request: pytest.FixtureRequest) -> LLM:
+    """The model under test with forced greedy decoding and fixed seeds; loaded once per session."""
+    session = request.config.stash[SESSION_KEY]
+    marker = request.node.get_closest_marker("llm_model")
+    try:
+        if marker is None:
+            spec = session.default_spec()
+        else:
+            spec = session.spec_from_marker(marker.args, marker.kwargs, Path(str(request.node.path)).parent)
+        handle = session.llm_for(spec)
+    except (ModelLoadError, SettingsError) as error:
+        pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
+    request.node.stash[LLM_KEY] = handle
+    return handle
+
+
+@pytest.fixture
+def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
+    """This test's golden snapshot: `assert llm.generate(...) == llm_snapshot`; needs --llm-snapshot."""
+    session = request.config.stash[SESSION_KEY]
+    if session.snapshot_settings.mode == "off":
+        pytest.skip("needs --llm-snapshot")
+    node = request.node
+    snapshots = session.test_snapshots(node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None))
+    node.stash[SNAPSHOTS_KEY] = snapshots
+    yield LLMSnapshot(snapshots)
+    session.snapshots.set_outcome(node.nodeid, "passed", used=snapshots.used)
+    try:
+        snapshots.write()
+    except OSError as error:
+        pytest.fail(f"pytest-llmdet: could not write golden file {snapshots.display_path}: {error}", pytrace=False)
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
+    if op != "==":
+        return None
+    for side in (right, left):
+        if isinstance(side, LLMSnapshot) and side.failure:
+            return side.failure
+    return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    llmdet = session.config.stash[SESSION_KEY]
+    for item in session.items:
+        path = getattr(item, "path", None)
+        if path is not None and path.suffix == ".py":
+            llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()))
+    option = session.config.option
+    reasons = llmdet.snapshots.partial_reasons
+    if getattr(option, "keyword", ""):
+        reasons.add("-k")
+    if getattr(option, "markexpr", ""):
+        reasons.add("-m")
+    if getattr(option, "lf", False) or getattr(option, "failedfirst", False):
+        reasons.add("--lf/--ff")
+    if getattr(option, "stepwise", False):
+        reasons.add("--stepwise")
+    if any("::" in arg for arg in session.config.args):
+        reasons.add("node ids on the command line")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if items:
+        items[0].config.stash[SESSION_KEY].snapshots.partial_reasons.add("deselected tests")
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.failed:
+        report_config = getattr(report, "config", None)
+        if report_config is not None:
+            report_config.stash[SESSION_KEY].snapshots.partial_reasons.add("collection errors")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if "llm_snapshot" not in getattr(item, "fixturenames", ()):
+        return
+    test_snapshots = item.stash.get(SNAPSHOTS_KEY, None)
+    if report.when == "call" and test_snapshots is not None and test_snapshots.reports:
+        report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
+    snapshots = item.config.stash[SESSION_KEY].snapshots
+    if report.skipped:
+        snapshots.set_outcome(item.nodeid, "skipped")
+        snapshots.partial_reasons.add("skipped tests")
+    elif report.failed:
+        snapshots.set_outcome(item.nodeid, "failed")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    llmdet = config.stash[SESSION_KEY]
+    if getattr(config, "cache", None) is not None and llmdet.weights_cache:
+        config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
+    if session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED:
+        llmdet.snapshots.partial_reasons.add("the run stopped early")
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller decides and reports
+        workeroutput[WORKER_OUTPUT] = llmdet.worker_data()
+        return
+    for data in getattr(config, "_llmdet_workers", []):
+        llmdet.snapshots.merge(data["snapshots"])
+    llmdet.finish_snapshots()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if data is not None:
+        config = node.config
+        if not hasattr(config, "_llmdet_workers"):
+            config._llmdet_workers = []
+        config._llmdet_workers.append(data)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    llmdet = config.stash[SESSION_KEY]
+    data = llmdet.worker_data()
+    for worker in getattr(config, "_llmdet_workers", []):
+        data["loads"] += worker["loads"]
+        data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"])]
+    s = llmdet.snapshot_settings
+    run = llmdet.snapshots
+    if s.mode != "off" and (run.tests or run.outcomes or run.unused or run.deleted):
+        details = sorted((o.status, o.nodeid, o.name, o.file) for o in run.outcomes) if s.details else None
+        terminalreporter.write_sep("=", "llm snapshots")
+        for line in snapshot_summary_lines(run.counts(), run.failed_tests(), sorted(run.partial_reasons),
+                                           run.unused, run.deleted, s.mode == "update", details):
+            terminalreporter.write_line(line)
+    lines = summary_lines(data["loads"], data["generations"])
+    if lines:
+        terminalreporter.write_sep("=", "llm")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,91 @@
+"""Text for the report header and the terminal summary."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from pytest_llmdet.greedy import split_model_config
+from pytest_llmdet.models import ModelSource, read_local_generation_config
+from pytest_llmdet.settings import Settings
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _pairs(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def generation_config_line(model_config: dict[str, Any] | None, inherit_processors: bool) -> str:
+    """What forced greedy decoding overrode or kept of a model's generation config."""
+    if model_config is None:
+        return "generation: greedy forced (the model's generation config is read when it loads)"
+    processors, ignored, _ = split_model_config(model_config)
+    parts = ["generation: greedy forced"]
+    parts.append(f"overridden from the model's config: {_pairs(ignored)}" if ignored else "nothing to override")
+    if processors:
+        verb = "inherited" if inherit_processors else "dropped (llm_inherit_processors=false)"
+        parts.append(f"{verb}: {_pairs(processors)}")
+    return "; ".join(parts)
+
+
+def header_lines(settings: Settings, source: ModelSource | None) -> list[str]:
+    """The report header: model and where it came from, dtype, device, seed, versions, generation config."""
+    model = source.describe() if source else f"{settings.model} (not found: see the test errors)"
+    config = read_local_generation_config(source) if source else None
+    return [
+        f"llmdet: model {model}",
+        f"llmdet: dtype {settings.dtype}, device {settings.device}, seed {settings.seed}, "
+        f"max_new_tokens {settings.max_new_tokens}, deterministic algorithms {settings.deterministic_algorithms}"
+        + (f", threads {settings.threads}" if settings.threads else ""),
+        f"llmdet: torch {_version('torch')}, transformers {_version('transformers')}",
+        "llmdet: " + generation_config_line(config, settings.inherit_processors),
+    ]
+
+
+def summary_lines(loads: list[list[Any]], generations: list[float]) -> list[str]:
+    """The terminal summary: model loads with their time, generations with their time."""
+    if not loads and not generations[0]:
+        return []
+    total = sum(seconds for _, seconds in loads)
+    lines = [f"model loads: {len(loads)} ({total:.2f} s)"]
+    lines += [f"  {name}: {seconds:.2f} s" for name, seconds in loads]
+    lines.append(f"generations: {int(generations[0])} ({generations[1]:.2f} s)")
+    return lines
+
+
+def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float) -> str:
+    """How this run uses golden files."""
+    flag = {"check": "--llm-snapshot", "update": "--llm-snapshot-update"}.get(mode)
+    if flag is None:
+        return "llmdet: snapshots: off (tests using llm_snapshot are skipped; --llm-snapshot checks them)"
+    return f"llmdet: snapshots: {mode} ({flag}), folder {snapshot_dir}, llm_near_tie {near_tie}"
+
+
+def snapshot_summary_lines(counts: dict[str, int], failed_tests: list[str], partial_reasons: list[str],
+                           unused: list[str], deleted: list[str], update: bool,
+                           details: list[tuple[str, str, str, str]] | None) -> list[str]:
+    """The `llm snapshots` section: counts, what to run to fix failures, and (with details) each snapshot."""
+    lines = [", ".join(f"{counts[k]} {k}" for k in counts)]
+    if failed_tests:
+        nodeids = " ".join(f'"{t}"' for t in failed_tests[:5]) + (" ..." if len(failed_tests) > 5 else "")
+        lines.append(f"{len(failed_tests)} test(s) with changed or missing snapshots. If the change is intended, "
+                     f"re-record with: pytest --llm-snapshot-update {nodeids}")
+    if unused:
+        lines.append(f"{len(unused)} unused golden file(s) or snapshot(s) no test asked for:")
+        lines += [f"  {u}" for u in unused[:20]] + ([f"  ... {len(unused) - 20} more"] if len(unused) > 20 else [])
+        if update and partial_reasons:
+            lines.append(f"not deleted: this run is partial ({'; '.join(sorted(partial_reasons))})")
+        elif not update:
+            lines.append("a full run with --llm-snapshot-update deletes them")
+    if deleted:
+        lines.append(f"deleted {len(deleted)} unused golden file(s) or snapshot(s):")
+        lines += [f"  {d}" for d in deleted]
+    for status, nodeid, name, file in details or []:
+        lines.append(f"{status:>8}  {nodeid} [{name}]  {file}")
+    return lines

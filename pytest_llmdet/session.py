@@ -1,0 +1,152 @@
+"""The run: resolved settings, the model pool, snapshot bookkeeping and the statistics the summary reports."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmdet.golden_session import SnapshotRun, TestRecord
+from pytest_llmdet.location import golden_path, module_folder
+from pytest_llmdet.models import ModelLoadError, ModelPool, ModelSpec, resolve_source
+from pytest_llmdet.runner import LLM, GenerationStats
+from pytest_llmdet.settings import (
+    Settings,
+    SettingsError,
+    SnapshotSettings,
+    parse_bool,
+    parse_device,
+    parse_dtype,
+)
+from pytest_llmdet.snapshot import UPDATE, TestSnapshots
+
+
+@dataclass
+class LLMDetSession:
+    """One pytest run (one per xdist worker): settings, loaded models, snapshots and statistics."""
+
+    settings: Settings
+    rootdir: Path
+    invocation_dir: Path
+    snapshot_settings: SnapshotSettings = field(default_factory=SnapshotSettings)
+    pool: ModelPool = field(default_factory=ModelPool)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    snapshots: SnapshotRun = field(default_factory=SnapshotRun)
+    weights_cache: dict[str, str] = field(default_factory=dict)
+    _fingerprints: dict[ModelSpec, dict[str, Any]] = field(default_factory=dict)
+    _torch_configured: bool = False
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    def default_spec(self) -> ModelSpec:
+        s = self.settings
+        base_dirs = [s.model_base_dir] if s.model_base_dir else []
+        return ModelSpec(resolve_source(s.model, base_dirs + [self.rootdir]), s.dtype, s.device,
+                         s.trust_remote_code)
+
+    def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
+        """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
+        unknown = set(kwargs) - {"dtype", "device", "trust_remote_code"}
+        if len(args) != 1 or not isinstance(args[0], str) or unknown:
+            raise SettingsError(
+                'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
+                + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else "")
+            )
+        s = self.settings
+        try:
+            dtype = parse_dtype(str(kwargs.get("dtype", s.dtype)))
+            device = parse_device(str(kwargs.get("device", s.device)))
+            trust = kwargs.get("trust_remote_code", s.trust_remote_code)
+            trust = parse_bool(str(trust)) if not isinstance(trust, bool) else trust
+        except ValueError as error:
+            raise SettingsError(f"bad argument to @pytest.mark.llm_model: {error}") from None
+        source = resolve_source(args[0], [test_dir, self.rootdir, Path.cwd()])
+        return ModelSpec(source, dtype, device, trust)
+
+    def llm_for(self, spec: ModelSpec) -> LLM:
+        """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
+        from pytest_llmdet.determinism import configure_torch, seed_everything
+
+        if not self._torch_configured:
+            configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
+            self._torch_configured = True
+        loaded = self.pool.get(spec)
+        seed_everything(self.settings.seed)
+        return LLM(loaded, seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
+                   inherit_processors=self.settings.inherit_processors, stats=self.stats)
+
+    def fingerprint_for(self, llm: LLM) -> dict[str, Any]:
+        """The environment fingerprint of the model behind `llm` (computed once per model)."""
+        from pytest_llmdet.fingerprint import environment_fingerprint
+        from pytest_llmdet.greedy import plan_generation
+
+        loaded = llm._loaded
+        if loaded.spec not in self._fingerprints:
+            base = plan_generation(loaded.generation_config, max_new_tokens=self.settings.max_new_tokens,
+                                   inherit_processors=self.settings.inherit_processors)
+            source = loaded.spec.source
+            self._fingerprints[loaded.spec] = environment_fingerprint(
+                model=source.name, source_kind=source.kind, location=source.location,
+                revision=getattr(loaded.model.config, "_commit_hash", None),
+                dtype=str(loaded.model.dtype).removeprefix("torch."), device=loaded.device,
+                generation=base.settings, cache=self.weights_cache,
+            )
+        return self._fingerprints[loaded.spec]
+
+    # -- snapshots ---------------------------------------------------------------------------------------
+
+    def display(self, path: Path) -> str:
+        """A path as the user reads it: relative to where pytest was started, when it lies below."""
+        try:
+            return os.path.relpath(path, self.invocation_dir) if path.is_relative_to(self.invocation_dir) \
+                else str(path)
+        except ValueError:
+            return str(path)
+
+    def register_collected(self, nodeid: str, test_path: Path, uses_snapshot: bool) -> None:
+        folder = self.snapshot_settings.snapshot_dir
+        self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
+        if uses_snapshot:
+            self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)))
+
+    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any) -> TestSnapshots:
+        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None."""
+        settings = self.snapshot_settings
+        path = golden_path(test_path, nodeid, settings.snapshot_dir)
+
+        def decoder():
+            handle = llm()
+            if handle is None:
+                return None
+            return lambda ids: handle.tokenizer.decode(ids, skip_special_tokens=False)
+
+        def fingerprint():
+            handle = llm()
+            return None if handle is None else self.fingerprint_for(handle)
+
+        return TestSnapshots(
+            nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
+            near_tie=settings.near_tie, update_command=f'pytest --llm-snapshot-update "{nodeid}"',
+            decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append,
+        )
+
+    def finish_snapshots(self) -> None:
+        if self.snapshot_settings.mode != "off":
+            self.snapshots.finish(update=self.snapshot_settings.mode == UPDATE)
+
+    def worker_data(self) -> dict[str, Any]:
+        """What an xdist worker sends to the controller."""
+        return {
+            "loads": [[describe_spec(m.spec), m.load_seconds] for m in self.pool.loaded.values()],
+            "generations": [self.stats.count, self.stats.seconds],
+            "snapshots": self.snapshots.to_data(),
+        }
+
+
+def describe_spec(spec: ModelSpec) -> str:
+    """One line naming a loaded model: name, dtype and device."""
+    return f"{spec.source.name} {spec.dtype} {spec.device}"
+
+
+__all__ = ["LLMDetSession", "ModelLoadError", "describe_spec"]

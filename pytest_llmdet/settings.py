@@ -1,0 +1,178 @@
+"""Settings: each one an ini option and a command-line flag (the flag wins), validated at startup."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
+_DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_dtype(value: str) -> str:
+    """Accept one of DTYPES."""
+    if value not in DTYPES:
+        raise ValueError(f"allowed values: {', '.join(DTYPES)}")
+    return value
+
+
+def parse_device(value: str) -> str:
+    """Accept cpu, auto, cuda, cuda:N or mps."""
+    if not _DEVICE_RE.match(value):
+        raise ValueError("allowed values: cpu, auto, cuda, cuda:N, mps")
+    return value
+
+
+def parse_bool(value: str) -> bool:
+    """Accept the usual spellings of true and false."""
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("allowed values: true, false")
+
+
+def _parse_int(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"allowed values: an integer >= {minimum}") from None
+        if number < minimum:
+            raise ValueError(f"allowed values: an integer >= {minimum}")
+        return number
+
+    return parse
+
+
+def parse_deterministic_algorithms(value: str) -> str:
+    """Accept warn, strict or off."""
+    if value not in DETERMINISTIC_ALGORITHMS:
+        raise ValueError(f"allowed values: {', '.join(DETERMINISTIC_ALGORITHMS)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its ini name, its flag, its default and how its text is parsed."""
+
+    name: str
+    help: str
+    default: Any
+    parse: Callable[[str], Any]
+    flag_action: str | None = None
+
+    @property
+    def ini(self) -> str:
+        return f"llm_{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--llm-" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "model to test: a hub id or a local directory (default: the embedded tiny model)",
+           None, str),
+    Option("dtype", f"model dtype: {', '.join(DTYPES)} (default float32)", "float32", parse_dtype),
+    Option("device", "device: cpu, auto (CUDA when available), cuda, cuda:N, mps (default cpu)", "cpu",
+           parse_device),
+    Option("seed", "seed for python, numpy and torch before each test and each generate (default 0)", 0,
+           _parse_int(0)),
+    Option("max_new_tokens", "new tokens per generate call (default 32)", 32, _parse_int(1)),
+    Option("trust_remote_code", "allow model repositories to run their own code (default false)", False,
+           parse_bool),
+    Option("threads", "torch intra-op thread count (default: torch's own)", None, _parse_int(1)),
+    Option("inherit_processors",
+           "keep the model's deterministic logits processors such as repetition_penalty (default true)",
+           True, parse_bool),
+    Option("deterministic_algorithms",
+           "torch.use_deterministic_algorithms: warn, strict or off (default warn)", "warn",
+           parse_deterministic_algorithms),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one pytest run."""
+
+    model: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    max_new_tokens: int = 32
+    trust_remote_code: bool = False
+    threads: int | None = None
+    inherit_processors: bool = True
+    deterministic_algorithms: str = "warn"
+    model_base_dir: Path | None = None  # where a relative llm_model path is resolved from
+
+
+class SettingsError(ValueError):
+    """A setting has a value outside what it allows."""
+
+
+def resolve_settings(
+    flags: dict[str, str | None], ini: dict[str, str], inipath: Path | None, invocation_dir: Path
+) -> Settings:
+    """Resolve each setting from its flag, else its ini option, else its default; validate each."""
+    values: dict[str, Any] = {}
+    base_dir = invocation_dir
+    for option in OPTIONS:
+        raw = flags.get(option.name)
+        source = option.flag
+        if raw is None and ini.get(option.name, "").strip():
+            raw = ini[option.name].strip()
+            source = f"{option.ini} in {inipath}" if inipath else option.ini
+            if option.name == "model" and inipath is not None:
+                base_dir = inipath.parent
+        if raw is None:
+            values[option.name] = option.default
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
+    return Settings(**values, model_base_dir=base_dir)
+
+
+SNAPSHOT_DIR_DEFAULT = "__llm_snapshots__"
+NEAR_TIE_DEFAULT = 0.01
+
+
+@dataclass(frozen=True)
+class SnapshotSettings:
+    """How golden files are used in this run: mode off, check or update; folder; near-tie threshold."""
+
+    mode: str = "off"
+    snapshot_dir: str = SNAPSHOT_DIR_DEFAULT
+    near_tie: float = NEAR_TIE_DEFAULT
+    details: bool = False
+
+
+def resolve_snapshot_settings(check: bool, update: bool, details: bool, ini: dict[str, str]) -> SnapshotSettings:
+    """The snapshot mode from the flags, and the folder and near-tie threshold from the ini file."""
+    folder = ini.get("snapshot_dir", "").strip() or SNAPSHOT_DIR_DEFAULT
+    parts = Path(folder).parts
+    if Path(folder).is_absolute() or ".." in parts or folder.startswith("~"):
+        raise SettingsError(
+            f"pytest-llmdet: llm_snapshot_dir = {folder!r} would put golden files outside the test folders; "
+            "use a relative folder name such as __llm_snapshots__"
+        )
+    raw = ini.get("near_tie", "").strip()
+    try:
+        near_tie = float(raw) if raw else NEAR_TIE_DEFAULT
+        if not near_tie >= 0:
+            raise ValueError
+    except ValueError:
+        raise SettingsError(f"pytest-llmdet: bad value {raw!r} for llm_near_tie; allowed values: a number >= 0") \
+            from None
+    mode = "update" if update else "check" if check else "off"
+    return SnapshotSettings(mode, folder, near_tie, details)

@@ -1,0 +1,43 @@
+"""Shared helpers: local model directories derived from the embedded tiny model (no hub access needed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pytest_llmdet.models import EMBEDDED_MODEL_DIR
+
+pytest_plugins = ["pytester"]
+
+# pytester's in-process runs drop modules first imported during a run from sys.modules; importing a
+# C extension such as torch a second time crashes the interpreter. Import them once, up front.
+import filelock  # noqa: E402,F401
+import numpy  # noqa: E402,F401
+import safetensors.torch  # noqa: E402,F401
+import tokenizers  # noqa: E402,F401
+import torch  # noqa: E402,F401
+import transformers  # noqa: E402,F401
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402,F401
+from transformers.models.qwen2 import modeling_qwen2, tokenization_qwen2  # noqa: E402,F401
+
+
+def copy_model(destination: Path, generation_config: dict | None = None) -> Path:
+    """A copy of the embedded model, optionally with its generation_config.json replaced."""
+    shutil.copytree(EMBEDDED_MODEL_DIR, destination)
+    if generation_config is not None:
+        (destination / "generation_config.json").write_text(json.dumps(generation_config), encoding="utf-8")
+    return destination
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    """A local model directory: the embedded model copied under tmp_path."""
+    return copy_model(tmp_path / "local-model")
+
+
+@pytest.fixture
+def embedded_generation_config() -> dict:
+    return json.loads((EMBEDDED_MODEL_DIR / "generation_config.json").read_text(encoding="utf-8"))

@@ -1,0 +1,365 @@
+"""The `llm` fixture: one load per session, forced greedy decoding, fixed seeds, clear errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import copy_model
+
+RECORD_TOKENS = """
+import json, pathlib
+
+def test_record(llm):
+    g = llm.generate("Once upon a time")
+    chat = llm.generate([{"role": "user", "content": "Tell me a story about a fox."}])
+    pathlib.Path({out!r}).write_text(json.dumps([g.token_ids, chat.token_ids, g.settings]))
+"""
+
+
+def _run_and_read(pytester, tmp_path, name, *args):
+    out = tmp_path / f"{name}.json"
+    pytester.makepyfile(**{f"test_{name}": RECORD_TOKENS.format(out=str(out))})
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1)
+    return json.loads(out.read_text())
+
+
+def test_sampling_generation_config_still_gives_identical_tokens_across_processes(pytester, tmp_path,
+                                                                                  embedded_generation_config):
+    # the embedded model's generation_config.json samples, as Qwen1.5-Chat's does
+    assert embedded_generation_config["do_sample"] is True
+    first = _run_and_read(pytester, tmp_path, "first")
+    second = _run_and_read(pytester, tmp_path, "second")
+    assert first == second
+    assert len(first[0]) == 32
+    assert "temperature" not in first[2] and "top_p" not in first[2] and first[2]["do_sample"] is False
+
+
+def test_tokens_equal_a_hand_written_greedy_loop(pytester):
+    pytester.makepyfile(
+        """
+        import torch
+
+        def reference_greedy(model, ids, steps, penalty):
+            ids = torch.tensor([ids])
+            for _ in range(steps):
+                logits = model(ids).logits[0, -1].clone()
+                seen = ids[0].unique()
+                picked = logits[seen]
+                logits[seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+                ids = torch.cat([ids, logits.argmax().view(1, 1)], dim=1)
+            return ids[0].tolist()
+
+        def test_same_tokens(llm):
+            g = llm.generate("The fox and the crow", max_new_tokens=20, min_new_tokens=20)
+            assert g.settings["repetition_penalty"] == 1.05
+            with torch.inference_mode():
+                expected = reference_greedy(llm.model, g.prompt_token_ids, 20, 1.05)
+            assert g.prompt_token_ids + g.token_ids == expected
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_nothing_is_logged_or_warned_on_the_default_path(pytester):
+    pytester.makepyfile(
+        """
+        import logging, warnings
+
+        def test_quiet(llm):
+            records = []
+            handler = logging.Handler()
+            handler.emit = records.append
+            logging.getLogger("transformers").addHandler(handler)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                llm.generate("Hello")
+                llm.generate([{"role": "user", "content": "Hi"}], temperature=0)
+            assert [r.getMessage() for r in records] == []
+            assert [str(w.message) for w in caught] == []
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_generation_fields(pytester):
+    pytester.makepyfile(
+        """
+        from pytest_llmdet import Generation
+
+        def test_fields(llm):
+            g = llm.generate("Once upon a time", max_new_tokens=5)
+            assert isinstance(g, Generation)
+            assert len(g.token_ids) == len(g.margins) == len(g.logprobs) == 5
+            assert g.finish_reason == "length"
+            assert all(m >= 0 for m in g.margins)
+            assert all(lp <= 0 for lp in g.logprobs)
+            assert g.text == llm.tokenizer.decode(g.token_ids, skip_special_tokens=True)
+            assert g.prompt_token_ids == llm.tokenizer("Once upon a time")["input_ids"]
+            assert g.settings["max_new_tokens"] == 5
+            assert llm.calls == [g]
+
+        def test_eos_finish(llm):
+            eos = llm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            g = llm.generate("Hello", max_new_tokens=10, forced_eos_token_id=eos, min_new_tokens=0)
+            g2 = llm.generate("Hello", max_new_tokens=1, forced_eos_token_id=eos)
+            assert g2.token_ids == [eos] and g2.finish_reason == "eos" and g2.text == ""
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_chat_messages_use_the_chat_template(pytester):
+    pytester.makepyfile(
+        """
+        def test_chat(llm):
+            messages = [{"role": "user", "content": "Hi"}]
+            g = llm.generate(messages)
+            rendered = llm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            assert rendered.endswith("<|im_start|>assistant\\n")
+            assert g.prompt_token_ids == llm.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+        def test_bad_prompt(llm):
+            import pytest
+            from pytest_llmdet.runner import PromptError
+            with pytest.raises(PromptError, match="a prompt is a string or a list of chat messages"):
+                llm.generate(42)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
+def test_temperature_zero_is_greedy_and_sampling_needs_a_seed(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_llmdet.greedy import GenerationArgumentError
+
+        def test_it(llm):
+            assert llm.generate("Once", temperature=0).token_ids == llm.generate("Once").token_ids
+            a = llm.generate("Once", do_sample=True, seed=7, temperature=1.5)
+            b = llm.generate("Once", do_sample=True, seed=7, temperature=1.5)
+            assert a.token_ids == b.token_ids
+            assert a.settings["seed"] == 7 and a.settings["do_sample"] is True
+            with pytest.raises(GenerationArgumentError, match="needs an explicit seed"):
+                llm.generate("Once", do_sample=True)
+        """
+    )
+    pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_three_modules_cause_one_load(pytester):
+    for name in ("a", "b", "c"):
+        pytester.makepyfile(**{f"test_{name}": "def test_it(llm):\n    llm.generate('Hi', max_new_tokens=2)\n"})
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*= llm =*", "model loads: 1 (*s)", "generations: 3 (*s)"])
+
+
+def test_marker_uses_another_model_loaded_once(pytester, tmp_path):
+    other = copy_model(tmp_path / "other-model")
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        OTHER = {str(other)!r}
+
+        @pytest.mark.llm_model(OTHER)
+        def test_one(llm):
+            assert llm.name == OTHER
+
+        @pytest.mark.llm_model(OTHER, dtype="bfloat16")
+        def test_bf16(llm):
+            import torch
+            assert llm.model.dtype == torch.bfloat16
+
+        @pytest.mark.llm_model(OTHER)
+        def test_two(llm):
+            assert llm.name == OTHER
+
+        def test_default(llm):
+            assert llm.name == "pytest-llmdet/embedded-tiny-qwen2"
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["model loads: 3 (*s)"])
+
+
+def test_marker_with_bad_arguments_errors_that_test_only(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.llm_model("x", dtype="float8")
+        def test_bad(llm):
+            pass
+
+        def test_good(llm):
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*bad argument to @pytest.mark.llm_model: allowed values: float32*"])
+
+
+def test_missing_model_errors_clearly_and_the_rest_runs(pytester, monkeypatch):
+    import huggingface_hub.constants
+
+    # no hub here: fail at once instead of retrying the connection for ~50 s (read at import, so patch it)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.llm_model("./no/such/model")
+        def test_missing_dir(llm):
+            pass
+
+        @pytest.mark.llm_model("no-such-org/no-such-model")
+        def test_unreachable_hub(llm):
+            pass
+
+        def test_unrelated():
+            pass
+        """
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, errors=2)
+    result.stdout.fnmatch_lines([
+        "*model './no/such/model' is not a directory (tried: *) and is not a hub id*",
+        "*could not load model 'no-such-org/no-such-model' from the Hugging Face hub*",
+        "*If the machine is offline, download the model once and point --llm-model*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_a_failed_load_is_remembered_not_retried(monkeypatch):
+    from pytest_llmdet import models
+
+    calls = []
+
+    def failing_load(spec):
+        calls.append(spec)
+        raise models.ModelLoadError("no such model")
+
+    monkeypatch.setattr(models, "load_model", failing_load)
+    pool = models.ModelPool()
+    spec = models.ModelSpec(models.ModelSource("hub", "org/x", "org/x"))
+    for _ in range(3):
+        with pytest.raises(models.ModelLoadError, match="no such model"):
+            pool.get(spec)
+    assert len(calls) == 1
+
+
+def test_broken_local_model_directory(pytester, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    pytester.makepyfile(f"def test_it(llm):\n    pass\n")
+    result = pytester.runpytest("--llm-model", str(broken))
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([f"*could not load model '{broken}' from {broken}: OSError: *not a valid JSON file*",
+                                 "The directory must hold what save_pretrained writes*"])
+
+
+def test_seeds_are_set_before_each_test(pytester):
+    pytester.makepyfile(
+        """
+        import random
+        import numpy
+        import torch
+
+        def expected(seed):
+            torch.manual_seed(seed)
+            return random.Random(seed).random(), numpy.random.RandomState(seed).rand(), torch.rand(1).item()
+
+        def current():
+            return random.random(), numpy.random.rand(), torch.rand(1).item()
+
+        def test_first_consumes_random_numbers(llm):
+            assert current() == expected(11)
+            current()
+            llm.generate("Hi", max_new_tokens=2)
+
+        def test_second_starts_from_the_seed_again(llm):
+            assert current() == expected(11)
+        """
+    )
+    pytester.runpytest("--llm-seed", "11").assert_outcomes(passed=2)
+
+
+def test_torch_determinism_settings(pytester):
+    pytester.makepyfile(
+        """
+        import os
+        import torch
+
+        def test_it(llm):
+            assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+            assert torch.are_deterministic_algorithms_enabled()
+            assert torch.is_deterministic_algorithms_warn_only_enabled()
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            assert not torch.backends.cuda.matmul.allow_tf32
+            assert torch.get_num_threads() == 1
+        """
+    )
+    pytester.runpytest_subprocess("--llm-threads", "1").assert_outcomes(passed=1)
+
+
+def test_report_header_shows_model_versions_and_overrides(pytester):
+    pytester.makepyfile("def test_it(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines([
+        "llmdet: model pytest-llmdet/embedded-tiny-qwen2 (embedded, *embedded_model)",
+        "llmdet: dtype float32, device cpu, seed 0, max_new_tokens 32, deterministic algorithms warn",
+        "llmdet: torch 2.*, transformers *",
+        "llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
+        "top_k=20, top_p=0.8; inherited: repetition_penalty=1.05",
+    ])
+
+
+def test_inherit_processors_false_is_shown_and_applied(pytester):
+    pytester.makeini("[pytest]\nllm_inherit_processors = false\n")
+    pytester.makepyfile("def test_it(llm):\n    assert 'repetition_penalty' not in llm.generate('Hi').settings\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*dropped (llm_inherit_processors=false): repetition_penalty=1.05"])
+
+
+def test_importing_the_plugin_imports_no_torch_and_unused_fixtures_load_no_model(pytester):
+    code = "import sys, pytest_llmdet.plugin; print(sorted(m for m in ('torch', 'transformers', 'filelock') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            print("\\nheavy modules:", sorted(m for m in ("torch", "transformers") if m in sys.modules))
+        """
+    )
+    pytester.makepyfile("def test_plain(): assert 1 + 1 == 2")
+    result = pytester.runpytest_subprocess("-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["heavy modules: []"])
+    assert "model loads" not in result.stdout.str()
+
+
+def test_disabled_with_no_llmdet(pytester):
+    pytester.makepyfile("def test_it(llm): pass")
+    result = pytester.runpytest("-p", "no:llmdet")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'llm' not found*"])
+
+
+def test_xdist_workers_each_load_once_and_the_summary_adds_them_up(pytester):
+    pytest.importorskip("xdist")
+    for name in ("a", "b", "c", "d"):
+        pytester.makepyfile(**{f"test_{name}": "def test_it(llm):\n    llm.generate('Hi', max_new_tokens=2)\n"})
+    result = pytester.runpytest_subprocess("-n", "2")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["model loads: 2 (*s)", "generations: 4 (*s)"])

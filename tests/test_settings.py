@@ -1,0 +1,77 @@
+"""Settings: ini options and flags, the flag winning, bad values refused at startup."""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_llmdet.settings import OPTIONS, Settings, SettingsError, resolve_settings
+
+
+def resolve(flags=None, ini=None, inipath=None):
+    return resolve_settings(flags or {}, ini or {}, inipath, Path("/invocation"))
+
+
+def test_defaults_match_the_documented_ones():
+    settings = resolve()
+    assert settings == Settings(model_base_dir=Path("/invocation"))
+    assert (settings.dtype, settings.device, settings.seed, settings.max_new_tokens) == ("float32", "cpu", 0, 32)
+    assert settings.trust_remote_code is False and settings.threads is None
+    assert settings.inherit_processors is True and settings.deterministic_algorithms == "warn"
+
+
+def test_flag_wins_over_ini():
+    settings = resolve(flags={"dtype": "bfloat16"}, ini={"dtype": "float16", "seed": "7"})
+    assert settings.dtype == "bfloat16"
+    assert settings.seed == 7
+
+
+def test_ini_model_path_is_relative_to_the_ini_file():
+    settings = resolve(ini={"model": "models/tiny"}, inipath=Path("/project/pytest.ini"))
+    assert settings.model == "models/tiny"
+    assert settings.model_base_dir == Path("/project")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "allowed"),
+    [
+        ("dtype", "fp33", "float32, bfloat16, float16, auto"),
+        ("device", "gpu", "cpu, auto, cuda, cuda:N, mps"),
+        ("seed", "-1", "an integer >= 0"),
+        ("max_new_tokens", "0", "an integer >= 1"),
+        ("trust_remote_code", "maybe", "true, false"),
+        ("threads", "two", "an integer >= 1"),
+        ("inherit_processors", "perhaps", "true, false"),
+        ("deterministic_algorithms", "always", "warn, strict, off"),
+    ],
+)
+def test_a_bad_value_names_the_option_and_the_allowed_values(name, value, allowed):
+    with pytest.raises(SettingsError) as flag_error:
+        resolve(flags={name: value})
+    assert f"--llm-{name.replace('_', '-')}" in str(flag_error.value)
+    assert allowed in str(flag_error.value)
+    with pytest.raises(SettingsError) as ini_error:
+        resolve(ini={name: value}, inipath=Path("/project/pytest.ini"))
+    assert f"llm_{name} in /project/pytest.ini" in str(ini_error.value)
+
+
+def test_every_setting_has_a_flag_and_an_ini_option():
+    assert {o.ini for o in OPTIONS} == {
+        "llm_model", "llm_dtype", "llm_device", "llm_seed", "llm_max_new_tokens", "llm_trust_remote_code",
+        "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms",
+    }
+    assert all(o.flag == "--" + o.ini.replace("_", "-") for o in OPTIONS)
+
+
+def test_bad_flag_is_a_usage_error_at_startup(pytester):
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest("--llm-dtype", "fp33")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad value 'fp33' for --llm-dtype; allowed values: float32, bfloat16*"])
+
+
+def test_bad_ini_value_is_a_usage_error_naming_the_file(pytester):
+    pytester.makeini("[pytest]\nllm_device = gpu\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad value 'gpu' for llm_device in *tox.ini*allowed values: cpu, auto*"])

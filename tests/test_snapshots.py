@@ -1,0 +1,261 @@
+"""Golden files: the --llm-snapshot gate, local updates, the divergence report, unused snapshots."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+SUITE = """
+def test_story(llm, llm_snapshot):
+    assert llm.generate("Once upon a time", max_new_tokens=12) == llm_snapshot
+
+def test_named(llm, llm_snapshot):
+    assert llm.generate("The fox", max_new_tokens=8) == llm_snapshot(name="fox")
+    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8) == llm_snapshot(name="chat")
+
+def test_text_only(llm_snapshot):
+    assert "plain text\\nsecond line" == llm_snapshot
+"""
+
+
+def golden_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("__llm_snapshots__/**/*.json"))}
+
+
+def test_without_flags_snapshot_tests_are_skipped(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["*needs --llm-snapshot*"])
+    assert golden_files(pytester.path) == {}
+
+
+def test_record_then_check_passes(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*= llm snapshots =*", "0 passed, 0 failed, 4 written, 0 updated, 0 deleted, 0 unused"])
+    files = golden_files(pytester.path)
+    assert sorted(files) == [
+        "__llm_snapshots__/test_suite/test_named.json",
+        "__llm_snapshots__/test_suite/test_story.json",
+        "__llm_snapshots__/test_suite/test_text_only.json",
+    ]
+    story = json.loads(files["__llm_snapshots__/test_suite/test_story.json"])
+    assert story["format_version"] == 1 and story["test"] == "test_suite.py::test_story"
+    assert set(story["fingerprint"]) >= {"model", "weights_sha256", "dtype", "device_type", "torch",
+                                         "transformers", "generation"}
+    assert story["fingerprint"]["generation"]["repetition_penalty"] == 1.05
+    entry = story["snapshots"]["0"]
+    assert len(entry["token_ids"]) == len(entry["margins"]) == 12
+    assert entry["prompt"] == "Once upon a time" and entry["finish_reason"] == "length"
+    assert set(json.loads(files["__llm_snapshots__/test_suite/test_named.json"])["snapshots"]) == {"fox", "chat"}
+
+    result = pytester.runpytest("--llm-snapshot")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert golden_files(pytester.path) == files
+
+
+def _tamper(path: Path, index: int, margin: float | None = None) -> int:
+    data = json.loads(path.read_text())
+    entry = data["snapshots"]["0"]
+    original = entry["token_ids"][index]
+    entry["token_ids"][index] = original + 1
+    entry["text_lines"][0] = "(edited) " + entry["text_lines"][0]
+    if margin is not None:
+        entry["margins"][index] = margin
+    path.write_text(json.dumps(data))
+    return original
+
+
+def test_one_changed_token_fails_with_the_divergence_report(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    golden = pytester.path / "__llm_snapshots__/test_suite/test_story.json"
+    original = _tamper(golden, 4)
+    before = golden.read_bytes()
+    result = pytester.runpytest("--llm-snapshot")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*assert output differs from snapshot '0' in __llm_snapshots__/test_suite/test_story.json",
+        "*first divergence at token 4 of 12 (regression: golden margin * >= llm_near_tie 0.01)",
+        "*matched prefix: *",
+        f"*  golden : {original + 1} * margin *",
+        f"*  current: {original} * margin *",
+        "*text diff:*",
+        '*re-record with: pytest --llm-snapshot-update "test_suite.py::test_story"',
+        "*= llm snapshots =*",
+        "3 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+    ])
+    assert result.ret == 1
+    assert golden.read_bytes() == before  # a check never writes
+
+
+def test_near_tie_label_and_fingerprint_difference(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    golden = pytester.path / "__llm_snapshots__/test_suite/test_story.json"
+    _tamper(golden, 2, margin=0.003)
+    data = json.loads(golden.read_text())
+    data["fingerprint"]["dtype"] = "bfloat16"
+    golden.write_text(json.dumps(data))
+    result = pytester.runpytest("--llm-snapshot")
+    result.stdout.fnmatch_lines([
+        "*first divergence at token 2 of 12 (near-tie: golden margin 0.0030 < llm_near_tie 0.01)",
+        "*the environment differs from the one recorded*",
+        "*dtype: bfloat16 → float32",
+    ])
+
+
+def test_missing_snapshot_fails_in_check_mode_and_writes_nothing(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--llm-snapshot")
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines([
+        "*snapshot '0' of test_suite.py::test_story is missing from __llm_snapshots__/test_suite/test_story.json",
+        '*record it with: pytest --llm-snapshot-update "test_suite.py::test_story"',
+    ])
+    assert golden_files(pytester.path) == {}
+    assert not (pytester.path / "__llm_snapshots__").exists()
+
+
+def test_update_changes_only_what_changed(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    golden = pytester.path / "__llm_snapshots__/test_suite/test_story.json"
+    _tamper(golden, 1)
+    before = golden_files(pytester.path)
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["3 passed, 0 failed, 0 written, 1 updated, 0 deleted, 0 unused"])
+    after = golden_files(pytester.path)
+    changed = sorted(k for k in after if after[k] != before[k])
+    assert changed == ["__llm_snapshots__/test_suite/test_story.json"]
+    result = pytester.runpytest("--llm-snapshot-update")  # nothing to change: every byte stays
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert golden_files(pytester.path) == after
+
+
+def test_full_update_deletes_unused_and_partial_update_deletes_nothing(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    folder = pytester.path / "__llm_snapshots__/test_suite"
+    (folder / "test_removed.json").write_bytes((folder / "test_story.json").read_bytes())
+    orphan = pytester.path / "__llm_snapshots__/test_gone_module"
+    orphan.mkdir()
+    (orphan / "test_x.json").write_bytes((folder / "test_story.json").read_bytes())
+    chat_line = '    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8) == llm_snapshot(name="chat")\n'
+    assert chat_line in SUITE
+    pytester.makepyfile(test_suite=SUITE.replace(chat_line, ""))
+    # check mode and partial updates only report them
+    pytester.runpytest("--llm-snapshot").stdout.fnmatch_lines([
+        "*3 unused golden file(s) or snapshot(s) no test asked for:*",
+        "*a full run with --llm-snapshot-update deletes them"])
+    for args in (["-k", "story"], ["test_suite.py::test_named"], ["--deselect", "test_suite.py::test_story"]):
+        result = pytester.runpytest("--llm-snapshot-update", *args)
+        result.stdout.fnmatch_lines(["*not deleted: this run is partial*"])
+        assert (folder / "test_removed.json").exists() and (orphan / "test_x.json").exists()
+    assert "chat" in json.loads((folder / "test_named.json").read_text())["snapshots"]
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["*3 deleted*", "deleted 3 unused golden file(s) or snapshot(s):"])
+    assert not (folder / "test_removed.json").exists() and not orphan.exists()
+    assert set(json.loads((folder / "test_named.json").read_text())["snapshots"]) == {"fox"}
+
+
+def test_skipped_or_failed_tests_keep_their_snapshots(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    before = golden_files(pytester.path)
+    pytester.makepyfile(test_suite=SUITE.replace("def test_named(llm, llm_snapshot):",
+                                                 "def test_named(llm, llm_snapshot):\n    assert 0"))
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.assert_outcomes(passed=2, failed=1)
+    assert golden_files(pytester.path) == before
+
+
+def test_ci_update_prints_a_warning_but_is_honoured(pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["llmdet: WARNING: --llm-snapshot-update in CI (CI=true)*"])
+    assert len(golden_files(pytester.path)) == 3
+
+
+def test_details_list_each_snapshot(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest("--llm-snapshot-update", "--llm-snapshot-details")
+    result.stdout.fnmatch_lines(["*written  test_suite.py::test_named ?chat?  __llm_snapshots__/test_suite/test_named.json"])
+
+
+def test_comparing_something_else_is_a_clear_error(pytester):
+    pytester.makepyfile("def test_it(llm_snapshot):\n    assert 42 == llm_snapshot\n")
+    result = pytester.runpytest("--llm-snapshot")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*llm_snapshot compares a Generation (from llm.generate) or a str, not int*"])
+
+
+def test_corrupt_golden_file_fails_that_test_only(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    golden = pytester.path / "__llm_snapshots__/test_suite/test_story.json"
+    golden.write_text(golden.read_text()[:40])
+    result = pytester.runpytest("--llm-snapshot")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines([
+        "*__llm_snapshots__/test_suite/test_story.json is not valid JSON: * (truncated or edited by hand?)",
+        '*Re-record it with: pytest --llm-snapshot-update "test_suite.py::test_story"',
+    ])
+
+
+HOSTILE_IDS = ["a/b", "a\\\\b", "..", "../../escape", ".hidden", "x" * 300, "CON", "🙂", "ליל", "a_b", "a b", "A_B"]
+
+
+def test_unsafe_and_colliding_ids_stay_inside_the_folder_and_distinct(pytester):
+    pytester.makepyfile(test_ids=f"""
+        import pytest
+
+        @pytest.mark.parametrize("name", {HOSTILE_IDS!r})
+        def test_id(name, llm_snapshot):
+            assert "text for " + name == llm_snapshot
+    """)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=len(HOSTILE_IDS))
+    folder = pytester.path / "__llm_snapshots__" / "test_ids"
+    files = sorted(folder.iterdir())
+    assert len(files) == len(HOSTILE_IDS)
+    assert [p for p in pytester.path.rglob("*.json") if folder not in p.parents] == []
+    assert len({p.name.lower() for p in files}) == len(files)
+    pytester.runpytest("--llm-snapshot").assert_outcomes(passed=len(HOSTILE_IDS))
+
+
+def test_chinese_and_emoji_round_trip(pytester):
+    pytester.makepyfile("""
+        def test_unicode(llm, llm_snapshot):
+            g = llm.generate("从前有一只狐狸 🦊 and a crow", max_new_tokens=16)
+            assert g == llm_snapshot
+            assert "你好，世界 🙂👍🏽 e\\u0301" == llm_snapshot(name="text")
+    """)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=1)
+    raw = next((pytester.path / "__llm_snapshots__").rglob("*.json")).read_text(encoding="utf-8")
+    assert "从前有一只狐狸 🦊" in raw and "你好，世界 🙂👍🏽" in raw
+    pytester.runpytest("--llm-snapshot").assert_outcomes(passed=1)
+
+
+def test_xdist_update_then_check_gives_the_same_files_as_serial(pytester):
+    pytest.importorskip("xdist")
+    for index in range(4):
+        pytester.makepyfile(**{f"test_m{index}": SUITE})
+    pytester.runpytest_subprocess("--llm-snapshot-update").assert_outcomes(passed=12)
+    serial = golden_files(pytester.path)
+    for path in (pytester.path / "__llm_snapshots__").rglob("*.json"):
+        path.unlink()
+    result = pytester.runpytest_subprocess("--llm-snapshot-update", "-n", "2")
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 16 written, 0 updated, 0 deleted, 0 unused"])
+    assert golden_files(pytester.path) == serial
+    (pytester.path / "__llm_snapshots__/test_m0/test_extra.json").write_bytes(b"{}")
+    result = pytester.runpytest_subprocess("--llm-snapshot", "-n", "2")
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["16 passed, 0 failed, 0 written, 0 updated, 0 deleted, 1 unused"])
+    pytester.runpytest_subprocess("--llm-snapshot-update", "-n", "2").stdout.fnmatch_lines(["*1 deleted*"])
+    assert golden_files(pytester.path) == serial
