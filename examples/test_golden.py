@@ -6,7 +6,7 @@ import pytest
 PROMPTS = {
     "fairy-tale": "Once upon a time",
     "fable": "The fox and the crow",
-    "question": "Where did the little girl go?",
+    "lion": "The lion and the mouse",
 }
 
 
