@@ -45,7 +45,7 @@ class Comparison:
 
 def first_divergence(golden: list[int], current: list[int]) -> int | None:
     """The first index where the sequences differ (or where the shorter one ends); None when equal."""
-    for index, (a, b) in enumerate(zip(golden, current)):
+    for index, (a, b) in enumerate(zip(golden, current, strict=False)):
         if a != b:
             return index
     return None if len(golden) == len(current) else min(len(golden), len(current))

@@ -21,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MARGIN_DECIMALS = 4
+MAX_TOKEN_ID = 2**31 - 1  # tokenizers and torch take token IDs as 32-bit integers
+_CONFLICT_MARKER = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
 
 
 class GoldenFileError(ValueError):
@@ -113,11 +116,13 @@ def _scalar(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-def loads(raw: bytes, where: str) -> GoldenFile:
-    """Parse and validate a golden file; `where` names it in every error."""
-    if len(raw) > MAX_FILE_BYTES:
+def loads(raw: bytes, where: str, size: int | None = None) -> GoldenFile:
+    """Parse and validate a golden file; `where` names it in every error. `size` is the file's size when
+    `raw` holds only its first bytes."""
+    size = max(len(raw), size or 0)
+    if size > MAX_FILE_BYTES:
         raise GoldenFileError(
-            f"{where} is {len(raw) / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB limit for a "
+            f"{where} is {size / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB limit for a "
             "golden file: it is not one pytest-llmdet wrote"
         )
     try:
@@ -125,10 +130,12 @@ def loads(raw: bytes, where: str) -> GoldenFile:
     except UnicodeDecodeError as error:
         raise GoldenFileError(f"{where} is not valid UTF-8 (byte {error.start})") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except json.JSONDecodeError as error:
-        raise GoldenFileError(f"{where} is not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
-                              " (truncated or edited by hand?)") from None
+        hint = "an unresolved merge conflict?" if _CONFLICT_MARKER.search(text) else \
+            "truncated or edited by hand?"
+        raise GoldenFileError(f"{where} is not valid JSON: {error.msg} at line {error.lineno} column "
+                              f"{error.colno} ({hint})") from None
     except ValueError as error:
         raise GoldenFileError(f"{where} is not valid JSON: {error}") from None
     return _from_data(data, where)
@@ -136,6 +143,14 @@ def loads(raw: bytes, where: str) -> GoldenFile:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in a golden file")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 parses as infinity, which no golden file can hold (and which could not be written back).
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range in a golden file")
+    return value
 
 
 def _expect(condition: bool, where: str, message: str) -> None:
@@ -148,19 +163,29 @@ def _from_data(data: Any, where: str) -> GoldenFile:
     version = data.get("format_version")
     _expect(isinstance(version, int) and not isinstance(version, bool), where, "missing format_version")
     _expect(version <= FORMAT_VERSION, where,
-            f"format_version {version} was written by a newer pytest-llmdet (this one reads {FORMAT_VERSION}); "
-            "upgrade pytest-llmdet")
+            f"format_version {version} was written by a newer pytest-llmdet (this one reads "
+            f"{FORMAT_VERSION}); upgrade pytest-llmdet")
     _expect(version == FORMAT_VERSION, where, f"unknown format_version {version}")
     _expect(isinstance(data.get("test"), str), where, "missing or non-string 'test'")
     _expect(isinstance(data.get("fingerprint"), dict), where, "missing or non-object 'fingerprint'")
     snapshots = data.get("snapshots")
     _expect(isinstance(snapshots, dict), where, "missing or non-object 'snapshots'")
-    entries = {name: _entry_from_data(value, f"{where}, snapshot {name!r}") for name, value in snapshots.items()}
+    entries = {name: _entry_from_data(value, f"{where}, snapshot {name!r}")
+               for name, value in snapshots.items()}
     return GoldenFile(test=data["test"], fingerprint=data["fingerprint"], snapshots=entries)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _entry_from_data(data: Any, where: str) -> GoldenEntry:
@@ -171,13 +196,14 @@ def _entry_from_data(data: Any, where: str) -> GoldenEntry:
     token_ids = data.get("token_ids")
     if token_ids is None:
         return GoldenEntry(text="".join(lines))
-    _expect(isinstance(token_ids, list) and all(_is_int(t) and t >= 0 for t in token_ids), where,
-            "'token_ids' must be a list of non-negative integers")
+    _expect(isinstance(token_ids, list) and all(_is_int(t) and 0 <= t <= MAX_TOKEN_ID for t in token_ids),
+            where, "'token_ids' must be a list of non-negative integers (token IDs)")
     margins = data.get("margins")
     _expect(isinstance(margins, list) and len(margins) == len(token_ids)
-            and all(m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)) for m in margins),
-            where, "'margins' must be a list of numbers as long as 'token_ids'")
-    _expect(data.get("finish_reason") in ("eos", "length"), where, "'finish_reason' must be 'eos' or 'length'")
+            and all(m is None or _is_finite_number(m) for m in margins),
+            where, "'margins' must be a list of numbers (or null) as long as 'token_ids'")
+    _expect(data.get("finish_reason") in ("eos", "length"), where,
+            "'finish_reason' must be 'eos' or 'length'")
     _expect(isinstance(data.get("settings"), dict), where, "'settings' must be an object")
     _expect(data.get("prompt_sha256") is None or isinstance(data.get("prompt_sha256"), str), where,
             "'prompt_sha256' must be a string")

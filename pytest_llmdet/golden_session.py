@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.golden_format import GoldenFile, GoldenFileError
-from pytest_llmdet.location import SUFFIX
+from pytest_llmdet.location import SUFFIX, safe_file_stem
 from pytest_llmdet.snapshot import SnapshotOutcome
 from pytest_llmdet.store import clean_temporaries, delete_golden, read_golden, write_golden
 
@@ -36,6 +36,7 @@ class SnapshotRun:
     partial_reasons: set[str] = field(default_factory=set)
     deleted: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -64,6 +65,12 @@ class SnapshotRun:
         if used is not None:
             record.used = used
 
+    def prunes_now(self, nodeid: str) -> bool:
+        """Whether the unused snapshots of this test, which just ended, would be removed by a full update
+        run: it passed and the run is not partial (so far)."""
+        record = self.tests.get(nodeid)
+        return record is not None and record.outcome == "passed" and not self.partial_reasons
+
     def find_unused(self) -> tuple[list[Path], dict[Path, list[str]]]:
         """Golden files that no collected test owns, and unused snapshot names in files of passed tests."""
         owned = {Path(r.golden) for r in self.tests.values()}
@@ -73,8 +80,7 @@ class SnapshotRun:
                 files += sorted(p for p in folder.glob(f"*{SUFFIX}") if p not in owned)
         for snapshot_dir in sorted({Path(f).parent for f in self.module_folders}):
             for folder in sorted(p for p in snapshot_dir.glob("*") if p.is_dir()):
-                module_gone = not (snapshot_dir.parent / f"{folder.name}.py").exists()
-                if module_gone and str(folder) not in self.module_folders:
+                if str(folder) not in self.module_folders and not _module_exists(snapshot_dir, folder.name):
                     files += sorted(folder.glob(f"*{SUFFIX}"))
         names: dict[Path, list[str]] = {}
         for record in self.tests.values():
@@ -92,26 +98,46 @@ class SnapshotRun:
         return files, names
 
     def finish(self, update: bool) -> None:
-        """Report unused golden files and snapshots; delete them only on a full update run."""
-        files, names = self.find_unused()
-        delete = update and not self.partial_reasons
+        """Report unused golden files and snapshots; delete them only on a full update run.
+
+        In either mode, leftover temporary files of a killed update are removed from the collected modules'
+        folders (never a golden file: a check run changes no golden file). A file that cannot be deleted or
+        rewritten is listed in `errors` and the rest goes on.
+        """
         for folder in map(Path, sorted(self.module_folders)):
-            if update and folder.is_dir():
-                clean_temporaries(folder)
+            clean_temporaries(folder)
+        # unused snapshots already left out when their test wrote its file (TestSnapshots.write)
+        self.deleted += [f"{o.file} [{o.name}]" for o in self.outcomes if o.status == "deleted"]
+        try:
+            files, names = self.find_unused()
+        except OSError as error:
+            self.errors.append(f"could not look for unused golden files: {error}")
+            return
+        delete = update and not self.partial_reasons
         for path in files:
-            if delete and delete_golden(path):
-                self.deleted.append(str(path))
-            elif not delete:
+            if not delete:
                 self.unused.append(str(path))
+                continue
+            try:
+                if delete_golden(path):
+                    self.deleted.append(str(path))
+            except OSError as error:
+                self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
         for path, extra in names.items():
-            if delete:
+            if not delete:
+                self.unused += [f"{path} [{name}]" for name in extra]
+                continue
+            try:
                 golden = read_golden(path)
-                assert golden is not None
+                if golden is None:
+                    continue
                 kept = {k: v for k, v in golden.snapshots.items() if k not in extra}
                 write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept))
-                self.deleted += [f"{path} [{name}]" for name in extra]
-            else:
-                self.unused += [f"{path} [{name}]" for name in extra]
+            except (OSError, GoldenFileError) as error:
+                self.errors.append(f"could not remove unused snapshots {', '.join(map(repr, extra))} from "
+                                   f"{path}: {getattr(error, 'strerror', None) or error}")
+                continue
+            self.deleted += [f"{path} [{name}]" for name in extra]
 
     def counts(self) -> dict[str, int]:
         counter = Counter("failed" if o.status == "missing" else o.status for o in self.outcomes)
@@ -120,3 +146,20 @@ class SnapshotRun:
 
     def failed_tests(self) -> list[str]:
         return sorted({o.nodeid for o in self.outcomes if o.status in ("failed", "missing")})
+
+
+def _module_exists(snapshot_dir: Path, folder_name: str) -> bool:
+    """Whether a test module whose golden-file folder is named `folder_name` still exists.
+
+    Module folders are named by `safe_file_stem`, which may add a hash (`test_API` becomes `test_API-<hash>`),
+    so module names are mapped, not compared. The test folder is the nearest ancestor of `snapshot_dir`
+    holding such a module (the snapshot folder may be nested, like `golden/llm`); when in doubt the folder
+    counts as used: a golden file is never deleted because its module could not be found.
+    """
+    for folder in snapshot_dir.parents:
+        try:
+            if any(safe_file_stem(module.stem) == folder_name for module in folder.glob("*.py")):
+                return True
+        except OSError:
+            return True
+    return False

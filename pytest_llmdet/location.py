@@ -9,29 +9,39 @@ from pathlib import Path
 
 SUFFIX = ".json"
 MAX_NAME_CHARS = 80
+HASH_CHARS = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\[\]]+")
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_HASHED = re.compile(rf"-[0-9a-f]{{{HASH_CHARS}}}$")
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                     *(f"LPT{i}" for i in range(1, 10))}
 
 
 def safe_file_stem(name: str) -> str:
     """A file name stem for `name`: readable, portable, and distinct for distinct names.
 
     Characters outside [A-Za-z0-9._-[]] become `_`; leading dots and trailing dots are dropped; long names
-    are cut. Whenever the result differs from `name`, or could collide on a case-insensitive file system,
-    a short hash of the original name is appended so that two names never share a file.
+    are cut. Whenever the result differs from `name`, could collide on a case-insensitive file system, or
+    looks like a hashed stem itself, a short hash of the original name is appended so that two names never
+    share a file.
     """
     readable = _UNSAFE.sub("_", name).strip(". ")
     readable = readable[:MAX_NAME_CHARS].rstrip(". ") or "_"
     if readable.split(".")[0].upper() in _WINDOWS_RESERVED:
         readable = "_" + readable
-    if readable != name or name != name.lower():
-        readable += "-" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
+    if readable != name or name != name.lower() or _HASHED.search(name):
+        readable += "-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
     return readable
 
 
 def test_name_of(nodeid: str) -> str:
-    """The part of a node id after the module: `TestClass::test_x[param]` becomes `TestClass.test_x[param]`."""
-    return nodeid.split("::", 1)[1].replace("::", ".") if "::" in nodeid else nodeid
+    """The part of a node id after the module: `TestClass::test_x[param]` becomes `TestClass.test_x[param]`.
+
+    Only the class and function part is rewritten; a parameter id keeps its `::` (sanitised and hashed like
+    any unsafe character), so that `test_x[a::b]` and `test_x[a.b]` get different files.
+    """
+    name = nodeid.split("::", 1)[1] if "::" in nodeid else nodeid
+    function, bracket, parameters = name.partition("[")
+    return function.replace("::", ".") + bracket + parameters
 
 
 def module_folder(test_path: Path, snapshot_dir: str) -> Path:

@@ -26,9 +26,12 @@ from pytest_llmdet.settings import (
 )
 from pytest_llmdet.snapshot import LLMSnapshot, TestSnapshots
 
+pytest_plugins = ["pytest_llmdet.determinism_hooks"]
+
 SESSION_KEY = pytest.StashKey[LLMDetSession]()
 LLM_KEY = pytest.StashKey[LLM]()
 SNAPSHOTS_KEY = pytest.StashKey[TestSnapshots]()
+PASSIVE_SNAPSHOTS_KEY = pytest.StashKey[bool]()  # set on the re-runs of the determinism check
 WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
 
@@ -129,14 +132,23 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     if session.snapshot_settings.mode == "off":
         pytest.skip("needs --llm-snapshot")
     node = request.node
-    snapshots = session.test_snapshots(node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None))
+    snapshots = session.test_snapshots(
+        node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None),
+        passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False),
+    )
     node.stash[SNAPSHOTS_KEY] = snapshots
+    from pytest_llmdet.golden_format import GoldenFileError
+
     yield LLMSnapshot(snapshots)
-    session.snapshots.set_outcome(node.nodeid, "passed", used=snapshots.used)
+    if not snapshots.passive:  # a determinism re-run compared nothing: run 1's outcome and names stand
+        session.snapshots.set_outcome(node.nodeid, "passed", used=snapshots.used)
+    failure = None
     try:
-        snapshots.write()
-    except OSError as error:
-        pytest.fail(f"pytest-llmdet: could not write golden file {snapshots.display_path}: {error}", pytrace=False)
+        snapshots.write(drop_unused=session.snapshots.prunes_now(node.nodeid))
+    except (OSError, GoldenFileError) as error:
+        failure = snapshots.write_error(error)
+    if failure is not None:  # failed outside the except block: one message, not a chain of two
+        pytest.fail(failure, pytrace=False)
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
@@ -166,18 +178,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reasons.add("--stepwise")
     if any("::" in arg for arg in session.config.args):
         reasons.add("node ids on the command line")
+    if session.testsfailed:  # at this point only collection errors count here
+        reasons.add("collection errors")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
     if items:
         items[0].config.stash[SESSION_KEY].snapshots.partial_reasons.add("deselected tests")
-
-
-def pytest_collectreport(report: pytest.CollectReport) -> None:
-    if report.failed:
-        report_config = getattr(report, "config", None)
-        if report_config is not None:
-            report_config.stash[SESSION_KEY].snapshots.partial_reasons.add("collection errors")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -210,7 +217,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     for data in getattr(config, "_llmdet_workers", []):
         llmdet.snapshots.merge(data["snapshots"])
-    llmdet.finish_snapshots()
+    try:
+        llmdet.finish_snapshots()
+    except OSError as error:  # the cleanup must not crash the session: report it like any other failure
+        llmdet.snapshots.errors.append(f"could not finish the golden-file cleanup: {error}")
+    if llmdet.snapshots.errors:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for line in llmdet.snapshots.errors:
+            if reporter is not None:
+                reporter.write_line(f"llmdet: ERROR: {line}", red=True, bold=True)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -228,7 +245,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     data = llmdet.worker_data()
     for worker in getattr(config, "_llmdet_workers", []):
         data["loads"] += worker["loads"]
-        data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"])]
+        data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
     s = llmdet.snapshot_settings
     run = llmdet.snapshots
     if s.mode != "off" and (run.tests or run.outcomes or run.unused or run.deleted):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.determinism import seed_everything
@@ -20,6 +20,10 @@ class GenerationStats:
 
     count: int = 0
     seconds: float = 0.0
+
+
+# Config fields that hold how many positions a model supports, by architecture family.
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
 class PromptError(ValueError):
@@ -75,6 +79,9 @@ class LLM:
         if isinstance(prompt, str):
             return list(tokenizer(prompt)["input_ids"])
         if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
+            if not prompt:
+                raise PromptError("a chat prompt needs at least one message, "
+                                  "like [{'role': 'user', 'content': 'Hi'}]")
             if not getattr(tokenizer, "chat_template", None):
                 raise PromptError(f"model {self.name!r} has no chat template; pass the prompt as a string")
             encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
@@ -133,11 +140,13 @@ class LLM:
         return generation
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = next((value for name in _POSITION_LIMITS
+                      if isinstance(value := getattr(self.model.config, name, None), int)), None)
         if limit is not None and len(prompt_ids) + max_new_tokens > limit:
             raise PromptError(
                 f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-                f"the {limit} positions model {self.name!r} supports. Shorten the prompt or lower max_new_tokens."
+                f"the {limit} positions model {self.name!r} supports. Shorten the prompt or lower "
+                "max_new_tokens."
             )
         if not prompt_ids:
             raise PromptError(
@@ -147,7 +156,8 @@ class LLM:
 
 
 def _margins_and_logprobs(scores: tuple[Any, ...], new_ids: Any) -> tuple[list[float], list[float]]:
-    """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob."""
+    """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's
+    log-prob."""
     import torch
 
     if not scores:

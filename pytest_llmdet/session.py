@@ -110,7 +110,7 @@ class LLMDetSession:
         if uses_snapshot:
             self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)))
 
-    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any) -> TestSnapshots:
+    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False) -> TestSnapshots:
         """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None."""
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)
@@ -128,7 +128,7 @@ class LLMDetSession:
         return TestSnapshots(
             nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
             near_tie=settings.near_tie, update_command=f'pytest --llm-snapshot-update "{nodeid}"',
-            decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append,
+            decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
         )
 
     def finish_snapshots(self) -> None:

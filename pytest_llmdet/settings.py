@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -157,22 +157,36 @@ class SnapshotSettings:
     details: bool = False
 
 
-def resolve_snapshot_settings(check: bool, update: bool, details: bool, ini: dict[str, str]) -> SnapshotSettings:
-    """The snapshot mode from the flags, and the folder and near-tie threshold from the ini file."""
-    folder = ini.get("snapshot_dir", "").strip() or SNAPSHOT_DIR_DEFAULT
-    parts = Path(folder).parts
-    if Path(folder).is_absolute() or ".." in parts or folder.startswith("~"):
+def parse_snapshot_dir(folder: str) -> str:
+    """Accept a relative folder name below each test module's folder; refuse anything that could put golden
+    files outside the project (absolute, `~`, `..`, a drive), on POSIX and Windows alike, or that is the test
+    folder itself (every `*.json` in the snapshot folder belongs to pytest-llmdet)."""
+    posix, windows = PurePosixPath(folder), PureWindowsPath(folder)
+    if posix.is_absolute() or windows.anchor or folder.startswith("~") or ".." in posix.parts \
+            or ".." in windows.parts:
         raise SettingsError(
-            f"pytest-llmdet: llm_snapshot_dir = {folder!r} would put golden files outside the test folders; "
-            "use a relative folder name such as __llm_snapshots__"
+            f"pytest-llmdet: llm_snapshot_dir = {folder!r} would put golden files outside the project root; "
+            "use a relative folder name such as __llm_snapshots__ (it is created beside each test module)"
         )
+    if not windows.parts:
+        raise SettingsError(
+            f"pytest-llmdet: llm_snapshot_dir = {folder!r} is the test folder itself; name a folder that "
+            "holds only golden files, such as __llm_snapshots__"
+        )
+    return folder
+
+
+def resolve_snapshot_settings(check: bool, update: bool, details: bool,
+                              ini: dict[str, str]) -> SnapshotSettings:
+    """The snapshot mode from the flags, and the folder and near-tie threshold from the ini file."""
+    folder = parse_snapshot_dir(ini.get("snapshot_dir", "").strip() or SNAPSHOT_DIR_DEFAULT)
     raw = ini.get("near_tie", "").strip()
     try:
         near_tie = float(raw) if raw else NEAR_TIE_DEFAULT
         if not near_tie >= 0:
             raise ValueError
     except ValueError:
-        raise SettingsError(f"pytest-llmdet: bad value {raw!r} for llm_near_tie; allowed values: a number >= 0") \
-            from None
+        raise SettingsError(f"pytest-llmdet: bad value {raw!r} for llm_near_tie; "
+                            "allowed values: a number >= 0") from None
     mode = "update" if update else "check" if check else "off"
     return SnapshotSettings(mode, folder, near_tie, details)

@@ -31,7 +31,7 @@ class SnapshotOutcome:
 
     nodeid: str
     name: str
-    status: str  # passed, failed, missing, written or updated
+    status: str  # passed, failed, missing, written, updated or deleted (an unused snapshot)
     file: str
 
 
@@ -42,10 +42,37 @@ def entry_from(value: Any) -> GoldenEntry:
                            prompt=value.prompt, prompt_sha256=prompt_hash(value.prompt_token_ids),
                            finish_reason=value.finish_reason, settings=dict(value.settings))
     if isinstance(value, str):
+        _check_storable(value)
         return GoldenEntry(text=value)
     raise SnapshotUsageError(
         f"llm_snapshot compares a Generation (from llm.generate) or a str, not {type(value).__name__}"
     )
+
+
+def _check_storable(text: str) -> None:
+    # A lone surrogate (only possible in a hand-made str, never in decoded model output) has no UTF-8 form:
+    # refuse it here, with the position, rather than fail while writing the golden file.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SnapshotUsageError(
+            f"the text has a lone surrogate {text[error.start]!r} at index {error.start}, which a UTF-8 "
+            "golden file cannot store; compare valid text"
+        ) from None
+
+
+def _safe_decoder(decode: Callable[[list[int]], str] | None) -> Callable[[list[int]], str] | None:
+    # A hand-edited golden file may hold token IDs the tokenizer cannot decode: show them, do not crash.
+    if decode is None:
+        return None
+
+    def safe(ids: list[int]) -> str:
+        try:
+            return decode(ids)
+        except Exception:  # noqa: BLE001 - any tokenizer failure becomes a placeholder in the report
+            return "<not decodable>"
+
+    return safe
 
 
 def _same_output(golden: GoldenEntry, current: GoldenEntry) -> bool:
@@ -71,6 +98,7 @@ class TestSnapshots:
     _auto_index: int = 0
     _golden: GoldenFile | None = None
     _loaded: bool = False
+    passive: bool = False  # a re-run of the determinism check: compare, record and write nothing
 
     def next_name(self) -> str:
         name = str(self._auto_index)
@@ -79,19 +107,23 @@ class TestSnapshots:
 
     def golden(self) -> GoldenFile | None:
         if not self._loaded:
+            failure = None
             try:
                 self._golden = read_golden(self.path, self.display_path)
             except GoldenFileError as error:
-                if self.mode != UPDATE:
-                    import pytest
-
-                    pytest.fail(f"{error}\nRe-record it with: {self.update_command}", pytrace=False)
+                failure = f"{error}\nRe-record it with: {self.update_command}"
                 self._golden = None  # an update replaces an unusable file, as asked
+            if failure is not None and self.mode != UPDATE:
+                import pytest
+
+                pytest.fail(failure, pytrace=False)  # outside the except block: one message, not a chain
             self._loaded = True
         return self._golden
 
     def check(self, name: str, value: Any) -> tuple[bool, list[str]]:
         """Compare `value` with snapshot `name`; in update mode queue it instead. Returns (ok, report)."""
+        if self.passive:
+            return True, []
         current = entry_from(value)
         self.used.append(name)
         golden_file = self.golden()
@@ -150,7 +182,8 @@ class TestSnapshots:
         text = value.text if isinstance(value, Generation) else value
         ids = value.token_ids if isinstance(value, Generation) else []
         lines = [f"output differs from snapshot {name!r} in {self.display_path}"]
-        lines += render_comparison(comparison, golden, text, ids, self.decoder(), self.near_tie)
+        decode = _safe_decoder(self.decoder())
+        lines += render_comparison(comparison, golden, text, ids, decode, self.near_tie)
         current_fingerprint = self.fingerprint()
         if golden_file is not None and current_fingerprint is not None:
             changes = fingerprint_changes(golden_file.fingerprint, current_fingerprint)
@@ -161,18 +194,37 @@ class TestSnapshots:
         self.reports.append("\n".join(lines))
         return _compact(lines)
 
-    def write(self) -> bool:
-        """At the end of the test, in update mode: write the queued snapshots (atomically); True if written."""
-        if self.mode != UPDATE or not self.updates:
+    def write(self, drop_unused: bool = False) -> bool:
+        """At the end of the test, in update mode: write the queued snapshots (atomically); True if written.
+
+        `drop_unused` also leaves out the snapshots this test did not compare, which the end of a full update
+        would remove anyway: the file is then written once, straight from its old to its new content, and
+        each left-out snapshot is recorded as deleted.
+        """
+        if self.passive or self.mode != UPDATE or not self.updates:
             return False
         existing = self.golden()
         snapshots = dict(existing.snapshots) if existing else {}
         snapshots.update(self.updates)
+        dropped = sorted(set(snapshots) - set(self.used)) if drop_unused else []
+        snapshots = {name: entry for name, entry in snapshots.items() if name not in dropped}
         fingerprint = self.fingerprint()
         if fingerprint is None:
             fingerprint = existing.fingerprint if existing else {}
-        golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint, snapshots=dict(sorted(snapshots.items())))
-        return write_golden(self.path, golden)
+        golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
+                            snapshots=dict(sorted(snapshots.items())))
+        written = write_golden(self.path, golden)
+        for name in dropped:
+            self.record(SnapshotOutcome(self.nodeid, name, "deleted", str(self.path)))
+        return written
+
+
+    def write_error(self, error: Exception) -> str:
+        """The failure message when the golden file could not be written (a full disk, a read-only folder)."""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
+                "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
+                f"permissions), then re-record with: {self.update_command}")
 
 
 def _compact(lines: list[str], limit: int = 7) -> list[str]:

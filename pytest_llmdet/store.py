@@ -1,28 +1,35 @@
 """The golden-file store: read with clear errors, write atomically under a cross-process lock, delete.
 
-A write goes to a temporary file beside the golden file (`*.llmdet-tmp`, ignored by name) and replaces it
-with `os.replace`, so a reader or a crash never sees half a file; a `filelock` lock per golden file keeps
-pytest-xdist workers and concurrent pytest runs from interleaving. Unchanged content is never rewritten.
+A write goes to a temporary file beside the golden file (`<name>.json.<random>.llmdet-tmp`, ignored by
+name) and replaces it with `os.replace`, so a reader or a crash never sees half a file; a `filelock` lock
+per golden file keeps pytest-xdist workers and concurrent pytest runs from interleaving. Unchanged content
+is never rewritten. A temporary file exists only while its writer holds the lock, so one found under the
+lock is a killed writer's leftover and is removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from pytest_llmdet.golden_format import GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.golden_format import MAX_FILE_BYTES, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.location import SUFFIX as GOLDEN_SUFFIX
 
 TMP_SUFFIX = ".llmdet-tmp"
 LOCK_TIMEOUT_SECONDS = 120
+_FOLDER_RETRIES = 3
 
 
 def lock_path(path: Path) -> Path:
     """A lock file outside the project (so no lock files sit among the goldens), one per golden file."""
     key = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:32]
-    folder = Path(tempfile.gettempdir()) / "pytest-llmdet-locks"
-    folder.mkdir(exist_ok=True)
+    # One folder per user: a folder another user created first in a shared /tmp would not be writable.
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""
+    folder = Path(tempfile.gettempdir()) / f"pytest-llmdet-locks{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
     return folder / f"{key}.lock"
 
 
@@ -35,24 +42,81 @@ def _lock(path: Path):
 def read_golden(path: Path, where: str | None = None) -> GoldenFile | None:
     """The golden file at `path`, or None if there is none; GoldenFileError if it cannot be used."""
     try:
-        raw = path.read_bytes()
+        mode = path.stat().st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # reading a pipe or a device may never end
+            raise GoldenFileError(f"{where or path} is not a regular file")
+        with path.open("rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)  # enough to know it is too big, without reading it all
+            size = os.fstat(stream.fileno()).st_size
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise GoldenFileError(f"{where or path} cannot be read: {error.strerror}") from None
-    return loads(raw, where or str(path))
+        raise GoldenFileError(f"{where or path} cannot be read: {error.strerror or error}") from None
+    return loads(raw, where or str(path), size)
+
+
+def temporary_target(temporary: Path) -> Path | None:
+    """The golden file a temporary file was written for, or None if `temporary` is not one of ours."""
+    if not temporary.name.endswith(TMP_SUFFIX):
+        return None
+    stem, _, random_part = temporary.name.removesuffix(TMP_SUFFIX).rpartition(".")
+    if not stem.endswith(GOLDEN_SUFFIX) or stem == GOLDEN_SUFFIX or not random_part:
+        return None
+    return temporary.with_name(stem)
+
+
+def _temporaries_of(path: Path) -> list[Path]:
+    # Compared by name, not by glob: golden names contain `[` and `]`, which glob reads as a character class.
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if temporary_target(p) == path]
 
 
 def _remove_stale_temporaries(path: Path) -> None:
     # Called under the file's lock: a temporary file of this golden file is then a crashed writer's leftover.
-    for leftover in path.parent.glob(f"{path.name}.*{TMP_SUFFIX}"):
+    for leftover in _temporaries_of(path):
         leftover.unlink(missing_ok=True)
 
 
+def _sync_folder(folder: Path) -> None:
+    # Makes the rename itself durable (a power cut after os.replace keeps the new file); not possible on
+    # every platform or file system, and not needed for atomicity, so failures are ignored.
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _create_temporary(path: Path) -> tuple[int, str]:
+    # A concurrent delete_golden may remove the (then empty) folder between mkdir and mkstemp: retry.
+    for attempt in range(1, _FOLDER_RETRIES + 1):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+        except FileNotFoundError:
+            if attempt == _FOLDER_RETRIES:
+                raise
+    raise FileNotFoundError(path.parent)
+
+
 def write_golden(path: Path, golden: GoldenFile) -> bool:
-    """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote."""
+    """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote.
+
+    On any error (a full disk, a read-only folder) the golden file keeps its old content and no temporary
+    file is left; the error propagates.
+    """
     content = dumps(golden).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(content) > MAX_FILE_BYTES:
+        raise GoldenFileError(
+            f"{path} would be {len(content) / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB "
+            "limit for a golden file; it was not written. Snapshot shorter outputs or split the test."
+        )
     with _lock(path):
         _remove_stale_temporaries(path)
         try:
@@ -60,7 +124,7 @@ def write_golden(path: Path, golden: GoldenFile) -> bool:
                 return False
         except FileNotFoundError:
             pass
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+        handle, temporary = _create_temporary(path)
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content)
@@ -70,6 +134,7 @@ def write_golden(path: Path, golden: GoldenFile) -> bool:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+        _sync_folder(path.parent)
     return True
 
 
@@ -81,22 +146,36 @@ def delete_golden(path: Path) -> bool:
             path.unlink()
         except FileNotFoundError:
             return False
-    folder = path.parent
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        path.parent.rmdir()  # only if now empty; a concurrent writer may just have added a file
+    except OSError:
+        pass
     return True
 
 
 def clean_temporaries(folder: Path) -> int:
-    """Remove leftover temporary files of crashed writers in one snapshot folder; returns how many."""
+    """Remove leftover temporary files of killed writers in one snapshot folder; returns how many.
+
+    Each is removed under its golden file's lock, so a temporary file of a writer that is still running is
+    never touched; golden files themselves are never touched. Best effort: a file that cannot be removed
+    (a read-only folder) is left for a later run.
+    """
     removed = 0
-    for leftover in folder.glob(f"*{TMP_SUFFIX}"):
-        target = folder / (leftover.name.split(".json.")[0] + ".json")
-        with _lock(target):
-            if leftover.exists():
-                leftover.unlink()
-                removed += 1
+    if not folder.is_dir():
+        return 0
+    for leftover in sorted(folder.iterdir()):
+        target = temporary_target(leftover)
+        if target is None:
+            continue
+        try:
+            with _lock(target):
+                if leftover.exists():
+                    leftover.unlink()
+                    removed += 1
+        except OSError:
+            continue
     return removed
 
 
-__all__ = ["GoldenFileError", "clean_temporaries", "delete_golden", "read_golden", "write_golden"]
+__all__ = ["GoldenFileError", "clean_temporaries", "delete_golden", "read_golden", "temporary_target",
+           "write_golden"]

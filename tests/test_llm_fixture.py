@@ -5,15 +5,14 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import copy_model
 
 RECORD_TOKENS = """
 import json, pathlib
 
 def test_record(llm):
-    g = llm.generate("Once upon a time")
-    chat = llm.generate([{"role": "user", "content": "Tell me a story about a fox."}])
+    g = llm.generate("The fox")
+    chat = llm.generate([{{"role": "user", "content": "Tell me a story about a fox."}}])
     pathlib.Path({out!r}).write_text(json.dumps([g.token_ids, chat.token_ids, g.settings]))
 """
 
@@ -21,7 +20,7 @@ def test_record(llm):
 def _run_and_read(pytester, tmp_path, name, *args):
     out = tmp_path / f"{name}.json"
     pytester.makepyfile(**{f"test_{name}": RECORD_TOKENS.format(out=str(out))})
-    result = pytester.runpytest_subprocess(*args)
+    result = pytester.runpytest_subprocess(f"test_{name}.py", *args)
     result.assert_outcomes(passed=1)
     return json.loads(out.read_text())
 
@@ -259,7 +258,7 @@ def test_broken_local_model_directory(pytester, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
-    pytester.makepyfile(f"def test_it(llm):\n    pass\n")
+    pytester.makepyfile("def test_it(llm):\n    pass\n")
     result = pytester.runpytest("--llm-model", str(broken))
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines([f"*could not load model '{broken}' from {broken}: OSError: *not a valid JSON file*",
@@ -331,7 +330,8 @@ def test_inherit_processors_false_is_shown_and_applied(pytester):
 
 
 def test_importing_the_plugin_imports_no_torch_and_unused_fixtures_load_no_model(pytester):
-    code = "import sys, pytest_llmdet.plugin; print(sorted(m for m in ('torch', 'transformers', 'filelock') if m in sys.modules))"
+    code = ("import sys, pytest_llmdet.plugin; "
+            "print(sorted(m for m in ('torch', 'transformers', 'filelock') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     pytester.makeconftest(

@@ -7,7 +7,7 @@ import pytest
 
 SUITE = """
 def test_story(llm, llm_snapshot):
-    assert llm.generate("Once upon a time", max_new_tokens=12) == llm_snapshot
+    assert llm.generate("The fox", max_new_tokens=12) == llm_snapshot
 
 def test_named(llm, llm_snapshot):
     assert llm.generate("The fox", max_new_tokens=8) == llm_snapshot(name="fox")
@@ -34,7 +34,8 @@ def test_record_then_check_passes(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("--llm-snapshot-update")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["*= llm snapshots =*", "0 passed, 0 failed, 4 written, 0 updated, 0 deleted, 0 unused"])
+    result.stdout.fnmatch_lines(["*= llm snapshots =*",
+                                 "0 passed, 0 failed, 4 written, 0 updated, 0 deleted, 0 unused"])
     files = golden_files(pytester.path)
     assert sorted(files) == [
         "__llm_snapshots__/test_suite/test_named.json",
@@ -48,7 +49,7 @@ def test_record_then_check_passes(pytester):
     assert story["fingerprint"]["generation"]["repetition_penalty"] == 1.05
     entry = story["snapshots"]["0"]
     assert len(entry["token_ids"]) == len(entry["margins"]) == 12
-    assert entry["prompt"] == "Once upon a time" and entry["finish_reason"] == "length"
+    assert entry["prompt"] == "The fox" and entry["finish_reason"] == "length"
     assert set(json.loads(files["__llm_snapshots__/test_suite/test_named.json"])["snapshots"]) == {"fox", "chat"}
 
     result = pytester.runpytest("--llm-snapshot")
@@ -144,7 +145,8 @@ def test_full_update_deletes_unused_and_partial_update_deletes_nothing(pytester)
     orphan = pytester.path / "__llm_snapshots__/test_gone_module"
     orphan.mkdir()
     (orphan / "test_x.json").write_bytes((folder / "test_story.json").read_bytes())
-    chat_line = '    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8) == llm_snapshot(name="chat")\n'
+    chat_line = ('    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8)'
+                 ' == llm_snapshot(name="chat")\n')
     assert chat_line in SUITE
     pytester.makepyfile(test_suite=SUITE.replace(chat_line, ""))
     # check mode and partial updates only report them
@@ -185,7 +187,8 @@ def test_ci_update_prints_a_warning_but_is_honoured(pytester, monkeypatch):
 def test_details_list_each_snapshot(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("--llm-snapshot-update", "--llm-snapshot-details")
-    result.stdout.fnmatch_lines(["*written  test_suite.py::test_named ?chat?  __llm_snapshots__/test_suite/test_named.json"])
+    result.stdout.fnmatch_lines(
+        ["*written  test_suite.py::test_named ?chat?  __llm_snapshots__/test_suite/test_named.json"])
 
 
 def test_comparing_something_else_is_a_clear_error(pytester):
@@ -259,3 +262,14 @@ def test_xdist_update_then_check_gives_the_same_files_as_serial(pytester):
     result.stdout.fnmatch_lines(["16 passed, 0 failed, 0 written, 0 updated, 0 deleted, 1 unused"])
     pytester.runpytest_subprocess("--llm-snapshot-update", "-n", "2").stdout.fnmatch_lines(["*1 deleted*"])
     assert golden_files(pytester.path) == serial
+
+
+def test_collection_errors_make_an_update_partial(pytester):
+    pytester.makepyfile(test_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
+    unused = pytester.path / "__llm_snapshots__/test_suite/test_removed.json"
+    unused.write_bytes((pytester.path / "__llm_snapshots__/test_suite/test_story.json").read_bytes())
+    pytester.makepyfile(test_broken="import no_such_module_here\n")
+    result = pytester.runpytest("--llm-snapshot-update", "--continue-on-collection-errors")
+    result.stdout.fnmatch_lines(["*not deleted: this run is partial (collection errors)*"])
+    assert unused.exists()

@@ -1,0 +1,125 @@
+"""The batch-invariance probe: generate a recorded prompt again, inside a left-padded batch with other
+prompts, with the same forced-greedy config as `LLM.generate`, to compare it with what it gave alone.
+
+A serving stack batches requests, so a prompt's neighbours and its padding change from call to call; a model
+whose output depends on them (a different kernel for another shape, a padded attention, bf16 rounding) is
+not reproducible there. torch and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from pytest_llmdet.generation import Generation
+from pytest_llmdet.greedy import GreedyPlan, plan_generation
+from pytest_llmdet.nondeterminism import BatchedOutput
+from pytest_llmdet.runner import LLM, _known_generation_fields, _margins_and_logprobs, _only_generation_config
+
+DEFAULT_BATCH_SIZE = 4
+LONGER_BY = 7  # tokens by which the longest companion exceeds the probed prompt, so that the prompt is padded
+COMPANION_TEXTS = (
+    "The quick brown fox jumps over the lazy dog, and the dog does not even look up.",
+    "Hello",
+    "Once upon a time there lived a king and a queen who had no children, and they were very sad.",
+    "A short one.",
+)
+_NOT_FROM_SETTINGS = ("num_beams", "do_sample", "seed", "max_new_tokens")
+
+
+class BatchProbeError(RuntimeError):
+    """A recorded call cannot be generated inside a batch."""
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Pad token-ID rows on the left to the longest one: (input_ids, attention_mask)."""
+    width = max(len(row) for row in rows)
+    ids = [[pad_id] * (width - len(row)) + list(row) for row in rows]
+    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+    return ids, mask
+
+
+def companions(target: list[int], encoded_texts: list[list[int]], size: int,
+               limit: int | None) -> list[list[int]]:
+    """`size - 1` other prompts for the batch: the first is longer than `target` (so that the target gets left
+    padding), the rest are the encoded companion texts in turn; none longer than `limit` tokens."""
+    texts = [text for text in encoded_texts if text] or [target]
+    source = [token for text in texts for token in text]
+    longer = len(target) + LONGER_BY if limit is None else min(len(target) + LONGER_BY, limit)
+    rows = [(source * (longer // len(source) + 1))[:longer]]
+    rows += [texts[index % len(texts)] for index in range(size - 2)]
+    return [row if limit is None else row[:limit] for row in rows]
+
+
+def truncate_at_eos(output: BatchedOutput, eos_ids: set[int]) -> BatchedOutput:
+    """Cut a batch row after its first EOS: alone, generation would have stopped there; in a batch, the row
+    goes on with padding until every row is done."""
+    for index, token in enumerate(output.token_ids):
+        if token in eos_ids:
+            end = index + 1
+            return BatchedOutput(output.token_ids[:end], output.margins[:end], output.logprobs[:end])
+    return output
+
+
+def _plan_for(llm: LLM, generation: Generation) -> GreedyPlan:
+    """The call's own generation plan, rebuilt from the settings it recorded; greedy calls only."""
+    settings = dict(generation.settings)
+    if settings.get("do_sample"):
+        raise BatchProbeError("a sampled call draws other random numbers inside a batch; "
+                              "only greedy calls are probed")
+    overrides = {k: v for k, v in settings.items() if k not in _NOT_FROM_SETTINGS}
+    plan = plan_generation(llm._loaded.generation_config, max_new_tokens=settings["max_new_tokens"],
+                           inherit_processors=llm.inherit_processors, overrides=overrides,
+                           known_fields=_known_generation_fields())
+    if plan.settings != settings:
+        raise BatchProbeError(f"could not rebuild the generation settings of the call: {settings}")
+    return plan
+
+
+def generate_in_batch(llm: LLM, generation: Generation,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> BatchedOutput:
+    """Generate `generation`'s prompt again as row 0 of a left-padded batch of `batch_size` prompts, with the
+    call's own settings; returns row 0's new tokens, margins and chosen-token log-probs."""
+    import torch
+    from transformers import GenerationConfig
+
+    from pytest_llmdet.determinism import seed_everything
+
+    if batch_size < 2:
+        raise BatchProbeError(f"a batch holds at least 2 prompts, not {batch_size}")
+    plan = _plan_for(llm, generation)
+    max_new_tokens = plan.config["max_new_tokens"]
+    target = list(generation.prompt_token_ids)
+    positions = getattr(llm.model.config, "max_position_embeddings", None)
+    limit = None if positions is None else positions - max_new_tokens
+    rows = [target] + companions(target, [llm.encode(text) for text in COMPANION_TEXTS], batch_size, limit)
+    # Pad with a token the prompt already holds: masked positions do not change the attention, and logits
+    # processors that look at every input token (repetition_penalty) then see nothing new in row 0.
+    ids, mask = left_pad(rows, pad_id=target[0])
+    config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
+    if config.pad_token_id is None:
+        eos = config.eos_token_id
+        config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    device = llm._loaded.device
+    input_ids = torch.tensor(ids, dtype=torch.long, device=device)
+    attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
+    seed_everything(llm.seed)
+    with torch.inference_mode(), _only_generation_config(llm.model, config):
+        output = llm.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                    generation_config=config)
+    new_ids = output.sequences[0, input_ids.shape[1]:]
+    margins, logprobs = _margins_and_logprobs(output.scores, new_ids)
+    eos = config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return truncate_at_eos(BatchedOutput(new_ids.tolist(), margins, logprobs), eos_ids)
+
+
+def probe_calls(llm: LLM, calls: list[Generation], batch_size: int = DEFAULT_BATCH_SIZE
+                ) -> tuple[list[BatchedOutput | None], list[str]]:
+    """Each call generated inside a batch (None where it cannot be probed), and a note per skipped call."""
+    outputs: list[BatchedOutput | None] = []
+    notes = []
+    for index, generation in enumerate(calls):
+        try:
+            outputs.append(generate_in_batch(llm, generation, batch_size))
+        except BatchProbeError as error:
+            outputs.append(None)
+            notes.append(f"call {index + 1} not probed: {error}")
+    return outputs, notes

@@ -1,0 +1,227 @@
+"""Pure logic of the nondeterminism check: comparing runs call by call, the report, the summary, the batch
+helpers; no model and no pytest session involved."""
+
+import pytest
+
+from pytest_llmdet.batch import companions, left_pad, truncate_at_eos
+from pytest_llmdet.determinism_hooks import CheckPlan, MarkerUsageError, check_plan
+from pytest_llmdet.generation import Generation
+from pytest_llmdet.nondeterminism import (
+    BatchedOutput,
+    Verdict,
+    compare_batch,
+    compare_outputs,
+    compare_runs,
+    distinct_outputs,
+    prompt_excerpt,
+    render_report,
+    summary_lines,
+    verdict_for,
+    verdicts_from_data,
+    verdicts_to_data,
+)
+
+TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
+
+
+def decode(ids):
+    return "".join(TEXT.get(i, f"<{i}>") for i in ids)
+
+
+def gen(ids, prompt="Once upon a time", logprobs=None, margins=None, settings=None, prompt_ids=(7, 8)):
+    return Generation(prompt=prompt, text=decode(ids), token_ids=list(ids), prompt_token_ids=list(prompt_ids),
+                      finish_reason="length", margins=margins or [0.5] * len(ids),
+                      logprobs=logprobs or [-0.1] * len(ids), settings=settings or {"max_new_tokens": 8})
+
+
+def test_identical_runs_are_deterministic_and_report_nothing():
+    runs = [[gen([1, 2, 4]), gen([1, 3], prompt="Hi")] for _ in range(3)]
+    comparison = compare_runs(runs)
+    assert comparison.deterministic and comparison.call_counts == [2, 2, 2]
+    assert render_report(comparison) == []
+    assert verdict_for("t.py::test", comparison) == Verdict("t.py::test", 3, True)
+
+
+def test_tiny_logprob_noise_without_a_token_change_is_still_deterministic():
+    runs = [[gen([1, 2], logprobs=[-0.1, -0.2])], [gen([1, 2], logprobs=[-0.1000001, -0.2])]]
+    assert compare_runs(runs).deterministic
+
+
+def test_a_diverging_call_names_the_call_position_tokens_margins_and_logprob_delta():
+    first = gen([1, 2, 4, 5], logprobs=[-0.1, -0.2, -0.3, -0.4], margins=[0.9, 0.8, 0.0031, 0.7])
+    same = gen([1, 2, 4, 5], logprobs=[-0.1, -0.2, -0.3, -0.4])
+    other = gen([1, 2, 3, 5], logprobs=[-0.1000021, -0.2, -0.3, -0.4], margins=[0.9, 0.8, 0.0042, 0.7])
+    untouched = gen([9], prompt="Second call")
+    runs = [[untouched, first], [untouched, same], [untouched, other]]
+    comparison = compare_runs(runs)
+    assert not comparison.deterministic
+    (difference,) = comparison.differences
+    assert difference.index == 1 and difference.distinct_outputs == 2 and difference.other_run == 3
+    d = difference.divergence
+    assert (d.position, d.left_token, d.right_token) == (2, 4, 3)
+    assert (d.left_margin, d.right_margin) == (0.0031, 0.0042)
+    assert d.max_logprob_delta == pytest.approx(2.1e-06)
+    lines = render_report(comparison, decode=decode)
+    assert lines[0] == "pytest-llmdet: 3 runs of this test did not generate the same tokens"
+    assert lines[1] == "nondeterministic: call 2 of 2 ('Once upon a time'): 3 runs gave 2 distinct outputs"
+    assert lines[2] == ("  first divergence at token 2: run 1 gave 4 ' ran' (margin 0.0031), "
+                        "run 3 gave 3 ' dog' (margin 0.0042)")
+    assert lines[3] == "  largest |Δ logprob| of the chosen token before the divergence: 2.1e-06"
+    assert lines[-1].startswith("known causes: batch composition and padding")
+
+
+def test_the_earliest_divergence_among_all_runs_is_reported():
+    runs = [[gen([1, 2, 3, 4])], [gen([1, 2, 3, 5])], [gen([1, 9, 3, 4])], [gen([1, 2, 3, 4])]]
+    (difference,) = compare_runs(runs).differences
+    assert difference.distinct_outputs == 3
+    assert difference.other_run == 3 and difference.divergence.position == 1
+
+
+def test_one_run_stopping_early_is_a_divergence_at_the_end_of_the_shorter_output():
+    (difference,) = compare_runs([[gen([1, 2, 5])], [gen([1, 2])]]).differences
+    d = difference.divergence
+    assert (d.position, d.left_token, d.right_token, d.right_margin) == (2, 5, None, None)
+    report = "\n".join(render_report(compare_runs([[gen([1, 2, 5])], [gen([1, 2])]])))
+    assert "run 2 gave (end of output)" in report
+
+
+def test_a_divergence_at_the_first_token_has_no_logprob_delta():
+    d = compare_outputs(gen([1, 2]), gen([3, 2]))
+    assert d.position == 0 and d.max_logprob_delta is None
+    lines = render_report(compare_runs([[gen([1])], [gen([3])]]))
+    assert "  (the outputs differ from their first token)" in lines
+
+
+def test_a_prompt_that_changes_between_runs_is_reported_first_as_the_tests_own_fault():
+    runs = [[gen([1, 2]), gen([1], prompt="The time is 1700000001", prompt_ids=(1, 2, 3))],
+            [gen([1, 3]), gen([1], prompt="The time is 1700000002", prompt_ids=(1, 2, 4))]]
+    comparison = compare_runs(runs)
+    assert [d.index for d in comparison.differences] == [0, 1]
+    lines = render_report(comparison, decode=decode)
+    assert lines[1].startswith("nondeterministic input: the prompt of call 2 of 2 ('The time is 1700000001') "
+                               "differed between runs: the test's own input is not reproducible")
+    assert lines[2] == "  run 1 prompt: 'The time is 1700000001'"
+    assert lines[3] == "  run 2 prompt: 'The time is 1700000002'"
+    assert lines[5].startswith("nondeterministic: call 1 of 2")
+    assert lines[-1].startswith("known causes:")  # call 1's tokens diverged too
+    only_input = compare_runs([[gen([1], prompt="a")], [gen([1], prompt="b")]])
+    assert not render_report(only_input)[-1].startswith("known causes:")  # the test's own doing
+    verdict = verdict_for("t.py::test_clock", comparison)
+    assert verdict.kind == "input" and "prompt of call 2 changed" in verdict.detail
+
+
+def test_changed_generation_settings_count_as_a_changed_input():
+    runs = [[gen([1], settings={"max_new_tokens": 8})], [gen([1, 2], settings={"max_new_tokens": 9})]]
+    (difference,) = compare_runs(runs).differences
+    assert difference.changed_input == ["generation settings (max_new_tokens)"]
+
+
+def test_a_different_number_of_calls_fails_and_the_common_calls_are_still_compared():
+    runs = [[gen([1]), gen([2])], [gen([1]), gen([2]), gen([3])], [gen([1]), gen([4])]]
+    comparison = compare_runs(runs)
+    assert not comparison.deterministic and comparison.calls == 3
+    text = "\n".join(render_report(comparison, decode=decode))
+    assert "different numbers of llm.generate calls (run 1: 2, run 2: 3, run 3: 2)" in text
+    assert "nondeterministic: call 2 of 3" in text
+    assert verdict_for("t", comparison).kind == "calls"
+
+
+def test_distinct_outputs_counts_token_sequences():
+    assert distinct_outputs([gen([1, 2]), gen([1, 2]), gen([1, 3]), gen([])]) == 3
+
+
+def test_the_batch_probe_report():
+    singles = [gen([1, 2, 4], logprobs=[-0.5, -0.25, -0.1], margins=[1, 1, 0.01]), gen([5], prompt="Hi")]
+    batched = [BatchedOutput([1, 2, 3], [1, 1, 0.02], [-0.5, -0.2, -0.1]), None]
+    differences = compare_batch(singles, batched, batch_size=4)
+    assert [d.index for d in differences] == [0]
+    comparison = compare_runs([singles, singles])
+    lines = render_report(comparison, differences, decode)
+    assert lines[0] == ("pytest-llmdet: 2 runs of this test agreed, but the batch probe found "
+                        "batch-dependent outputs")
+    assert lines[1] == "batch-variant: call 1 of 2 ('Once upon a time') alone vs in a left-padded batch of 4"
+    assert lines[2] == ("  first divergence at token 2: alone gave 4 ' ran' (margin 0.0100), "
+                        "in the batch gave 3 ' dog' (margin 0.0200)")
+    assert lines[3] == "  largest |Δ logprob| of the chosen token before the divergence: 0.05"
+    verdict = verdict_for("t.py::test_b", comparison, differences)
+    assert not verdict.deterministic and verdict.kind == "batch" and verdict.position == 2
+
+
+def test_long_reports_are_bounded():
+    runs = [[gen([i]) for i in range(20)], [gen([i + 1]) for i in range(20)]]
+    lines = render_report(compare_runs(runs))
+    assert "… and 12 more" in lines and len(lines) < 40
+
+
+def test_prompt_excerpts():
+    assert prompt_excerpt("short") == "'short'"
+    assert prompt_excerpt("x" * 50) == repr("x" * 40 + "…")
+    assert prompt_excerpt("a\n  b") == "'a b'"
+    assert prompt_excerpt([{"role": "system", "content": "s"}, {"role": "user", "content": "Hi there"}]) \
+        == "'[user] Hi there'"
+
+
+def test_summary_lists_the_worst_offenders_first():
+    verdicts = [
+        Verdict("t.py::ok", 3, True),
+        Verdict("t.py::late", 3, False, "tokens", 20, 2, "call 1 diverges at token 20"),
+        Verdict("t.py::early", 3, False, "tokens", 3, 2, "call 1 diverges at token 3"),
+        Verdict("t.py::many", 3, False, "tokens", 3, 3, "call 2 diverges at token 3"),
+        Verdict("t.py::clock", 3, False, "input", None, 3, "the prompt of call 1 changed between runs"),
+        Verdict("t.py::batch", 3, False, "batch", 1, 2, "batch-variant"),
+    ]
+    lines = summary_lines(verdicts)
+    assert lines[0] == "6 checked, 1 deterministic, 5 nondeterministic"
+    assert lines[1] == "worst offenders:"
+    names = [line.split("::")[1].split(":")[0] for line in lines[2:]]
+    assert names == ["clock", "batch", "many", "early", "late"]
+    assert summary_lines(verdicts, limit=2)[-1] == "  … and 3 more"
+    assert summary_lines([]) == []
+    assert summary_lines([Verdict("t.py::ok", 3, True)]) == ["1 checked, 1 deterministic, 0 nondeterministic"]
+
+
+def test_verdicts_survive_the_trip_to_the_xdist_controller():
+    verdicts = [Verdict("a", 3, True), Verdict("b", 2, False, "tokens", 4, 2, "call 1 diverges at token 4")]
+    assert verdicts_from_data(verdicts_to_data(verdicts)) == verdicts
+
+
+def test_left_padding_and_attention_mask():
+    ids, mask = left_pad([[5, 6], [1, 2, 3, 4], [9]], pad_id=0)
+    assert ids == [[0, 0, 5, 6], [1, 2, 3, 4], [0, 0, 0, 9]]
+    assert mask == [[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1]]
+
+
+def test_companions_make_the_probed_prompt_padded_within_the_position_limit():
+    rows = companions([1, 2, 3], [[7, 8], [9]], size=4, limit=None)
+    assert len(rows) == 3 and len(rows[0]) == 3 + 7 and rows[0][:4] == [7, 8, 9, 7]
+    assert rows[1:] == [[7, 8], [9]]
+    assert len(companions([1, 2, 3], [[7, 8]], size=2, limit=5)[0]) == 5
+
+
+def test_a_batch_row_is_cut_after_its_first_eos():
+    out = truncate_at_eos(BatchedOutput([4, 2, 0, 0], [1.0, 2.0, 3.0, 4.0], [-1.0, -2.0, -3.0, -4.0]), {2})
+    assert out == BatchedOutput([4, 2], [1.0, 2.0], [-1.0, -2.0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "check_all", "uses_llm", "expected"),
+    [
+        (None, False, True, None),
+        (None, True, True, CheckPlan(3)),
+        (None, True, False, None),
+        ({}, False, False, CheckPlan(3)),
+        ({"runs": 5}, False, True, CheckPlan(5)),
+        ({"runs": None}, False, True, CheckPlan(3)),
+        ({"batch": True}, False, True, CheckPlan(3, 4)),
+        ({"batch": 8, "runs": 1}, False, True, CheckPlan(1, 8)),
+    ],
+)
+def test_check_plan(kwargs, check_all, uses_llm, expected):
+    assert check_plan((), kwargs, 3, check_all, uses_llm) == expected
+
+
+@pytest.mark.parametrize("kwargs", [{"runs": 0}, {"runs": "3"}, {"runs": True}, {"batch": 1},
+                                    {"batch": "yes"}, {"rnus": 2}])
+def test_bad_marker_arguments(kwargs):
+    with pytest.raises(MarkerUsageError, match="usage: @pytest.mark.llm_determinism"):
+        check_plan((), kwargs, 3, False, True)
