@@ -8,8 +8,10 @@ other hardware) or a regression.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_llmdet.golden_format import GoldenEntry
 
@@ -26,7 +28,7 @@ class Divergence:
     current_token: int | None  # None: the current sequence ended here
     golden_margin: float | None
     current_margin: float | None
-    label: str  # "near-tie", "regression" or "length"
+    label: str  # "near-tie", "regression" or "length"; tolerant: "tolerated", "outside-top-k" or "eos"
 
 
 @dataclass
@@ -41,6 +43,7 @@ class Comparison:
     golden_finish: str | None = None
     current_finish: str | None = None
     notes: list[str] = field(default_factory=list)
+    checked: str | None = None  # a tolerant comparison: what exactly it checked, in words
 
 
 def first_divergence(golden: list[int], current: list[int]) -> int | None:
@@ -79,6 +82,48 @@ def compare_tokens(golden: GoldenEntry, token_ids: list[int], margins: list[floa
     return result
 
 
+def smallest_margin(margins: list[float | None] | None) -> tuple[int, float] | None:
+    """The position and value of the smallest finite margin (the step most likely to flip), or None."""
+    finite = [(m, i) for i, m in enumerate(margins or []) if m is not None and math.isfinite(m)]
+    if not finite:
+        return None
+    margin, index = min(finite)
+    return index, margin
+
+
+def divergence_summary(comparison: Comparison) -> dict[str, Any]:
+    """The comparison as plain data (for the JSON report and JUnit properties)."""
+    d = comparison.divergence
+    return {
+        "matched": comparison.matched,
+        "first_divergence": None if d is None else {
+            "index": d.index, "golden_token": d.golden_token, "current_token": d.current_token,
+            "golden_margin": _finite(d.golden_margin), "current_margin": _finite(d.current_margin),
+            "label": d.label,
+        },
+        "golden_length": comparison.golden_length, "current_length": comparison.current_length,
+        "golden_finish": comparison.golden_finish, "current_finish": comparison.current_finish,
+        "text_changed": comparison.text_changed,
+        "notes": list(comparison.notes),
+        "checked": comparison.checked,
+    }
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line for a divergence summary: where, which tokens, which label."""
+    d = summary["first_divergence"]
+    if d is None:
+        if summary["golden_length"] != summary["current_length"]:
+            return f"length: golden {summary['golden_length']} tokens, current {summary['current_length']}"
+        return "text differs" if summary["text_changed"] else "identical"
+    return (f"first divergence at token {d['index']} ({d['label']}): golden {d['golden_token']}, "
+            f"current {d['current_token']}; lengths {summary['golden_length']}/{summary['current_length']}")
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, 4)
+
+
 def compare_text(golden: GoldenEntry, text: str) -> Comparison:
     """Compare text only (a plain string snapshot)."""
     return Comparison(matched=golden.text == text, text_changed=golden.text != text)
@@ -113,6 +158,12 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
             why = f"near-tie: golden margin {_margin(d.golden_margin)} < llm_near_tie {near_tie}"
         elif d.label == "regression":
             why = f"regression: golden margin {_margin(d.golden_margin)} >= llm_near_tie {near_tie}"
+        elif d.label == "outside-top-k":
+            why = "outside top-k: a token is not among the other side's best candidates"
+        elif d.label == "eos":
+            why = "eos: one output ends (EOS) where the other goes on"
+        elif d.label == "tolerated":
+            why = "tolerated: each token is among the other side's top-k"
         else:
             why = "length: one output stops where the other goes on"
         lines.append(f"first divergence at token {d.index} of {total} ({why})")
@@ -124,6 +175,8 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
                 lines.append(f"  {side}: (end of output)")
             else:
                 lines.append(f"  {side}: {token} {show([token])!r}  margin {_margin(margin)}")
+    if comparison.checked:
+        lines.append(comparison.checked)
     for note in comparison.notes:
         lines.append(note)
     if comparison.golden_length != comparison.current_length or comparison.golden_finish != comparison.current_finish:

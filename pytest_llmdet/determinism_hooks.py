@@ -227,12 +227,17 @@ def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Gen
     comparison = compare_runs(recordings)
     handle = item.stash.get(LLM_KEY, None)
     lines = render_report(comparison, probe.differences, _decoder(handle))
+    call = next((r for r in reports if r.when == "call"), None)
     if probe.error is None:
-        state.verdicts.append(verdict_for(item.nodeid, comparison, probe.differences))
+        verdict = verdict_for(item.nodeid, comparison, probe.differences)
+        state.verdicts.append(verdict)
+        verdict_line = verdict.detail or f"deterministic in {verdict.runs} runs"
+        for report in reports:  # a JUnit XML property of this test (JUnit XML reads the teardown report's)
+            if report.when in ("call", "teardown"):
+                report.user_properties.append(("llm_determinism", verdict_line))
     else:
         state.unchecked += 1
         lines.append(probe.error)
-    call = next((r for r in reports if r.when == "call"), None)
     if lines and call is not None:
         call.outcome = "failed"
         call.longrepr = "\n".join(lines + probe.notes)

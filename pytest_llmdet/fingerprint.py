@@ -53,6 +53,7 @@ def _version(package: str) -> str:
 def environment_fingerprint(
     *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
+    compute_capability: str | None = None,
 ) -> dict[str, Any]:
     """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings."""
     identity: dict[str, Any] = {"model": model}
@@ -60,7 +61,7 @@ def environment_fingerprint(
         identity["revision"] = revision
     else:
         identity["weights_sha256"] = hash_weights(Path(location), cache)
-    return {
+    fingerprint = {
         **identity,
         "dtype": dtype,
         "device_type": device.split(":")[0],
@@ -68,6 +69,9 @@ def environment_fingerprint(
         "transformers": _version("transformers"),
         "generation": generation,
     }
+    if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
+        fingerprint["compute_capability"] = compute_capability
+    return fingerprint
 
 
 def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

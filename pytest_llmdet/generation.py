@@ -14,7 +14,8 @@ class Generation:
 
     `margins[i]` is the top-1 minus top-2 log-probability of the scores that chose `token_ids[i]`;
     a margin near zero is a near-tie that may flip on other hardware. `logprobs[i]` is the
-    log-probability of the chosen token.
+    log-probability of the chosen token. `top_k_ids[i]` and `top_k_logprobs[i]` are the best candidates of
+    step i, best first; recorded only for a tolerant comparison (None otherwise).
     """
 
     prompt: Prompt
@@ -26,6 +27,8 @@ class Generation:
     logprobs: list[float]
     settings: dict[str, Any] = field(default_factory=dict)
     model: str = ""
+    top_k_ids: list[list[int]] | None = None
+    top_k_logprobs: list[list[float]] | None = None
 
     def __repr__(self) -> str:
         return (f"Generation(text={self.text[:40] + ('…' if len(self.text) > 40 else '')!r}, "

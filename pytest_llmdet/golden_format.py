@@ -7,9 +7,11 @@ changed lines. Parsing is data-only (no pickle, no eval) and every problem is re
       "format_version": 1,
       "fingerprint": {...},          # model, revision or weights hash, dtype, device type, versions, settings
       "snapshots": {
-        "<name>": {                  # one snapshot; the key "variants" is reserved for environment variants
+        "<name>": {                  # one snapshot: its default entry, and optional environment variants
           "finish_reason": "length", "margins": [...], "prompt": "...", "prompt_sha256": "...",
-          "settings": {...}, "text_lines": ["..."], "token_ids": [...]
+          "settings": {...}, "text_lines": ["..."], "token_ids": [...],
+          "top_k_ids": [[...], ...], "top_k_logprobs": [[...], ...],  # optional: tolerant comparison only
+          "variants": {"cpu:bfloat16": {...an entry like this one, without variants...}}  # optional
         }
       },
       "test": "<node id>"
@@ -48,6 +50,10 @@ class GoldenEntry:
     prompt_sha256: str | None = None
     finish_reason: str | None = None
     settings: dict[str, Any] | None = None
+    top_k_ids: list[list[int]] | None = None  # per step, best first; stored for a tolerant comparison only
+    top_k_logprobs: list[list[float | None]] | None = None
+    # entries recorded in other environments, keyed `<device type>:<dtype>[:<compute capability>]` (variants.py)
+    variants: dict[str, GoldenEntry] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +79,8 @@ def round_margin(value: float | None) -> float | None:
 
 def entry_to_data(entry: GoldenEntry) -> dict[str, Any]:
     data: dict[str, Any] = {"text_lines": entry.text.splitlines(keepends=True)}
+    if entry.variants:
+        data["variants"] = {key: entry_to_data(variant) for key, variant in entry.variants.items()}
     if entry.token_ids is not None:
         data.update(
             token_ids=entry.token_ids,
@@ -82,6 +90,9 @@ def entry_to_data(entry: GoldenEntry) -> dict[str, Any]:
             finish_reason=entry.finish_reason,
             settings=entry.settings or {},
         )
+        if entry.top_k_ids is not None:
+            data.update(top_k_ids=entry.top_k_ids,
+                        top_k_logprobs=[[round_margin(v) for v in step] for step in entry.top_k_logprobs or []])
     return data
 
 
@@ -188,7 +199,23 @@ def _is_finite_number(value: Any) -> bool:
         return False
 
 
-def _entry_from_data(data: Any, where: str) -> GoldenEntry:
+_VARIANT_KEY = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
+
+
+def _entry_from_data(data: Any, where: str, variant: bool = False) -> GoldenEntry:
+    entry = _plain_entry_from_data(data, where)
+    variants = data.get("variants")
+    if variants is None:
+        return entry
+    _expect(not variant, where, "a variant cannot hold 'variants' of its own")
+    _expect(isinstance(variants, dict) and all(_VARIANT_KEY.match(key) for key in variants), where,
+            "'variants' must be an object keyed by environment, like \"cpu:bfloat16\" or \"cuda:float16:8.0\"")
+    entry.variants = {key: _entry_from_data(value, f"{where}, variant {key!r}", variant=True)
+                      for key, value in variants.items()}
+    return entry
+
+
+def _plain_entry_from_data(data: Any, where: str) -> GoldenEntry:
     _expect(isinstance(data, dict), where, "must be a JSON object")
     lines = data.get("text_lines")
     _expect(isinstance(lines, list) and all(isinstance(x, str) for x in lines), where,
@@ -207,6 +234,25 @@ def _entry_from_data(data: Any, where: str) -> GoldenEntry:
     _expect(isinstance(data.get("settings"), dict), where, "'settings' must be an object")
     _expect(data.get("prompt_sha256") is None or isinstance(data.get("prompt_sha256"), str), where,
             "'prompt_sha256' must be a string")
+    top_ids, top_logprobs = _top_k_from_data(data, len(token_ids), where)
     return GoldenEntry(text="".join(lines), token_ids=token_ids, margins=margins, prompt=data.get("prompt"),
                        prompt_sha256=data.get("prompt_sha256"), finish_reason=data["finish_reason"],
-                       settings=data["settings"])
+                       settings=data["settings"], top_k_ids=top_ids, top_k_logprobs=top_logprobs)
+
+
+def _top_k_from_data(data: dict[str, Any], steps: int, where: str
+                     ) -> tuple[list[list[int]] | None, list[list[float | None]] | None]:
+    # Optional (written for a tolerant comparison only), so a file without them is still format_version 1.
+    ids, logprobs = data.get("top_k_ids"), data.get("top_k_logprobs")
+    if ids is None and logprobs is None:
+        return None, None
+    _expect(isinstance(ids, list) and len(ids) == steps
+            and all(isinstance(step, list) and all(_is_int(t) and 0 <= t <= MAX_TOKEN_ID for t in step)
+                    for step in ids),
+            where, "'top_k_ids' must be a list of token-ID lists, one per token")
+    _expect(isinstance(logprobs, list) and len(logprobs) == steps
+            and all(isinstance(step, list) and len(step) == len(step_ids)
+                    and all(v is None or _is_finite_number(v) for v in step)
+                    for step, step_ids in zip(logprobs, ids, strict=False)),
+            where, "'top_k_logprobs' must be a list of number lists shaped like 'top_k_ids'")
+    return ids, logprobs

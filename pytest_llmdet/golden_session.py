@@ -42,7 +42,7 @@ class SnapshotRun:
         return {
             "tests": {k: [v.golden, v.outcome, v.used] for k, v in self.tests.items()},
             "module_folders": sorted(self.module_folders),
-            "outcomes": [[o.nodeid, o.name, o.status, o.file] for o in self.outcomes],
+            "outcomes": [[o.nodeid, o.name, o.status, o.file, o.details] for o in self.outcomes],
             "partial_reasons": sorted(self.partial_reasons),
         }
 
@@ -143,6 +143,10 @@ class SnapshotRun:
         counter = Counter("failed" if o.status == "missing" else o.status for o in self.outcomes)
         counter["deleted"], counter["unused"] = len(self.deleted), len(self.unused)
         return {status: counter.get(status, 0) for status in STATUSES}
+
+    def fragile(self) -> list[SnapshotOutcome]:
+        """Snapshots recorded with a margin below llm_near_tie, by test and name."""
+        return sorted((o for o in self.outcomes if "fragile" in o.details), key=lambda o: (o.nodeid, o.name))
 
     def failed_tests(self) -> list[str]:
         return sorted({o.nodeid for o in self.outcomes if o.status in ("failed", "missing")})

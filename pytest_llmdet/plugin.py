@@ -12,14 +12,23 @@ import pytest
 
 from pytest_llmdet.determinism import prepare_cuda_environment
 from pytest_llmdet.models import ModelLoadError
-from pytest_llmdet.report import header_lines, snapshot_header_line, snapshot_summary_lines, summary_lines
+from pytest_llmdet.report import (
+    fragile_lines,
+    header_lines,
+    snapshot_header_line,
+    snapshot_summary_lines,
+    summary_lines,
+)
 from pytest_llmdet.runner import LLM
 from pytest_llmdet.session import LLMDetSession
 from pytest_llmdet.settings import (
     NEAR_TIE_DEFAULT,
     OPTIONS,
     SNAPSHOT_DIR_DEFAULT,
+    TOP_K_DEFAULT,
+    ComparePlan,
     SettingsError,
+    compare_plan,
     parse_bool,
     resolve_settings,
     resolve_snapshot_settings,
@@ -48,8 +57,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="record missing and changed golden snapshots, delete unused ones (implies --llm-snapshot)")
     group.addoption("--llm-snapshot-details", action="store_true", default=False,
                     help="list every snapshot and its outcome in the summary")
+    group.addoption("--llm-snapshot-variant", action="store_true", default=False,
+                    help="with --llm-snapshot-update: record changed outputs as a variant for this environment "
+                         "(device type, dtype, GPU compute capability) instead of overwriting the default")
+    group.addoption("--llm-compare", dest="llmdet_compare", default=None, metavar="MODE",
+                    help="how snapshots are compared: exact (default) or tolerant (each side's token among the "
+                         "other's top-k at the first divergence); ini: llm_compare")
+    group.addoption("--llm-top-k", dest="llmdet_top_k", default=None, metavar="K",
+                    help=f"candidates per step for --llm-compare tolerant (default {TOP_K_DEFAULT}); ini: llm_top_k")
+    group.addoption("--llm-report", dest="llmdet_report", default=None, metavar="PATH",
+                    help="write every snapshot and determinism result as JSON to PATH "
+                         "(schema: docs/llm-report.schema.json)")
     parser.addini("llm_snapshot_dir", f"folder beside each test module for golden files "
                   f"(default {SNAPSHOT_DIR_DEFAULT})", default="")
+    parser.addini("llm_compare", "how snapshots are compared: exact (default) or tolerant", default="")
+    parser.addini("llm_top_k", f"candidates per step for tolerant comparison (default {TOP_K_DEFAULT})", default="")
     parser.addini("llm_near_tie", f"a golden margin below this labels a flip near-tie, not regression "
                   f"(default {NEAR_TIE_DEFAULT})", default="")
 
@@ -60,6 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
         "another model (a hub id or a local directory); each distinct model loads once per session",
+    )
+    config.addinivalue_line(
+        "markers",
+        'llm_snapshot(compare="exact" or "tolerant", top_k=N): how this test\'s golden snapshots are compared',
     )
     prepare_cuda_environment()
     try:
@@ -72,13 +98,13 @@ def pytest_configure(config: pytest.Config) -> None:
         snapshot_settings = resolve_snapshot_settings(
             config.getoption("llm_snapshot"), config.getoption("llm_snapshot_update"),
             config.getoption("llm_snapshot_details"),
-            {"snapshot_dir": str(config.getini("llm_snapshot_dir")), "near_tie": str(config.getini("llm_near_tie"))},
+            {name: str(config.getini(f"llm_{name}")) for name in ("snapshot_dir", "near_tie", "compare", "top_k")},
+            {"compare": config.getoption("llmdet_compare"), "top_k": config.getoption("llmdet_top_k"),
+             "variant": config.getoption("llm_snapshot_variant")},
         )
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     session = LLMDetSession(settings, config.rootpath, config.invocation_params.dir, snapshot_settings)
-    if getattr(config, "cache", None) is not None:
-        session.weights_cache.update(config.cache.get(WEIGHTS_CACHE, {}))
     config.stash[SESSION_KEY] = session
 
 
@@ -89,16 +115,24 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except ModelLoadError:
         source = None
     s = session.snapshot_settings
-    return header_lines(session.settings, source) + [snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie)]
+    return header_lines(session.settings, source) + [
+        snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     config = session.config
+    if getattr(config, "cache", None) is not None:  # not yet set during our (tryfirst) pytest_configure
+        config.stash[SESSION_KEY].weights_cache.update(config.cache.get(WEIGHTS_CACHE, {}))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     ci = os.environ.get("CI", "")
     if config.getoption("llm_snapshot_update") and ci and _truthy(ci) and reporter is not None:
         reporter.write_line(f"llmdet: WARNING: --llm-snapshot-update in CI (CI={ci}): golden files will be "
                             "rewritten here; CI normally checks them with --llm-snapshot", yellow=True, bold=True)
+
+
+def _in_ci() -> bool:
+    ci = os.environ.get("CI", "")
+    return bool(ci) and _truthy(ci)
 
 
 def _truthy(value: str) -> bool:
@@ -119,6 +153,8 @@ def llm(request: pytest.FixtureRequest) -> LLM:
         else:
             spec = session.spec_from_marker(marker.args, marker.kwargs, Path(str(request.node.path)).parent)
         handle = session.llm_for(spec)
+        if "llm_snapshot" in request.fixturenames and session.snapshot_settings.mode != "off":
+            handle.capture_top_k = _compare_plan(request).capture_top_k  # top-k costs only when compared
     except (ModelLoadError, SettingsError) as error:
         pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
     request.node.stash[LLM_KEY] = handle
@@ -132,9 +168,13 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     if session.snapshot_settings.mode == "off":
         pytest.skip("needs --llm-snapshot")
     node = request.node
+    try:
+        plan = _compare_plan(request)
+    except SettingsError as error:
+        pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
     snapshots = session.test_snapshots(
         node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None),
-        passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False),
+        passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False), compare=plan,
     )
     node.stash[SNAPSHOTS_KEY] = snapshots
     from pytest_llmdet.golden_format import GoldenFileError
@@ -147,8 +187,18 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
         snapshots.write(drop_unused=session.snapshots.prunes_now(node.nodeid))
     except (OSError, GoldenFileError) as error:
         failure = snapshots.write_error(error)
+    note = snapshots.settle_pending(ci=_in_ci())
+    if note is not None:
+        node.add_report_section("teardown", "llm snapshot", note)
     if failure is not None:  # failed outside the except block: one message, not a chain of two
         pytest.fail(failure, pytrace=False)
+
+
+def _compare_plan(request: pytest.FixtureRequest) -> ComparePlan:
+    marker = request.node.get_closest_marker("llm_snapshot")
+    if marker is not None and marker.args:
+        raise SettingsError('usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)')
+    return compare_plan(request.config.stash[SESSION_KEY].snapshot_settings, marker.kwargs if marker else None)
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
@@ -196,6 +246,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     test_snapshots = item.stash.get(SNAPSHOTS_KEY, None)
     if report.when == "call" and test_snapshots is not None and test_snapshots.reports:
         report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
+    if report.when == "call" and test_snapshots is not None and test_snapshots.outcomes:
+        from pytest_llmdet.json_report import junit_properties
+
+        properties = junit_properties(test_snapshots.outcomes)
+        item.user_properties.extend(properties)  # JUnit XML reads them from the teardown report, made later
+        report.user_properties.extend(properties)
     snapshots = item.config.stash[SESSION_KEY].snapshots
     if report.skipped:
         snapshots.set_outcome(item.nodeid, "skipped")
@@ -221,6 +277,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         llmdet.finish_snapshots()
     except OSError as error:  # the cleanup must not crash the session: report it like any other failure
         llmdet.snapshots.errors.append(f"could not finish the golden-file cleanup: {error}")
+    report_path = config.getoption("llmdet_report")
+    if report_path:
+        _write_json_report(config, llmdet, Path(report_path), session.exitstatus)
     if llmdet.snapshots.errors:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         for line in llmdet.snapshots.errors:
@@ -228,6 +287,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                 reporter.write_line(f"llmdet: ERROR: {line}", red=True, bold=True)
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path, exit_status: int) -> None:
+    from pytest_llmdet.determinism_hooks import STATE_KEY
+    from pytest_llmdet.json_report import build_report, write_report
+
+    run, state = llmdet.snapshots, config.stash.get(STATE_KEY, None)
+    report = build_report(
+        mode=llmdet.snapshot_settings.mode, near_tie=llmdet.snapshot_settings.near_tie, exit_status=exit_status,
+        counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted,
+        verdicts=state.verdicts if state else [], unchecked=state.unchecked if state else 0,
+    )
+    try:
+        write_report(config.invocation_params.dir / path, report)
+    except OSError as error:
+        run.errors.append(f"could not write the JSON report {path}: {error.strerror or error}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -240,6 +315,10 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         config._llmdet_workers.append(data)
 
 
+def _compared_with(details: dict[str, Any]) -> str:
+    return f"  (compared with {details['compared_with']})" if details.get("compared_with") else ""
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     llmdet = config.stash[SESSION_KEY]
     data = llmdet.worker_data()
@@ -249,10 +328,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     s = llmdet.snapshot_settings
     run = llmdet.snapshots
     if s.mode != "off" and (run.tests or run.outcomes or run.unused or run.deleted):
-        details = sorted((o.status, o.nodeid, o.name, o.file) for o in run.outcomes) if s.details else None
+        details = sorted((o.status, o.nodeid, o.name, o.file + _compared_with(o.details)) for o in run.outcomes) \
+            if s.details else None
         terminalreporter.write_sep("=", "llm snapshots")
         for line in snapshot_summary_lines(run.counts(), run.failed_tests(), sorted(run.partial_reasons),
                                            run.unused, run.deleted, s.mode == "update", details):
+            terminalreporter.write_line(line)
+        fragile = [(o.nodeid, o.name, o.details["fragile"]["position"], o.details["fragile"]["margin"], o.file)
+                   for o in run.fragile()]
+        for line in fragile_lines(fragile, s.near_tie):
             terminalreporter.write_line(line)
     lines = summary_lines(data["loads"], data["generations"])
     if lines:

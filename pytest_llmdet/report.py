@@ -59,12 +59,14 @@ def summary_lines(loads: list[list[Any]], generations: list[float]) -> list[str]
     return lines
 
 
-def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float) -> str:
+def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float, compare: str = "exact",
+                         top_k: int = 5) -> str:
     """How this run uses golden files."""
     flag = {"check": "--llm-snapshot", "update": "--llm-snapshot-update"}.get(mode)
     if flag is None:
         return "llmdet: snapshots: off (tests using llm_snapshot are skipped; --llm-snapshot checks them)"
-    return f"llmdet: snapshots: {mode} ({flag}), folder {snapshot_dir}, llm_near_tie {near_tie}"
+    tolerant = f", llm_compare tolerant (top-{top_k})" if compare == "tolerant" else ""
+    return f"llmdet: snapshots: {mode} ({flag}), folder {snapshot_dir}, llm_near_tie {near_tie}{tolerant}"
 
 
 def snapshot_summary_lines(counts: dict[str, int], failed_tests: list[str], partial_reasons: list[str],
@@ -88,4 +90,17 @@ def snapshot_summary_lines(counts: dict[str, int], failed_tests: list[str], part
         lines += [f"  {d}" for d in deleted]
     for status, nodeid, name, file in details or []:
         lines.append(f"{status:>8}  {nodeid} [{name}]  {file}")
+    return lines
+
+
+def fragile_lines(fragile: list[tuple[str, str, int, float, str]], near_tie: float, limit: int = 20) -> list[str]:
+    """Snapshots recorded with a margin below llm_near_tie: (node id, name, position, margin, file) each."""
+    if not fragile:
+        return []
+    lines = [f"{len(fragile)} fragile snapshot(s): a margin below llm_near_tie {near_tie} may flip on other "
+             "hardware, kernels or dtypes:"]
+    lines += [f"  {nodeid} [{name}]  token {position} margin {margin:.4f}  {file}"
+              for nodeid, name, position, margin, file in fragile[:limit]]
+    if len(fragile) > limit:
+        lines.append(f"  ... {len(fragile) - limit} more")
     return lines

@@ -59,6 +59,7 @@ class LLM:
         self.inherit_processors = inherit_processors
         self.stats = stats if stats is not None else GenerationStats()
         self.calls: list[Generation] = []  # every generation of the current test, in order
+        self.capture_top_k = 0  # candidates per step to record; set for a tolerant snapshot comparison
 
     @property
     def model(self) -> Any:
@@ -119,7 +120,7 @@ class LLM:
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
             )
         new_ids = output.sequences[0, len(prompt_ids):]
-        margins, logprobs = _margins_and_logprobs(output.scores, new_ids)
+        margins, logprobs, top_ids, top_logprobs = _token_statistics(output.scores, new_ids, self.capture_top_k)
         token_ids = new_ids.tolist()
         eos = config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -133,6 +134,8 @@ class LLM:
             logprobs=logprobs,
             settings=plan.settings,
             model=self.name,
+            top_k_ids=top_ids,
+            top_k_logprobs=top_logprobs,
         )
         self.calls.append(generation)
         self.stats.count += 1
@@ -158,15 +161,26 @@ class LLM:
 def _margins_and_logprobs(scores: tuple[Any, ...], new_ids: Any) -> tuple[list[float], list[float]]:
     """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's
     log-prob."""
+    margins, chosen, _, _ = _token_statistics(scores, new_ids, 0)
+    return margins, chosen
+
+
+def _token_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int
+                      ) -> tuple[list[float], list[float], list[list[int]] | None, list[list[float]] | None]:
+    """Margins and chosen log-probs as `_margins_and_logprobs`; with `top_k` > 0 also the top-k candidate IDs
+    and log-probs per step, taken from the same (single) topk call, so a tolerant comparison costs no more."""
     import torch
 
     if not scores:
-        return [], []
+        return [], [], ([] if top_k else None), ([] if top_k else None)
     logprobs = torch.log_softmax(torch.stack(scores)[:, 0, :].float(), dim=-1)
-    top2 = torch.topk(logprobs, k=min(2, logprobs.shape[-1]), dim=-1).values
-    margins = (top2[:, 0] - top2[:, 1]) if top2.shape[-1] == 2 else torch.full_like(top2[:, 0], float("inf"))
+    top = torch.topk(logprobs, k=min(max(2, top_k), logprobs.shape[-1]), dim=-1)
+    best = top.values
+    margins = (best[:, 0] - best[:, 1]) if best.shape[-1] >= 2 else torch.full_like(best[:, 0], float("inf"))
     chosen = logprobs.gather(1, new_ids[: logprobs.shape[0]].unsqueeze(1)).squeeze(1)
-    return margins.tolist(), chosen.tolist()
+    if not top_k:
+        return margins.tolist(), chosen.tolist(), None, None
+    return (margins.tolist(), chosen.tolist(), top.indices[:, :top_k].tolist(), best[:, :top_k].tolist())
 
 
 __all__ = ["LLM", "GenerationArgumentError", "GenerationStats", "PromptError"]

@@ -12,6 +12,7 @@ from pytest_llmdet.location import golden_path, module_folder
 from pytest_llmdet.models import ModelLoadError, ModelPool, ModelSpec, resolve_source
 from pytest_llmdet.runner import LLM, GenerationStats
 from pytest_llmdet.settings import (
+    ComparePlan,
     Settings,
     SettingsError,
     SnapshotSettings,
@@ -91,6 +92,7 @@ class LLMDetSession:
                 revision=getattr(loaded.model.config, "_commit_hash", None),
                 dtype=str(loaded.model.dtype).removeprefix("torch."), device=loaded.device,
                 generation=base.settings, cache=self.weights_cache,
+                compute_capability=_compute_capability(loaded.device),
             )
         return self._fingerprints[loaded.spec]
 
@@ -110,7 +112,8 @@ class LLMDetSession:
         if uses_snapshot:
             self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)))
 
-    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False) -> TestSnapshots:
+    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
+                       compare: ComparePlan | None = None) -> TestSnapshots:
         """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None."""
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)
@@ -129,6 +132,7 @@ class LLMDetSession:
             nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
             near_tie=settings.near_tie, update_command=f'pytest --llm-snapshot-update "{nodeid}"',
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
+            compare=compare or ComparePlan(settings.compare, settings.top_k), record_variant=settings.variant,
         )
 
     def finish_snapshots(self) -> None:
@@ -142,6 +146,15 @@ class LLMDetSession:
             "generations": [self.stats.count, self.stats.seconds],
             "snapshots": self.snapshots.to_data(),
         }
+
+
+def _compute_capability(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}.{minor}"
 
 
 def describe_spec(spec: ModelSpec) -> str:

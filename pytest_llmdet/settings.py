@@ -145,6 +145,8 @@ def resolve_settings(
 
 SNAPSHOT_DIR_DEFAULT = "__llm_snapshots__"
 NEAR_TIE_DEFAULT = 0.01
+COMPARE_MODES = ("exact", "tolerant")
+TOP_K_DEFAULT = 5
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,50 @@ class SnapshotSettings:
     snapshot_dir: str = SNAPSHOT_DIR_DEFAULT
     near_tie: float = NEAR_TIE_DEFAULT
     details: bool = False
+    compare: str = "exact"  # exact, or tolerant (the vLLM top-k rule at the first divergence)
+    top_k: int = TOP_K_DEFAULT
+    variant: bool = False  # --llm-snapshot-variant: an update records a variant for this environment
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """How one test's snapshots are compared: exact, or tolerant with top-k candidates per step."""
+
+    mode: str = "exact"
+    top_k: int = TOP_K_DEFAULT
+
+    @property
+    def capture_top_k(self) -> int:
+        """How many candidates per step generate must record (0: none, the exact mode's cost)."""
+        return self.top_k if self.mode == "tolerant" else 0
+
+
+def parse_compare(value: str) -> str:
+    """Accept exact or tolerant."""
+    if value not in COMPARE_MODES:
+        raise ValueError(f"allowed values: {', '.join(COMPARE_MODES)}")
+    return value
+
+
+def parse_top_k(value: str) -> int:
+    """Accept an integer >= 1."""
+    return _parse_int(1)(value)
+
+
+def compare_plan(default: SnapshotSettings, marker_kwargs: dict[str, Any] | None) -> ComparePlan:
+    """The comparison of one test: the run's, overridden by `@pytest.mark.llm_snapshot(compare=..., top_k=...)`."""
+    kwargs = dict(marker_kwargs or {})
+    unknown = set(kwargs) - {"compare", "top_k"}
+    usage = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
+    if unknown:
+        raise SettingsError(f"{usage}; unknown argument(s): {', '.join(sorted(unknown))}")
+    try:
+        mode = parse_compare(str(kwargs.get("compare", default.compare)))
+        top_k = kwargs.get("top_k", default.top_k)
+        top_k = parse_top_k(str(top_k)) if not isinstance(top_k, bool) else parse_top_k("")
+    except ValueError as error:
+        raise SettingsError(f"bad argument to @pytest.mark.llm_snapshot: {error}; {usage}") from None
+    return ComparePlan(mode, top_k)
 
 
 def parse_snapshot_dir(folder: str) -> str:
@@ -177,8 +223,9 @@ def parse_snapshot_dir(folder: str) -> str:
 
 
 def resolve_snapshot_settings(check: bool, update: bool, details: bool,
-                              ini: dict[str, str]) -> SnapshotSettings:
-    """The snapshot mode from the flags, and the folder and near-tie threshold from the ini file."""
+                              ini: dict[str, str], flags: dict[str, str | None] | None = None) -> SnapshotSettings:
+    """The snapshot mode from the flags, the folder and near-tie threshold from the ini file, and the comparison
+    (`compare`, `top_k`) from its flag, else its ini option."""
     folder = parse_snapshot_dir(ini.get("snapshot_dir", "").strip() or SNAPSHOT_DIR_DEFAULT)
     raw = ini.get("near_tie", "").strip()
     try:
@@ -189,4 +236,17 @@ def resolve_snapshot_settings(check: bool, update: bool, details: bool,
         raise SettingsError(f"pytest-llmdet: bad value {raw!r} for llm_near_tie; "
                             "allowed values: a number >= 0") from None
     mode = "update" if update else "check" if check else "off"
-    return SnapshotSettings(mode, folder, near_tie, details)
+    variant = bool((flags or {}).get("variant"))
+    if variant and mode != "update":
+        raise SettingsError("pytest-llmdet: --llm-snapshot-variant records a variant, so it needs "
+                            "--llm-snapshot-update (a check run picks the best variant by itself)")
+    chosen: dict[str, Any] = {}
+    for name, parse, default in (("compare", parse_compare, "exact"), ("top_k", parse_top_k, TOP_K_DEFAULT)):
+        raw, source = (flags or {}).get(name), "--llm-" + name.replace("_", "-")
+        if raw is None and ini.get(name, "").strip():
+            raw, source = ini[name].strip(), f"llm_{name}"
+        try:
+            chosen[name] = default if raw is None else parse(raw)
+        except ValueError as error:
+            raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
+    return SnapshotSettings(mode, folder, near_tie, details, chosen["compare"], chosen["top_k"], variant)

@@ -7,15 +7,25 @@ queues new content (update mode), and writes the file atomically when the test e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.compare import Comparison, compare_text, compare_tokens, render_comparison
+from pytest_llmdet.compare import (
+    Comparison,
+    compare_text,
+    compare_tokens,
+    divergence_summary,
+    render_comparison,
+    smallest_margin,
+)
 from pytest_llmdet.fingerprint import fingerprint_changes
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
+from pytest_llmdet.settings import ComparePlan
 from pytest_llmdet.store import read_golden, write_golden
+from pytest_llmdet.tolerant import compare_tolerant, top_k_lines
+from pytest_llmdet.variants import Environment, choose_variant, describe, environment_of, is_exact
 
 CHECK, UPDATE = "check", "update"
 _COMPARED_FIELDS = ("token_ids", "text", "finish_reason", "prompt", "prompt_sha256", "settings")
@@ -33,6 +43,9 @@ class SnapshotOutcome:
     name: str
     status: str  # passed, failed, missing, written, updated or deleted (an unused snapshot)
     file: str
+    # plain data for the summary and the JSON report: "divergence" (compare.divergence_summary), "fragile"
+    # ({"position", "margin"} at record time), "fingerprint" (the current environment)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def entry_from(value: Any) -> GoldenEntry:
@@ -40,7 +53,8 @@ def entry_from(value: Any) -> GoldenEntry:
     if isinstance(value, Generation):
         return GoldenEntry(text=value.text, token_ids=list(value.token_ids), margins=list(value.margins),
                            prompt=value.prompt, prompt_sha256=prompt_hash(value.prompt_token_ids),
-                           finish_reason=value.finish_reason, settings=dict(value.settings))
+                           finish_reason=value.finish_reason, settings=dict(value.settings),
+                           top_k_ids=value.top_k_ids, top_k_logprobs=value.top_k_logprobs)
     if isinstance(value, str):
         _check_storable(value)
         return GoldenEntry(text=value)
@@ -76,6 +90,10 @@ def _safe_decoder(decode: Callable[[list[int]], str] | None) -> Callable[[list[i
 
 
 def _same_output(golden: GoldenEntry, current: GoldenEntry) -> bool:
+    # Top-k log-probs wobble like margins, so only their presence counts: a tolerant update adds them to a
+    # golden that lacks them, and never rewrites a file for float noise; an exact update keeps them.
+    if current.top_k_ids is not None and golden.top_k_ids is None:
+        return False
     return all(getattr(golden, name) == getattr(current, name) for name in _COMPARED_FIELDS)
 
 
@@ -92,9 +110,15 @@ class TestSnapshots:
     decoder: Callable[[], Callable[[list[int]], str] | None]
     fingerprint: Callable[[], dict[str, Any] | None]
     record: Callable[[SnapshotOutcome], None]
+    compare: ComparePlan = field(default_factory=ComparePlan)
+    record_variant: bool = False  # --llm-snapshot-variant: record for this environment, keep the default
     used: list[str] = field(default_factory=list)
     updates: dict[str, GoldenEntry] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)  # full failure reports, shown as a report section
+    outcomes: list[SnapshotOutcome] = field(default_factory=list)  # this test's, for its JUnit properties
+    _queued: dict[str, GoldenEntry] = field(default_factory=dict)  # what each queued update recorded
+    pending: dict[str, tuple[GoldenEntry, str, str]] = field(default_factory=dict)  # check mode: entry, status,
+    # report of each changed or new snapshot, kept as a pending file for review outside CI
     _auto_index: int = 0
     _golden: GoldenFile | None = None
     _loaded: bool = False
@@ -127,23 +151,66 @@ class TestSnapshots:
         current = entry_from(value)
         self.used.append(name)
         golden_file = self.golden()
-        golden = golden_file.snapshots.get(name) if golden_file else None
-        if golden is None:
-            return self._missing(name, current)
+        stored = golden_file.snapshots.get(name) if golden_file else None
+        details = self._details(current)
+        if stored is None or golden_file is None:
+            return self._missing(name, current, details)
+        default_env = environment_of(golden_file.fingerprint)
+        current_env = environment_of(details.get("fingerprint"))
+        variant = choose_variant(list(stored.variants), default_env, current_env) \
+            if isinstance(value, Generation) else None
+        golden = stored if variant is None else stored.variants[variant]
+        details["variant"] = variant
+        if stored.variants:
+            details["compared_with"] = describe(variant, default_env)
+        target = self._target(variant, default_env, current_env)
         comparison = self._compare(golden, value)
+        if isinstance(value, Generation):
+            details["divergence"] = divergence_summary(comparison)
+            if comparison.checked:
+                details["checked"] = comparison.checked
         if comparison.matched:
             if self.mode == UPDATE and isinstance(value, Generation) and not _same_output(golden, current):
-                self._queue(name, current, "updated")  # same tokens, but the prompt or settings changed
+                # same tokens, but the prompt or settings changed
+                self._queue(name, _replaced(stored, target, current), current, "updated", details)
             else:
-                self._outcome(name, "passed")
+                self._outcome(name, "passed", details)
             return True, []
         if self.mode == UPDATE:
-            self._queue(name, current, "updated")
+            self._queue(name, _replaced(stored, target, current), current, "updated", details)
             return True, []
-        self._outcome(name, "failed")
-        return False, self._report(name, golden, comparison, value, golden_file)
+        self._outcome(name, "failed", details)
+        report = self._report(name, golden, comparison, value, golden_file, variant)
+        self.pending[name] = (_replaced(stored, target, current), "changed", self.reports[-1])
+        return False, report
+
+    def _target(self, compared: str | None, default_env: Environment | None,
+                current_env: Environment | None) -> str | None:
+        # Which entry an update replaces (None: the default). A plain update replaces the compared entry when
+        # it was recorded in exactly this environment, else the default; --llm-snapshot-variant never touches
+        # a default recorded elsewhere: it replaces or adds the variant of this environment.
+        if compared is not None and is_exact(compared, default_env, current_env):
+            return compared
+        if not self.record_variant or current_env is None or is_exact(None, default_env, current_env):
+            return None
+        return current_env.key
+
+    def _details(self, current: GoldenEntry) -> dict[str, Any]:
+        # At record time, the step with the smallest margin below llm_near_tie makes the snapshot fragile:
+        # another machine, kernel or dtype may flip it.
+        details: dict[str, Any] = {"compare": self.compare.mode}
+        fingerprint = self.fingerprint() if current.token_ids is not None else None
+        if fingerprint is not None:
+            details["fingerprint"] = fingerprint
+        smallest = smallest_margin(current.margins) if self.mode == UPDATE else None
+        if smallest is not None and smallest[1] < self.near_tie:
+            details["fragile"] = {"position": smallest[0], "margin": round(smallest[1], 6)}
+        return details
 
     def _compare(self, golden: GoldenEntry, value: Any) -> Comparison:
+        if isinstance(value, Generation) and golden.token_ids is not None and self.compare.mode == "tolerant":
+            return compare_tolerant(golden, value.token_ids, value.margins, value.text, value.finish_reason,
+                                    value.top_k_ids, self.compare.top_k)
         if isinstance(value, Generation) and golden.token_ids is not None:
             return compare_tokens(golden, value.token_ids, value.margins, value.text, value.finish_reason,
                                   self.near_tie)
@@ -154,39 +221,54 @@ class TestSnapshots:
             comparison.notes.append("the golden snapshot holds text only; re-record it to store token IDs")
         return comparison
 
-    def _missing(self, name: str, current: GoldenEntry) -> tuple[bool, list[str]]:
-        if self.mode == UPDATE:
-            self._queue(name, current, "written")
+    def _missing(self, name: str, current: GoldenEntry, details: dict[str, Any]) -> tuple[bool, list[str]]:
+        if self.mode == UPDATE:  # the first recording is the default, with or without --llm-snapshot-variant
+            self._queue(name, current, current, "written", details)
             return True, []
-        self._outcome(name, "missing")
-        return False, [
+        self._outcome(name, "missing", details)
+        lines = [
             f"snapshot {name!r} of {self.nodeid} is missing from {self.display_path}",
             f"record it with: {self.update_command}",
         ]
+        self.pending[name] = (current, "new", "\n".join(lines))
+        return False, lines
 
-    def _queue(self, name: str, current: GoldenEntry, status: str) -> None:
-        queued = self.updates.get(name)
+    def _queue(self, name: str, entry: GoldenEntry, current: GoldenEntry, status: str,
+               details: dict[str, Any]) -> None:
+        queued = self._queued.get(name)
         if queued is not None and not _same_output(queued, current):
             raise SnapshotUsageError(
                 f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
                 "give each comparison its own name: llm_snapshot(name=...)"
             )
-        self.updates[name] = current
-        self._outcome(name, status)
+        self.updates[name] = entry
+        self._queued[name] = current
+        self._outcome(name, status, details)
 
-    def _outcome(self, name: str, status: str) -> None:
-        self.record(SnapshotOutcome(self.nodeid, name, status, self.display_path))
+    def _outcome(self, name: str, status: str, details: dict[str, Any] | None = None) -> None:
+        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details or {})
+        self.outcomes.append(outcome)
+        self.record(outcome)
 
     def _report(self, name: str, golden: GoldenEntry, comparison: Comparison, value: Any,
-                golden_file: GoldenFile | None) -> list[str]:
+                golden_file: GoldenFile | None, variant: str | None = None) -> list[str]:
         text = value.text if isinstance(value, Generation) else value
         ids = value.token_ids if isinstance(value, Generation) else []
         lines = [f"output differs from snapshot {name!r} in {self.display_path}"]
+        stored = golden_file.snapshots.get(name) if golden_file else None
+        if stored is not None and stored.variants:
+            default_env = environment_of(golden_file.fingerprint) if golden_file else None
+            lines[0] += f", {describe(variant, default_env)}"
         decode = _safe_decoder(self.decoder())
         lines += render_comparison(comparison, golden, text, ids, decode, self.near_tie)
+        if self.compare.mode == "tolerant" and comparison.divergence is not None and isinstance(value, Generation):
+            at = next((i for i, line in enumerate(lines) if line.startswith("  current:")), len(lines) - 1) + 1
+            lines[at:at] = top_k_lines(golden, value.top_k_ids, value.top_k_logprobs, comparison.divergence.index,
+                                       self.compare.top_k, decode)
         current_fingerprint = self.fingerprint()
         if golden_file is not None and current_fingerprint is not None:
-            changes = fingerprint_changes(golden_file.fingerprint, current_fingerprint)
+            changes = fingerprint_changes(_recorded_fingerprint(golden_file.fingerprint, variant),
+                                          current_fingerprint)
             if changes:
                 lines.append("the environment differs from the one recorded (this may explain the change): "
                              + "; ".join(changes))
@@ -209,8 +291,8 @@ class TestSnapshots:
         dropped = sorted(set(snapshots) - set(self.used)) if drop_unused else []
         snapshots = {name: entry for name, entry in snapshots.items() if name not in dropped}
         fingerprint = self.fingerprint()
-        if fingerprint is None:
-            fingerprint = existing.fingerprint if existing else {}
+        if fingerprint is None or (self.record_variant and existing is not None):
+            fingerprint = existing.fingerprint if existing else {}  # a variant keeps the default's fingerprint
         golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
                             snapshots=dict(sorted(snapshots.items())))
         written = write_golden(self.path, golden)
@@ -219,12 +301,61 @@ class TestSnapshots:
         return written
 
 
+    def settle_pending(self, ci: bool) -> str | None:
+        """At the end of the test, outside CI: a check run writes its changed or new outputs as a pending file
+        beside the golden file (never the golden file itself), or removes a stale one when all matched; an
+        update removes it (the update supersedes it). Returns a note when the pending file could not be
+        written."""
+        from pytest_llmdet.pending import PendingFile, pending_path, remove_pending, write_pending
+
+        if self.passive or ci or self.mode not in (CHECK, UPDATE):
+            return None
+        try:
+            if self.mode == UPDATE:
+                remove_pending(self.path)
+                return None
+            if not self.pending:
+                if self.outcomes and all(o.status == "passed" for o in self.outcomes):
+                    remove_pending(self.path)
+                return None
+            if not self.path.parent.is_dir():
+                return None  # a check run creates no folder: record the first snapshots with an update
+            fingerprint = self.fingerprint() or {}
+            write_pending(PendingFile(
+                pending_path(self.path), self.nodeid, fingerprint,
+                {name: entry for name, (entry, _, _) in self.pending.items()},
+                {name: status for name, (_, status, _) in self.pending.items()},
+                {name: report for name, (_, _, report) in self.pending.items()},
+            ))
+        except OSError as error:
+            return f"could not write the pending file {pending_path(self.path)}: {error.strerror or error}"
+        return None
+
     def write_error(self, error: Exception) -> str:
         """The failure message when the golden file could not be written (a full disk, a read-only folder)."""
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
                 "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
                 f"permissions), then re-record with: {self.update_command}")
+
+
+def _replaced(stored: GoldenEntry, target: str | None, current: GoldenEntry) -> GoldenEntry:
+    """The snapshot with its default (target None) or one variant replaced by `current`; others are kept."""
+    if target is None:
+        return replace(current, variants=dict(stored.variants))
+    return replace(stored, variants=dict(sorted({**stored.variants, target: current}.items())))
+
+
+def _recorded_fingerprint(fingerprint: dict[str, Any], variant: str | None) -> dict[str, Any]:
+    """The fingerprint a variant was recorded under, as far as its key tells: the file's, with its environment."""
+    if variant is None:
+        return fingerprint
+    device_type, dtype, *capability = variant.split(":")
+    recorded = {k: v for k, v in fingerprint.items() if k != "compute_capability"}
+    recorded.update(device_type=device_type, dtype=dtype)
+    if capability:
+        recorded["compute_capability"] = capability[0]
+    return recorded
 
 
 def _compact(lines: list[str], limit: int = 7) -> list[str]:

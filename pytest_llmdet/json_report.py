@@ -1,0 +1,109 @@
+"""The machine-readable report (`--llm-report=PATH`): every snapshot outcome and determinism verdict as
+JSON, and the one-line summaries that go into each test's JUnit XML properties.
+
+The report's shape is documented (and checked in the tests) by docs/llm-report.schema.json; REPORT_VERSION
+changes only when a field changes meaning or disappears, never when one is added.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pytest_llmdet.compare import summary_line
+from pytest_llmdet.nondeterminism import Verdict
+from pytest_llmdet.snapshot import SnapshotOutcome
+
+REPORT_VERSION = 1
+
+
+def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
+    """One snapshot outcome as the report lists it."""
+    details = outcome.details
+    return {
+        "test": outcome.nodeid,
+        "name": outcome.name,
+        "status": outcome.status,
+        "file": outcome.file,
+        "variant": details.get("variant"),
+        "compare": details.get("compare", "exact"),
+        "checked": details.get("checked"),
+        "fingerprint": details.get("fingerprint"),
+        "divergence": details.get("divergence"),
+        "fragile": details.get("fragile"),
+    }
+
+
+def determinism_entry(verdict: Verdict) -> dict[str, Any]:
+    """One determinism verdict as the report lists it."""
+    return {
+        "test": verdict.nodeid,
+        "status": "deterministic" if verdict.deterministic else "nondeterministic",
+        "runs": verdict.runs,
+        "kind": verdict.kind or None,
+        "position": verdict.position,
+        "distinct_outputs": verdict.distinct_outputs,
+        "detail": verdict.detail or None,
+    }
+
+
+def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[str, int],
+                 outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
+                 verdicts: Iterable[Verdict], unchecked: int) -> dict[str, Any]:
+    """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
+    try:
+        version = metadata.version("pytest-llmdet")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return {
+        "report_version": REPORT_VERSION,
+        "pytest_llmdet": version,
+        "exit_status": int(exit_status),
+        "snapshot_mode": mode,
+        "near_tie": near_tie,
+        "summary": dict(counts),
+        "snapshots": sorted((snapshot_entry(o) for o in outcomes if o.status != "deleted"),
+                            key=lambda e: (e["test"], e["name"])),
+        "unused": sorted(unused),
+        "deleted": sorted(deleted),
+        "determinism": sorted((determinism_entry(v) for v in verdicts), key=lambda e: e["test"]),
+        "determinism_unchecked": unchecked,
+    }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write the report atomically (a reader never sees half of it); creates the folder if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str]]:
+    """A JUnit XML property per snapshot of a test: `llm_snapshot[name]` = status and divergence summary."""
+    properties = []
+    for outcome in outcomes:
+        details = outcome.details
+        parts = [outcome.status]
+        if details.get("variant"):
+            parts.append(f"variant {details['variant']}")
+        if details.get("compare", "exact") != "exact":
+            parts.append(f"compare {details['compare']}")
+        if details.get("divergence") is not None:
+            parts.append(summary_line(details["divergence"]))
+        if details.get("fragile") is not None:
+            fragile = details["fragile"]
+            parts.append(f"fragile: token {fragile['position']} margin {fragile['margin']:.4f}")
+        properties.append((f"llm_snapshot[{outcome.name}]", "; ".join(parts)))
+    return properties

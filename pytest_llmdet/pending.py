@@ -1,0 +1,143 @@
+"""Pending snapshots: the changed or new outputs of a check run, kept beside the goldens for review.
+
+A check run outside CI writes, per test, `<golden file>.llmdet-pending` holding the entries an update would
+write (and the failure report of each) and never touches a golden file; in CI it writes nothing. Pending files
+are ignored by name (`*.llmdet-pending` in .gitignore). Accepting one writes its entries into the golden file
+through the store (atomic, locked); rejecting deletes it. The review CLI (review.py) drives both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.store import read_golden, write_golden
+
+PENDING_SUFFIX = ".llmdet-pending"
+CHANGED, NEW = "changed", "new"
+
+
+@dataclass
+class PendingFile:
+    """The pending snapshots of one test: the entries to accept, their status and their failure report."""
+
+    path: Path
+    test: str
+    fingerprint: dict[str, Any]
+    snapshots: dict[str, GoldenEntry]
+    statuses: dict[str, str] = field(default_factory=dict)  # changed or new, by snapshot name
+    reports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def golden(self) -> Path:
+        return golden_of(self.path)
+
+
+def pending_path(golden: Path) -> Path:
+    """Where the pending snapshots of a golden file go."""
+    return golden.with_name(golden.name + PENDING_SUFFIX)
+
+
+def golden_of(pending: Path) -> Path:
+    """The golden file a pending file belongs to."""
+    return pending.with_name(pending.name.removesuffix(PENDING_SUFFIX))
+
+
+def _atomic_write(path: Path, content: str) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".llmdet-tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_pending(pending: PendingFile) -> None:
+    """Write (replace) a pending file atomically. Its folder must exist: a check run creates no folder."""
+    data = json.loads(dumps(GoldenFile(pending.test, pending.fingerprint, dict(sorted(pending.snapshots.items())))))
+    data["pending"] = {"statuses": pending.statuses, "reports": pending.reports}
+    _atomic_write(pending.path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_pending(path: Path) -> PendingFile:
+    """A pending file; GoldenFileError (naming the file) when it cannot be used."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise GoldenFileError(f"{path} cannot be read: {error.strerror or error}") from None
+    golden = loads(raw, str(path))
+    extra = json.loads(raw).get("pending")
+    if not isinstance(extra, dict) or not isinstance(extra.get("statuses"), dict) \
+            or not isinstance(extra.get("reports"), dict):
+        raise GoldenFileError(f"{path}: missing or malformed 'pending' section")
+    return PendingFile(path, golden.test, golden.fingerprint, golden.snapshots,
+                       {str(k): str(v) for k, v in extra["statuses"].items()},
+                       {str(k): str(v) for k, v in extra["reports"].items()})
+
+
+def remove_pending(golden: Path) -> bool:
+    """Delete the pending file of a golden file, if any; True if it existed."""
+    path = pending_path(golden)
+    if not path.is_file():  # the usual case: only look (an update must not even try to delete a file)
+        return False
+    path.unlink(missing_ok=True)
+    return True
+
+
+def find_pending(roots: Iterable[Path]) -> list[Path]:
+    """Every pending file below `roots` (a root may itself be a pending file), skipping hidden folders."""
+    found: set[Path] = set()
+    for root in roots:
+        if root.is_file() and root.name.endswith(PENDING_SUFFIX):
+            found.add(root)
+            continue
+        for folder, folders, files in os.walk(root):
+            folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "__pycache__")
+            found.update(Path(folder) / name for name in files if name.endswith(PENDING_SUFFIX))
+    return sorted(found)
+
+
+def accept(pending: PendingFile, names: Iterable[str] | None = None) -> list[str]:
+    """Write the named pending snapshots (all by default) into the golden file, as an update would, then
+    drop them from the pending file; returns the names accepted."""
+    chosen = [n for n in (pending.snapshots if names is None else names) if n in pending.snapshots]
+    if not chosen:
+        return []
+    existing = read_golden(pending.golden)
+    snapshots = dict(existing.snapshots) if existing else {}
+    snapshots.update({name: pending.snapshots[name] for name in chosen})
+    write_golden(pending.golden, GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items()))))
+    _drop(pending, chosen)
+    return chosen
+
+
+def reject(pending: PendingFile, names: Iterable[str] | None = None) -> list[str]:
+    """Drop the named pending snapshots (all by default) without touching the golden file."""
+    chosen = [n for n in (pending.snapshots if names is None else names) if n in pending.snapshots]
+    _drop(pending, chosen)
+    return chosen
+
+
+def _drop(pending: PendingFile, names: list[str]) -> None:
+    for name in names:
+        pending.snapshots.pop(name, None)
+        pending.statuses.pop(name, None)
+        pending.reports.pop(name, None)
+    if pending.snapshots:
+        write_pending(pending)
+    else:
+        pending.path.unlink(missing_ok=True)
+
+
+def entries(pending: PendingFile) -> Iterator[tuple[str, str, str]]:
+    """(name, status, report) of each pending snapshot, in name order."""
+    for name in sorted(pending.snapshots):
+        yield name, pending.statuses.get(name, CHANGED), pending.reports.get(name, "")

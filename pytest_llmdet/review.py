@@ -1,0 +1,120 @@
+"""`python -m pytest_llmdet review|accept|reject|pending`: walk the pending snapshots a check run left beside
+the goldens, show each one's divergence report, and accept (write it into the golden file) or reject it.
+
+    review [PATH ...]          one by one: [a]ccept, [r]eject, [s]kip, [q]uit
+    accept [PATH ...]          accept every pending snapshot
+    reject [PATH ...]          reject every pending snapshot
+    pending [--json] [PATH ...]  list them (--json for other tools)
+
+PATH is a folder to search (default: the current one) or a pending file. Goldens change only on accept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from pytest_llmdet.golden_format import GoldenFileError
+from pytest_llmdet.pending import PendingFile, accept, entries, find_pending, read_pending, reject
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
+
+
+def _load(paths: list[Path], out: TextIO) -> tuple[list[PendingFile], int]:
+    loaded, errors = [], 0
+    for path in find_pending(paths):
+        try:
+            loaded.append(read_pending(path))
+        except GoldenFileError as error:
+            out.write(f"skipped: {error}\n")
+            errors += 1
+    return loaded, errors
+
+
+def listing(pending: list[PendingFile]) -> list[dict]:
+    """The pending snapshots as plain data (what `pending --json` prints)."""
+    return [{"pending_file": _display(p.path), "golden_file": _display(p.golden), "test": p.test,
+             "snapshots": [{"name": name, "status": status, "report": report}
+                           for name, status, report in entries(p)]}
+            for p in pending]
+
+
+def review(pending: list[PendingFile], stdin: TextIO, out: TextIO) -> dict[str, int]:
+    """Ask about each pending snapshot in turn; returns how many were accepted, rejected and skipped."""
+    counts = {"accepted": 0, "rejected": 0, "skipped": 0}
+    total = sum(len(p.snapshots) for p in pending)
+    number, stop = 0, False
+    for item in pending:
+        decisions: dict[str, str] = {}
+        for name, status, report in entries(item):
+            number += 1
+            if stop:
+                counts["skipped"] += 1
+                continue
+            out.write(f"\n[{number}/{total}] {item.test} [{name}] ({status}) -> {_display(item.golden)}\n")
+            out.write(report.rstrip() + "\n")
+            answer = ""
+            while answer not in ("a", "r", "s", "q"):
+                out.write("accept (a), reject (r), skip (s), quit (q)? ")
+                out.flush()
+                line = stdin.readline()
+                answer = line.strip().lower()[:1] if line else "q"  # end of input: stop, change nothing more
+            if answer == "q":
+                stop = True
+                counts["skipped"] += 1
+            elif answer == "s":
+                counts["skipped"] += 1
+            else:
+                decisions[name] = answer
+        accepted = accept(item, [n for n, a in decisions.items() if a == "a"])
+        rejected = reject(item, [n for n, a in decisions.items() if a == "r"])
+        counts["accepted"] += len(accepted)
+        counts["rejected"] += len(rejected)
+    return counts
+
+
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    """The command line; returns the exit status (1 when a pending file could not be read or written)."""
+    out, inp = stdout or sys.stdout, stdin or sys.stdin
+    parser = argparse.ArgumentParser(prog="python -m pytest_llmdet",
+                                     description="review the pending snapshots of pytest-llmdet check runs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("review", "accept or reject each pending snapshot"), ("accept", "accept all"),
+                       ("reject", "reject all"), ("pending", "list the pending snapshots")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("paths", nargs="*", type=Path, default=[Path(".")],
+                             help="folders to search, or pending files (default: .)")
+        if name == "pending":
+            command.add_argument("--json", action="store_true", help="print JSON for other tools")
+    args = parser.parse_args(argv)
+    pending, errors = _load(args.paths, out)
+    try:
+        if args.command == "pending":
+            if args.json:
+                out.write(json.dumps(listing(pending), indent=2, ensure_ascii=False) + "\n")
+            else:
+                for item in listing(pending):
+                    for snapshot in item["snapshots"]:
+                        out.write(f"{snapshot['status']:>8}  {item['test']} [{snapshot['name']}]  "
+                                  f"{item['golden_file']}\n")
+                out.write(f"{sum(len(p.snapshots) for p in pending)} pending snapshot(s)\n")
+        elif args.command == "review":
+            counts = review(pending, inp, out)
+            out.write("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + "\n")
+        else:
+            act = accept if args.command == "accept" else reject
+            done = sum(len(act(item)) for item in pending)
+            out.write(f"{done} pending snapshot(s) {args.command}ed\n")
+    except (OSError, GoldenFileError) as error:
+        out.write(f"error: {getattr(error, 'strerror', None) or error}\n")
+        return 1
+    return 1 if errors else 0
