@@ -273,3 +273,21 @@ def test_collection_errors_make_an_update_partial(pytester):
     result = pytester.runpytest("--llm-snapshot-update", "--continue-on-collection-errors")
     result.stdout.fnmatch_lines(["*not deleted: this run is partial (collection errors)*"])
     assert unused.exists()
+
+
+def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_copy, monkeypatch):
+    # A large local model must not be read and hashed on every run: the hash is cached in pytest's cache by
+    # path, size and modification time.
+    from pytest_llmdet import fingerprint
+
+    hashed = []
+    hash_file = fingerprint._hash_file
+    monkeypatch.setattr(fingerprint, "_hash_file", lambda path: hashed.append(path.name) or hash_file(path))
+    pytester.makepyfile("def test_story(llm, llm_snapshot):\n"
+                        "    assert llm.generate('Once upon a time', max_new_tokens=4) == llm_snapshot\n")
+    pytester.runpytest("--llm-model", str(model_copy), "--llm-snapshot-update").assert_outcomes(passed=1)
+    assert hashed == ["model.safetensors"]
+    (pytester.path / "__llm_snapshots__/test_weights_hash_comes_from_pytest_cache_on_the_next_run/"
+     "test_story.json").unlink()  # recording it again needs the fingerprint again
+    pytester.runpytest("--llm-model", str(model_copy), "--llm-snapshot-update").assert_outcomes(passed=1)
+    assert hashed == ["model.safetensors"]
