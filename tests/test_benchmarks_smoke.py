@@ -1,0 +1,86 @@
+"""The benchmarks' pure helpers work (never their timings: a test must not assert a timing)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import common  # noqa: E402
+
+
+def test_median_of_odd_and_even_counts_and_of_nothing():
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert common.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    with pytest.raises(ValueError):
+        common.median([])
+
+
+def test_table_is_markdown_with_aligned_columns():
+    table = common.format_table(["run", "wall"], [["plugin enabled", 0.5], ["off", "12.0 ms"]])
+    lines = table.splitlines()
+    assert lines[0] == "| run            | wall    |"
+    assert lines[1] == "|----------------|---------|"
+    assert lines[2] == "| plugin enabled | 0.500   |"
+    assert len({len(line) for line in lines}) == 1
+    with pytest.raises(ValueError):
+        common.format_table(["a", "b"], [["only one cell"]])
+
+
+def test_interleaved_runs_cases_in_turn_and_drops_the_warmup():
+    order = []
+    counter = iter(range(100))
+
+    def case(name):
+        def run():
+            order.append(name)
+            return next(counter)
+        return run
+
+    results = common.interleaved({"a": case("a"), "b": case("b")}, repeats=2, warmup=1)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+    assert results == {"a": [2, 4], "b": [3, 5]}
+
+
+def test_chat_prompts_are_distinct_up_to_500():
+    prompts = common.chat_prompts(500)
+    assert len({p[0]["content"] for p in prompts}) == 500
+    assert common.chat_prompts(50) == prompts[:50]
+    with pytest.raises(ValueError):
+        common.chat_prompts(501)
+
+
+def test_collected_count_reads_pytest_output():
+    assert common.collected_count("a\nb\n\n7 tests collected in 0.01s\n") == 7
+    assert common.collected_count("1 test collected in 0.01s") == 1
+    assert common.collected_count("no tests ran") == -1
+
+
+def test_generated_trivial_suite_has_the_requested_number_of_tests(tmp_path):
+    suite = common.write_trivial_suite(tmp_path / "suite", 7, per_module=3)
+    assert len(list(suite.glob("test_*.py"))) == 3
+    result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:llmdet", "-p", "no:cacheprovider"],
+                            cwd=suite, capture_output=True, text=True, env=common.child_env())
+    assert common.collected_count(result.stdout) == 7, result.stdout + result.stderr
+
+
+def test_generated_snapshot_suites_use_the_same_prompts(tmp_path):
+    prompts = common.chat_prompts(3)
+    llmdet = common.write_llmdet_suite(tmp_path / "llmdet", prompts, tmp_path / "model")
+    handrolled = common.write_handrolled_suite(tmp_path / "handrolled", prompts, tmp_path / "model")
+    bare = common.write_bare_loop(tmp_path / "bare", prompts, tmp_path / "model")
+    for module in (llmdet / "test_llmdet_suite.py", handrolled / "test_handrolled_suite.py", bare):
+        assert _prompts_of(module) == prompts
+    assert "llm_max_new_tokens = 32" in (llmdet / "pytest.ini").read_text(encoding="utf-8")
+
+
+def _prompts_of(module: Path) -> list:
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    value = next(node.value for node in tree.body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PROMPTS")
+    return ast.literal_eval(value)
