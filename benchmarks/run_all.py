@@ -4,8 +4,8 @@ docs/benchmarks.md shows them).
     python benchmarks/run_all.py [--quick] [--threads N|default]
 
 `--quick` is a smoke run with fewer repetitions (results go to benchmarks/results-quick.json instead). The
-full run takes about 20 minutes on 2 cores; it needs ~1.2 GiB free in the temporary folder for the
-fingerprint benchmark.
+full run takes about 8 minutes on 2 cores (more on a busy machine); the fingerprint benchmark needs ~1.2 GiB
+free in the temporary folder.
 """
 
 from __future__ import annotations
