@@ -8,8 +8,6 @@ changes only when a field changes meaning or disappears, never when one is added
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 from pytest_llmdet.compare import summary_line
 from pytest_llmdet.nondeterminism import Verdict
 from pytest_llmdet.snapshot import SnapshotOutcome
+from pytest_llmdet.store import replace_atomically
 
 REPORT_VERSION = 1
 
@@ -80,14 +79,7 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
     """Write the report atomically (a reader never sees half of it); creates the folder if needed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     content = json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_atomically(path, content.encode("utf-8"))
 
 
 def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str]]:

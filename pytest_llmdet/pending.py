@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.store import read_golden, write_golden
+from pytest_llmdet.store import read_golden, replace_atomically, write_golden
 
 PENDING_SUFFIX = ".llmdet-pending"
 CHANGED, NEW = "changed", "new"
@@ -49,22 +48,12 @@ def golden_of(pending: Path) -> Path:
     return pending.with_name(pending.name.removesuffix(PENDING_SUFFIX))
 
 
-def _atomic_write(path: Path, content: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".llmdet-tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_pending(pending: PendingFile) -> None:
     """Write (replace) a pending file atomically. Its folder must exist: a check run creates no folder."""
     data = json.loads(dumps(GoldenFile(pending.test, pending.fingerprint, dict(sorted(pending.snapshots.items())))))
     data["pending"] = {"statuses": pending.statuses, "reports": pending.reports}
-    _atomic_write(pending.path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    replace_atomically(pending.path,
+                       (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_pending(path: Path) -> PendingFile:

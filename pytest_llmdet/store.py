@@ -105,6 +105,19 @@ def _create_temporary(path: Path) -> tuple[int, str]:
     raise FileNotFoundError(path.parent)
 
 
+def replace_atomically(path: Path, content: bytes) -> None:
+    """Write `content` to a temporary file beside `path`, then move it into place: a reader sees the old file
+    or the new one, never half of one. Unlocked and not fsynced: for files that are not golden files."""
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def write_golden(path: Path, golden: GoldenFile) -> bool:
     """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote.
 
