@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,7 +43,9 @@ def _only_generation_config(model: Any, config: Any) -> Iterator[None]:
         model.generation_config = original
 
 
+@functools.cache
 def _known_generation_fields() -> frozenset[str]:
+    # Built once: constructing and validating a GenerationConfig on every generate call is wasted work.
     from transformers import GenerationConfig
 
     return frozenset(vars(GenerationConfig()))
