@@ -1,25 +1,21 @@
 """The pytest plugin entry: options, markers, fixtures and hooks. Each hook is thin; the logic lives in
-the modules it calls. Importing this module imports neither torch, transformers nor filelock."""
+the modules it calls.
+
+pytest imports this module in every run of every project where the plugin is installed, so it imports only
+the settings: torch, transformers and filelock, and the model, golden-file and report code too, are imported
+inside the fixtures and hooks that need them (benchmarks/bench_import.py measures what is left)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from pytest_llmdet.determinism import prepare_cuda_environment
-from pytest_llmdet.models import ModelLoadError
-from pytest_llmdet.report import (
-    fragile_lines,
-    header_lines,
-    snapshot_header_line,
-    snapshot_summary_lines,
-    summary_lines,
-)
-from pytest_llmdet.runner import LLM
 from pytest_llmdet.session import LLMDetSession
 from pytest_llmdet.settings import (
     NEAR_TIE_DEFAULT,
@@ -33,13 +29,16 @@ from pytest_llmdet.settings import (
     resolve_settings,
     resolve_snapshot_settings,
 )
-from pytest_llmdet.snapshot import LLMSnapshot, TestSnapshots
+
+if TYPE_CHECKING:
+    from pytest_llmdet.runner import LLM
+    from pytest_llmdet.snapshot import LLMSnapshot, TestSnapshots
 
 pytest_plugins = ["pytest_llmdet.determinism_hooks"]
 
 SESSION_KEY = pytest.StashKey[LLMDetSession]()
-LLM_KEY = pytest.StashKey[LLM]()
-SNAPSHOTS_KEY = pytest.StashKey[TestSnapshots]()
+LLM_KEY: pytest.StashKey[LLM] = pytest.StashKey()
+SNAPSHOTS_KEY: pytest.StashKey[TestSnapshots] = pytest.StashKey()
 PASSIVE_SNAPSHOTS_KEY = pytest.StashKey[bool]()  # set on the re-runs of the determinism check
 WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
@@ -109,6 +108,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    from pytest_llmdet.models import ModelLoadError
+    from pytest_llmdet.report import header_lines, snapshot_header_line
+
     session = config.stash[SESSION_KEY]
     try:
         source = session.default_spec().source
@@ -124,13 +126,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if getattr(config, "cache", None) is not None:  # not yet set during our (tryfirst) pytest_configure
         config.stash[SESSION_KEY].weights_cache.update(config.cache.get(WEIGHTS_CACHE, {}))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    ci = os.environ.get("CI", "")
-    if config.getoption("llm_snapshot_update") and ci and _truthy(ci) and reporter is not None:
-        reporter.write_line(f"llmdet: WARNING: --llm-snapshot-update in CI (CI={ci}): golden files will be "
-                            "rewritten here; CI normally checks them with --llm-snapshot", yellow=True, bold=True)
+    if config.getoption("llm_snapshot_update") and in_ci() and reporter is not None:
+        reporter.write_line(f"llmdet: WARNING: --llm-snapshot-update in CI (CI={os.environ['CI']}): golden files "
+                            "will be rewritten here; CI normally checks them with --llm-snapshot",
+                            yellow=True, bold=True)
 
 
-def _in_ci() -> bool:
+def in_ci() -> bool:
+    """Whether the CI environment variable says this run is in CI."""
     ci = os.environ.get("CI", "")
     return bool(ci) and _truthy(ci)
 
@@ -145,6 +148,8 @@ def _truthy(value: str) -> bool:
 @pytest.fixture
 def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test with forced greedy decoding and fixed seeds; loaded once per session."""
+    from pytest_llmdet.models import ModelLoadError
+
     session = request.config.stash[SESSION_KEY]
     marker = request.node.get_closest_marker("llm_model")
     try:
@@ -153,8 +158,8 @@ def llm(request: pytest.FixtureRequest) -> LLM:
         else:
             spec = session.spec_from_marker(marker.args, marker.kwargs, Path(str(request.node.path)).parent)
         handle = session.llm_for(spec)
-        if "llm_snapshot" in request.fixturenames and session.snapshot_settings.mode != "off":
-            handle.capture_top_k = _compare_plan(request).capture_top_k  # top-k costs only when compared
+        if "llm_snapshot" in request.fixturenames and session.snapshots_on:
+            handle.capture_top_k = compare_plan_of(request).capture_top_k  # top-k costs only when compared
     except (ModelLoadError, SettingsError) as error:
         pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
     request.node.stash[LLM_KEY] = handle
@@ -164,37 +169,16 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 @pytest.fixture
 def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     """This test's golden snapshot: `assert llm.generate(...) == llm_snapshot`; needs --llm-snapshot."""
-    session = request.config.stash[SESSION_KEY]
-    if session.snapshot_settings.mode == "off":
+    llmdet = request.config.stash[SESSION_KEY]
+    if not llmdet.snapshots_on:
         pytest.skip("needs --llm-snapshot")
-    node = request.node
-    try:
-        plan = _compare_plan(request)
-    except SettingsError as error:
-        pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
-    snapshots = session.test_snapshots(
-        node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None),
-        passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False), compare=plan,
-    )
-    node.stash[SNAPSHOTS_KEY] = snapshots
-    from pytest_llmdet.golden_format import GoldenFileError
+    from pytest_llmdet.golden_hooks import snapshot_fixture
 
-    yield LLMSnapshot(snapshots)
-    if not snapshots.passive:  # a determinism re-run compared nothing: run 1's outcome and names stand
-        session.snapshots.set_outcome(node.nodeid, "passed", used=snapshots.used)
-    failure = None
-    try:
-        snapshots.write(drop_unused=session.snapshots.prunes_now(node.nodeid))
-    except (OSError, GoldenFileError) as error:
-        failure = snapshots.write_error(error)
-    note = snapshots.settle_pending(ci=_in_ci())
-    if note is not None:
-        node.add_report_section("teardown", "llm snapshot", note)
-    if failure is not None:  # failed outside the except block: one message, not a chain of two
-        pytest.fail(failure, pytrace=False)
+    yield from snapshot_fixture(request, llmdet)
 
 
-def _compare_plan(request: pytest.FixtureRequest) -> ComparePlan:
+def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
+    """How this test's snapshots are compared: the run's settings, overridden by its `llm_snapshot` marker."""
     marker = request.node.get_closest_marker("llm_snapshot")
     if marker is not None and marker.args:
         raise SettingsError('usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)')
@@ -202,62 +186,37 @@ def _compare_plan(request: pytest.FixtureRequest) -> ComparePlan:
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
-    if op != "==":
+    snapshot = sys.modules.get("pytest_llmdet.snapshot")  # not imported yet: no LLMSnapshot exists
+    if op != "==" or snapshot is None:
         return None
     for side in (right, left):
-        if isinstance(side, LLMSnapshot) and side.failure:
+        if isinstance(side, snapshot.LLMSnapshot) and side.failure:
             return side.failure
     return None
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     llmdet = session.config.stash[SESSION_KEY]
-    for item in session.items:
-        path = getattr(item, "path", None)
-        if path is not None and path.suffix == ".py":
-            llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()))
-    option = session.config.option
-    reasons = llmdet.snapshots.partial_reasons
-    if getattr(option, "keyword", ""):
-        reasons.add("-k")
-    if getattr(option, "markexpr", ""):
-        reasons.add("-m")
-    if getattr(option, "lf", False) or getattr(option, "failedfirst", False):
-        reasons.add("--lf/--ff")
-    if getattr(option, "stepwise", False):
-        reasons.add("--stepwise")
-    if any("::" in arg for arg in session.config.args):
-        reasons.add("node ids on the command line")
-    if session.testsfailed:  # at this point only collection errors count here
-        reasons.add("collection errors")
+    if llmdet.snapshots_on:  # otherwise golden files are neither compared nor recorded
+        from pytest_llmdet.golden_hooks import register_collection
+
+        register_collection(session, llmdet)
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
-    if items:
-        items[0].config.stash[SESSION_KEY].snapshots.partial_reasons.add("deselected tests")
+    llmdet = items[0].config.stash[SESSION_KEY] if items else None
+    if llmdet is not None and llmdet.snapshots_on:
+        llmdet.snapshots.partial_reasons.add("deselected tests")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
-    report = outcome.get_result()
-    if "llm_snapshot" not in getattr(item, "fixturenames", ()):
-        return
-    test_snapshots = item.stash.get(SNAPSHOTS_KEY, None)
-    if report.when == "call" and test_snapshots is not None and test_snapshots.reports:
-        report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
-    if report.when == "call" and test_snapshots is not None and test_snapshots.outcomes:
-        from pytest_llmdet.json_report import junit_properties
+    llmdet = item.config.stash[SESSION_KEY]
+    if "llm_snapshot" in getattr(item, "fixturenames", ()) and llmdet.snapshots_on:
+        from pytest_llmdet.golden_hooks import take_report
 
-        properties = junit_properties(test_snapshots.outcomes)
-        item.user_properties.extend(properties)  # JUnit XML reads them from the teardown report, made later
-        report.user_properties.extend(properties)
-    snapshots = item.config.stash[SESSION_KEY].snapshots
-    if report.skipped:
-        snapshots.set_outcome(item.nodeid, "skipped")
-        snapshots.partial_reasons.add("skipped tests")
-    elif report.failed:
-        snapshots.set_outcome(item.nodeid, "failed")
+        take_report(item, outcome.get_result(), llmdet)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -265,24 +224,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     llmdet = config.stash[SESSION_KEY]
     if getattr(config, "cache", None) is not None and llmdet.weights_cache:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
-    if session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED:
+    stopped = session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED
+    if stopped and llmdet.snapshots_on:
         llmdet.snapshots.partial_reasons.add("the run stopped early")
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller decides and reports
         workeroutput[WORKER_OUTPUT] = llmdet.worker_data()
         return
-    for data in getattr(config, "_llmdet_workers", []):
-        llmdet.snapshots.merge(data["snapshots"])
-    try:
-        llmdet.finish_snapshots()
-    except OSError as error:  # the cleanup must not crash the session: report it like any other failure
-        llmdet.snapshots.errors.append(f"could not finish the golden-file cleanup: {error}")
+    if llmdet.snapshots_on:
+        from pytest_llmdet.golden_hooks import finish_snapshots
+
+        finish_snapshots(llmdet, getattr(config, "_llmdet_workers", []))
     report_path = config.getoption("llmdet_report")
     if report_path:
         _write_json_report(config, llmdet, Path(report_path), session.exitstatus)
-    if llmdet.snapshots.errors:
+    if llmdet.snapshot_errors:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        for line in llmdet.snapshots.errors:
+        for line in llmdet.snapshot_errors:
             if reporter is not None:
                 reporter.write_line(f"llmdet: ERROR: {line}", red=True, bold=True)
         if session.exitstatus == pytest.ExitCode.OK:
@@ -315,29 +273,20 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         config._llmdet_workers.append(data)
 
 
-def _compared_with(details: dict[str, Any]) -> str:
-    return f"  (compared with {details['compared_with']})" if details.get("compared_with") else ""
-
-
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     llmdet = config.stash[SESSION_KEY]
     data = llmdet.worker_data()
     for worker in getattr(config, "_llmdet_workers", []):
         data["loads"] += worker["loads"]
         data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
-    s = llmdet.snapshot_settings
-    run = llmdet.snapshots
-    if s.mode != "off" and (run.tests or run.outcomes or run.unused or run.deleted):
-        details = sorted((o.status, o.nodeid, o.name, o.file + _compared_with(o.details)) for o in run.outcomes) \
-            if s.details else None
-        terminalreporter.write_sep("=", "llm snapshots")
-        for line in snapshot_summary_lines(run.counts(), run.failed_tests(), sorted(run.partial_reasons),
-                                           run.unused, run.deleted, s.mode == "update", details):
-            terminalreporter.write_line(line)
-        fragile = [(o.nodeid, o.name, o.details["fragile"]["position"], o.details["fragile"]["margin"], o.file)
-                   for o in run.fragile()]
-        for line in fragile_lines(fragile, s.near_tie):
-            terminalreporter.write_line(line)
+    if llmdet.snapshots_on:
+        from pytest_llmdet.golden_hooks import write_summary
+
+        write_summary(terminalreporter, llmdet)
+    if not data["loads"] and not data["generations"][0]:
+        return
+    from pytest_llmdet.report import summary_lines
+
     lines = summary_lines(data["loads"], data["generations"])
     if lines:
         terminalreporter.write_sep("=", "llm")

@@ -1,16 +1,16 @@
-"""The run: resolved settings, the model pool, snapshot bookkeeping and the statistics the summary reports."""
+"""The run: resolved settings, the model pool, snapshot bookkeeping and the statistics the summary reports.
+
+Creating a session imports nothing beyond the settings: the model pool, the generation statistics and the
+golden-file bookkeeping are created (and their modules imported) when a test first needs them, so that a run
+which uses no model pays nothing for them (the import-cost benchmark in benchmarks/bench_import.py).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_llmdet.golden_session import SnapshotRun, TestRecord
-from pytest_llmdet.location import golden_path, module_folder
-from pytest_llmdet.models import ModelLoadError, ModelPool, ModelSpec, resolve_source
-from pytest_llmdet.runner import LLM, GenerationStats
 from pytest_llmdet.settings import (
     ComparePlan,
     Settings,
@@ -20,27 +20,72 @@ from pytest_llmdet.settings import (
     parse_device,
     parse_dtype,
 )
-from pytest_llmdet.snapshot import UPDATE, TestSnapshots
+
+if TYPE_CHECKING:
+    from pytest_llmdet.golden_session import SnapshotRun
+    from pytest_llmdet.models import ModelPool, ModelSpec
+    from pytest_llmdet.runner import LLM, GenerationStats
+    from pytest_llmdet.snapshot import TestSnapshots
 
 
-@dataclass
 class LLMDetSession:
     """One pytest run (one per xdist worker): settings, loaded models, snapshots and statistics."""
 
-    settings: Settings
-    rootdir: Path
-    invocation_dir: Path
-    snapshot_settings: SnapshotSettings = field(default_factory=SnapshotSettings)
-    pool: ModelPool = field(default_factory=ModelPool)
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    snapshots: SnapshotRun = field(default_factory=SnapshotRun)
-    weights_cache: dict[str, str] = field(default_factory=dict)
-    _fingerprints: dict[ModelSpec, dict[str, Any]] = field(default_factory=dict)
-    _torch_configured: bool = False
+    def __init__(self, settings: Settings, rootdir: Path, invocation_dir: Path,
+                 snapshot_settings: SnapshotSettings | None = None) -> None:
+        self.settings = settings
+        self.rootdir = rootdir
+        self.invocation_dir = invocation_dir
+        self.snapshot_settings = snapshot_settings or SnapshotSettings()
+        self.weights_cache: dict[str, str] = {}
+        self._pool: ModelPool | None = None
+        self._stats: GenerationStats | None = None
+        self._snapshots: SnapshotRun | None = None
+        self._fingerprints: dict[ModelSpec, dict[str, Any]] = {}
+        self._torch_configured = False
+
+    @property
+    def pool(self) -> ModelPool:
+        """The models loaded so far (created on first use)."""
+        if self._pool is None:
+            from pytest_llmdet.models import ModelPool
+
+            self._pool = ModelPool()
+        return self._pool
+
+    @property
+    def stats(self) -> GenerationStats:
+        """The number of generate calls and their time (created on first use)."""
+        if self._stats is None:
+            from pytest_llmdet.runner import GenerationStats
+
+            self._stats = GenerationStats()
+        return self._stats
+
+    @property
+    def snapshots_on(self) -> bool:
+        """Whether this run compares or records golden files (--llm-snapshot or --llm-snapshot-update)."""
+        return self.snapshot_settings.mode != "off"
+
+    @property
+    def snapshots(self) -> SnapshotRun:
+        """The golden-file bookkeeping of this run (created on first use)."""
+        if self._snapshots is None:
+            from pytest_llmdet.golden_session import SnapshotRun
+
+            self._snapshots = SnapshotRun()
+        return self._snapshots
+
+    @property
+    def snapshot_errors(self) -> list[str]:
+        """Golden files the run could not change, and why; empty when no golden file was touched."""
+        return self._snapshots.errors if self._snapshots is not None else []
 
     # -- models ------------------------------------------------------------------------------------------
 
     def default_spec(self) -> ModelSpec:
+        from pytest_llmdet.models import ModelSpec, resolve_source
+
         s = self.settings
         base_dirs = [s.model_base_dir] if s.model_base_dir else []
         return ModelSpec(resolve_source(s.model, base_dirs + [self.rootdir]), s.dtype, s.device,
@@ -54,6 +99,8 @@ class LLMDetSession:
                 'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
                 + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else "")
             )
+        from pytest_llmdet.models import ModelSpec, resolve_source
+
         s = self.settings
         try:
             dtype = parse_dtype(str(kwargs.get("dtype", s.dtype)))
@@ -68,6 +115,7 @@ class LLMDetSession:
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
         from pytest_llmdet.determinism import configure_torch, seed_everything
+        from pytest_llmdet.runner import LLM
 
         if not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
@@ -107,6 +155,9 @@ class LLMDetSession:
             return str(path)
 
     def register_collected(self, nodeid: str, test_path: Path, uses_snapshot: bool) -> None:
+        from pytest_llmdet.golden_session import TestRecord
+        from pytest_llmdet.location import golden_path, module_folder
+
         folder = self.snapshot_settings.snapshot_dir
         self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
         if uses_snapshot:
@@ -115,6 +166,9 @@ class LLMDetSession:
     def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
                        compare: ComparePlan | None = None) -> TestSnapshots:
         """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None."""
+        from pytest_llmdet.location import golden_path
+        from pytest_llmdet.snapshot import TestSnapshots
+
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)
 
@@ -136,15 +190,17 @@ class LLMDetSession:
         )
 
     def finish_snapshots(self) -> None:
-        if self.snapshot_settings.mode != "off":
-            self.snapshots.finish(update=self.snapshot_settings.mode == UPDATE)
+        if self.snapshots_on:
+            self.snapshots.finish(update=self.snapshot_settings.mode == "update")
 
     def worker_data(self) -> dict[str, Any]:
         """What an xdist worker sends to the controller."""
+        loaded = self._pool.loaded.values() if self._pool is not None else ()
+        stats = self._stats
         return {
-            "loads": [[describe_spec(m.spec), m.load_seconds] for m in self.pool.loaded.values()],
-            "generations": [self.stats.count, self.stats.seconds],
-            "snapshots": self.snapshots.to_data(),
+            "loads": [[describe_spec(m.spec), m.load_seconds] for m in loaded],
+            "generations": [stats.count, stats.seconds] if stats is not None else [0, 0.0],
+            "snapshots": self._snapshots.to_data() if self._snapshots is not None else None,
         }
 
 
@@ -162,4 +218,4 @@ def describe_spec(spec: ModelSpec) -> str:
     return f"{spec.source.name} {spec.dtype} {spec.device}"
 
 
-__all__ = ["LLMDetSession", "ModelLoadError", "describe_spec"]
+__all__ = ["LLMDetSession", "describe_spec"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, NamedTuple
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
@@ -59,15 +58,16 @@ def parse_deterministic_algorithms(value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
-class Option:
-    """One setting: its ini name, its flag, its default and how its text is parsed."""
+class Option(NamedTuple):
+    """One setting: its ini name, its flag, its default and how its text is parsed.
+
+    The value types that pytest needs at startup are named tuples, not dataclasses: a dataclass costs about
+    0.5 ms to define, and every pytest run in a project with the plugin installed pays it."""
 
     name: str
     help: str
     default: Any
     parse: Callable[[str], Any]
-    flag_action: str | None = None
 
     @property
     def ini(self) -> str:
@@ -99,8 +99,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """The resolved settings of one pytest run."""
 
     model: str | None = None
@@ -149,8 +148,7 @@ COMPARE_MODES = ("exact", "tolerant")
 TOP_K_DEFAULT = 5
 
 
-@dataclass(frozen=True)
-class SnapshotSettings:
+class SnapshotSettings(NamedTuple):
     """How golden files are used in this run: mode off, check or update; folder; near-tie threshold."""
 
     mode: str = "off"
@@ -162,8 +160,7 @@ class SnapshotSettings:
     variant: bool = False  # --llm-snapshot-variant: an update records a variant for this environment
 
 
-@dataclass(frozen=True)
-class ComparePlan:
+class ComparePlan(NamedTuple):
     """How one test's snapshots are compared: exact, or tolerant with top-k candidates per step."""
 
     mode: str = "exact"

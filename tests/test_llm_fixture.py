@@ -349,6 +349,26 @@ def test_importing_the_plugin_imports_no_torch_and_unused_fixtures_load_no_model
     assert "model loads" not in result.stdout.str()
 
 
+def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(pytester):
+    # pytest loads the plugin in every run of a project where it is installed: the model, golden-file,
+    # determinism-report and summary code must wait until a test needs them (benchmarks/bench_import.py).
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_unconfigure(config):
+            print("\\nllmdet modules:", " ".join(sorted(m for m in sys.modules if m.startswith("pytest_llmdet"))))
+        """
+    )
+    pytester.makepyfile("def test_plain(): assert 1 + 1 == 2")
+    result = pytester.runpytest_subprocess("-q", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "llmdet modules: pytest_llmdet pytest_llmdet.determinism pytest_llmdet.determinism_hooks "
+        "pytest_llmdet.plugin pytest_llmdet.session pytest_llmdet.settings",
+    ])
+
+
 def test_disabled_with_no_llmdet(pytester):
     pytester.makepyfile("def test_it(llm): pass")
     result = pytester.runpytest("-p", "no:llmdet")

@@ -4,7 +4,7 @@ helpers; no model and no pytest session involved."""
 import pytest
 
 from pytest_llmdet.batch import companions, left_pad, truncate_at_eos
-from pytest_llmdet.determinism_hooks import CheckPlan, MarkerUsageError, check_plan
+from pytest_llmdet.determinism_runs import CheckPlan, MarkerUsageError, check_plan
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.nondeterminism import (
     BatchedOutput,
