@@ -1,16 +1,21 @@
 """Import cost: `pytest --co -q` on a generated suite of 500 trivial tests, with pytest-llmdet enabled and with
-`-p no:llmdet`, interleaved, medians. Goal: at most 15 ms difference.
+`-p no:llmdet`, run in pairs (the order alternating), medians. Goal: at most 15 ms difference.
 
-Also measured, to explain the difference and because whole-process times on a shared machine scatter by more
-than the goal: inside one `pytest --co -q` process, the time to import the plugin and the time spent in its
-hooks (and whether the import pulled in torch, transformers or filelock).
+Whole-process times on a shared machine scatter by more than the goal, so two steadier figures come with them:
+the instructions each run executes, counted by valgrind when it is installed (independent of the load), and
+inside one `pytest --co -q` process, the time to import the plugin, the time pytest takes to register it, and
+the time spent in its hooks (and whether the import pulled in torch, transformers or filelock).
 
     python benchmarks/bench_import.py [--quick]
 """
 
 from __future__ import annotations
 
+import random
+import re
 import shutil
+import statistics
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    Run,
+    child_env,
     collected_count,
     interleaved,
     load_average,
@@ -37,38 +44,101 @@ from common import (  # noqa: E402
 TESTS = 500
 GOAL_SECONDS = 0.015
 # Run in-process in the suite's folder, `python -c PROBE`: imports pytest, then the plugin (timed), wraps the
-# plugin's plain hook functions with a timer, and runs `pytest --co -q`, which registers the already imported
-# (wrapped) modules. Prints the import time, the time spent in the plugin's hooks, and the heavy modules the
-# import pulled in. Both are small intervals inside one process, so far less exposed to other jobs than the
-# whole-process times. Together they are what the plugin's own code costs; pytest registering it comes on top.
+# plugin's plain hook functions with a timer and pytest's plugin registration with another, and runs
+# `pytest --co -q`, which registers the already imported (wrapped) modules. Prints the import time, the time
+# pytest spends registering the plugin (pluggy checks each hook; pytest reads its fixtures), the time spent in
+# its hooks, and the heavy modules the import pulled in. Small intervals inside one process: far less exposed
+# to other jobs than whole-process times. Their sum is what the plugin costs a run.
 PROBE = """
 import contextlib, functools, inspect, io, sys, time
 import pytest
+from _pytest.config import PytestPluginManager
 started = time.perf_counter()
 import pytest_llmdet.plugin
 import pytest_llmdet.determinism_hooks
 imported = time.perf_counter() - started
 heavy = [m for m in ('torch', 'transformers', 'filelock') if m in sys.modules]
-spent = [0.0]
+spent = [0.0, 0.0, 0]  # hooks, registration, inside a registration
 
-def timed(function):
+def timed(function, slot):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         began = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            spent[0] += time.perf_counter() - began
+            spent[slot] += time.perf_counter() - began
     return wrapper
 
 for module in (pytest_llmdet.plugin, pytest_llmdet.determinism_hooks):
     for name, value in list(vars(module).items()):
         if name.startswith('pytest_') and inspect.isfunction(value) and not inspect.isgeneratorfunction(value):
-            setattr(module, name, timed(value))
+            setattr(module, name, timed(value, 0))
+register = PytestPluginManager.register
+outermost = timed(register, 1)
+
+def register_timed(self, plugin, name=None):  # the plugin registers determinism_hooks: count that once
+    ours = getattr(plugin, '__name__', '').startswith('pytest_llmdet') and not spent[2]
+    if not ours:
+        return register(self, plugin, name)
+    spent[2] = 1
+    try:
+        return outermost(self, plugin, name)
+    finally:
+        spent[2] = 0
+
+PytestPluginManager.register = register_timed
 with contextlib.redirect_stdout(io.StringIO()):
     pytest.main(['--co', '-q'])
-print(imported, spent[0], ','.join(heavy) or '-')
+print(imported, spent[0], ','.join(heavy) or '-', spent[1])
 """
+
+
+def paired_runs(commands: dict[str, list[str]], cwd: Path, repeats: int, warmup: int) -> dict[str, list[Run]]:
+    """Run two commands back to back `warmup + repeats` times, swapping which goes first each round (so neither
+    always gets the warmer caches); keep the last `repeats` of each, pair i of one matching pair i of the other."""
+    names = list(commands)
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        for name in names if round_index % 2 == 0 else reversed(names):
+            run = run_command(commands[name], cwd)
+            if round_index >= warmup:
+                runs[name].append(run)
+    return runs
+
+
+def bootstrap_interval(values: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95% percentile-bootstrap interval of the median of `values` (fixed seed: the same data give the same
+    interval)."""
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def instruction_counts(commands: dict[str, list[str]], cwd: Path) -> dict[str, int] | None:
+    """The instructions each command executes, counted by valgrind's callgrind (None without valgrind).
+
+    Unlike a time, the count does not depend on what else the machine is doing: two runs of the same command
+    differ by a few thousand instructions in billions (PYTHONHASHSEED is fixed for that). A process forked by
+    the command starts with its parent's count, so the largest count is the command's own."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    counts = {}
+    for name, argv in commands.items():
+        done = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv], cwd=cwd,
+                              env=child_env(PYTHONHASHSEED="0"), capture_output=True, text=True, check=True)
+        counts[name] = callgrind_total(done.stderr)
+    return counts
+
+
+def callgrind_total(stderr: str) -> int:
+    """The instruction count in callgrind's output: the largest `Collected` line (a process the command forked
+    reports too, starting from its parent's count at the fork)."""
+    totals = [int(n.replace(",", "")) for n in re.findall(r"==\d+== Collected : ([\d,]+)", stderr)]
+    if not totals:
+        raise RuntimeError(f"no instruction count in valgrind's output: {stderr[-500:]}")
+    return max(totals)
 
 
 def measure(tests: int, repeats: int) -> dict[str, Any]:
@@ -83,14 +153,19 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
             count = collected_count(run_command(argv, suite).stdout)
             if count != tests:
                 raise RuntimeError(f"expected {tests} tests collected, got {count}: {' '.join(argv)}")
-        cases = {
-            "plugin enabled": lambda: run_command(enabled, suite),
-            "-p no:llmdet": lambda: run_command(disabled, suite),
-        }
-        log(f"timing `pytest --co -q` on {tests} tests, {repeats} runs each, interleaved ...")
-        runs = interleaved(cases, repeats, warmup=2)
+        log(f"timing `pytest --co -q` on {tests} tests, {repeats} runs each, in pairs, the order alternating ...")
+        runs = paired_runs({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite, repeats, warmup=2)
+        log("counting instructions with valgrind (about a minute) ...")
+        counts = instruction_counts({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite)
         probes = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite)},
                              max(repeats // 2, 3), warmup=1)["probe"]
+        # No bytecode cache: an empty cache folder that is never written to. This is a run under
+        # PYTHONDONTWRITEBYTECODE=1 (set in many CI images) with the plugin installed from a wheel: pip compiled
+        # the plugin's modules, but pytest rewrites the asserts of every module of an installed plugin and can
+        # cache the result only where it may write bytecode, so it compiles each module the run imports.
+        uncached = child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(work / "empty-pycache"))
+        cold = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite, env=uncached)},
+                           max(repeats // 2, 3), warmup=0)["probe"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -98,27 +173,52 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
     cpu = {name: median(r.cpu for r in values) for name, values in runs.items()}
     difference = wall["plugin enabled"] - wall["-p no:llmdet"]
     cpu_difference = cpu["plugin enabled"] - cpu["-p no:llmdet"]
-    paired = median(a.wall - b.wall for a, b in zip(runs["plugin enabled"], runs["-p no:llmdet"], strict=True))
+    differences = [a.wall - b.wall for a, b in zip(runs["plugin enabled"], runs["-p no:llmdet"], strict=True)]
+    paired = median(differences)
+    low, high = bootstrap_interval(differences)
     fastest = {name: min(r.wall for r in values) for name, values in runs.items()}
     import_seconds = median(float(p.stdout.split()[0]) for p in probes)
     hook_seconds = median(float(p.stdout.split()[1]) for p in probes)
     heavy = sorted({p.stdout.split()[2] for p in probes})
+    register_seconds = median(float(p.stdout.split()[3]) for p in probes)
+    cold_import_seconds = median(float(p.stdout.split()[0]) for p in cold)
     rows = [[name, seconds(wall[name]), seconds(cpu[name]), seconds(fastest[name]), len(runs[name])]
             for name in runs]
     rows.append(["difference", seconds(difference), seconds(cpu_difference),
                  seconds(fastest["plugin enabled"] - fastest["-p no:llmdet"]), ""])
     rows.append(["in-process: importing the plugin", seconds(import_seconds), "", "", len(probes)])
+    rows.append(["in-process: pytest registering it", seconds(register_seconds), "", "", len(probes)])
     rows.append(["in-process: the plugin's hooks (500 tests)", seconds(hook_seconds), "", "", len(probes)])
-    in_process = import_seconds + hook_seconds
-    met = difference <= GOAL_SECONDS and in_process <= GOAL_SECONDS
+    rows.append(["in-process: importing it with no bytecode cache", seconds(cold_import_seconds), "", "",
+                 len(cold)])
+    in_process = import_seconds + register_seconds + hook_seconds
+    if counts is not None:
+        extra = counts["plugin enabled"] - counts["-p no:llmdet"]
+        # at the speed of the fastest run without the plugin: the run least slowed down by other jobs
+        counted = extra * fastest["-p no:llmdet"] / counts["-p no:llmdet"]
+        rows.append(["difference from instruction counts (valgrind)", seconds(counted), "", "", 1])
+    whole = counted if counts is not None else paired
+    met = whole <= GOAL_SECONDS and in_process <= GOAL_SECONDS
     notes = [
-        f"goal <= 15 ms: {'met' if met else 'MISSED'} (both the difference of the medians and the in-process "
-        "estimate must stay within it; whole-process times on a shared machine scatter by more than 15 ms)",
-        f"difference of the medians {seconds(difference)}; median of the paired differences {seconds(paired)}; "
-        "difference of the fastest runs "
-        f"{seconds(fastest['plugin enabled'] - fastest['-p no:llmdet'])}",
-        f"in-process: import {seconds(import_seconds)} + hooks {seconds(hook_seconds)} = "
+        f"goal <= 15 ms: {'met' if met else 'MISSED'} (the whole-process estimate, "
+        f"{'from the instruction count' if counts is not None else 'the median of the paired differences'}, "
+        "and the in-process estimate must both stay within it)",
+        "instructions: " + (f"{counts['plugin enabled']:,} with the plugin, {counts['-p no:llmdet']:,} without: "
+                            f"it adds {extra:,} ({extra / counts['-p no:llmdet']:.2%}) to a whole "
+                            f"`pytest --co -q` process, {seconds(counted)} at the speed of the fastest run "
+                            "without it; the count does not depend on the machine's load"
+                            if counts is not None else "not counted (valgrind is not installed)"),
+        f"median of the paired differences {seconds(paired)} (95% bootstrap interval {seconds(low)} to "
+        f"{seconds(high)}); difference of the medians {seconds(difference)}; difference of the fastest runs "
+        f"{seconds(fastest['plugin enabled'] - fastest['-p no:llmdet'])}. Each pair runs back to back, so a "
+        "change in the machine's load hits both; whole-process times on a shared machine still scatter by more "
+        "than the goal, which is why the in-process figures are measured too",
+        f"in-process: import {seconds(import_seconds)} + registration {seconds(register_seconds)} + hooks "
+        f"{seconds(hook_seconds)} = "
         f"{seconds(in_process)}; heavy modules the import pulled in: {', '.join(heavy)}",
+        f"no bytecode cache (PYTHONDONTWRITEBYTECODE=1 with the plugin installed from a wheel, where pytest "
+        f"compiles its modules on every run): import {seconds(cold_import_seconds)}, and so "
+        f"{seconds(in_process - import_seconds + cold_import_seconds)} in all",
         f"{tests} trivial tests in {(tests + 49) // 50} modules; whole-process wall time of `pytest --co -q`; "
         "every other installed plugin loads in both",
     ]
@@ -126,14 +226,17 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         f"Import cost: `pytest --co -q`, {tests} trivial tests", "at most 15 ms slower with the plugin enabled",
         ["run", "wall (median)", "CPU (median)", "fastest", "runs"], rows, load_before, notes,
         raw={name: [{"wall": r.wall, "cpu": r.cpu} for r in values] for name, values in runs.items()},
-        difference_seconds=difference, paired_difference_seconds=paired, plugin_import_seconds=import_seconds,
-        plugin_hook_seconds=hook_seconds, met=met,
+        difference_seconds=difference, paired_difference_seconds=paired,
+        paired_difference_interval_seconds=[low, high], instructions=counts,
+        instructions_seconds=counted if counts is not None else None, plugin_import_seconds=import_seconds,
+        plugin_hook_seconds=hook_seconds, plugin_register_seconds=register_seconds,
+        plugin_import_seconds_no_bytecode_cache=cold_import_seconds, met=met,
     )
 
 
 def main() -> None:
     args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(tests=TESTS, repeats=5 if args.quick else 30)
+    section = measure(tests=TESTS, repeats=5 if args.quick else 60)
     save_section("import", section, args.quick)
     print_section(section)
 

@@ -4,7 +4,7 @@ docs/benchmarks.md shows them).
     python benchmarks/run_all.py [--quick] [--threads N|default]
 
 `--quick` is a smoke run with fewer repetitions (results go to benchmarks/results-quick.json instead). The
-full run takes about 8 minutes on 2 cores (more on a busy machine); the fingerprint benchmark needs ~1.2 GiB
+full run takes about 12 minutes on 2 cores (more on a busy machine); the fingerprint benchmark needs ~1.2 GiB
 free in the temporary folder.
 """
 

@@ -84,3 +84,32 @@ def _prompts_of(module: Path) -> list:
     value = next(node.value for node in tree.body
                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "PROMPTS")
     return ast.literal_eval(value)
+
+
+def test_import_benchmark_alternates_the_order_of_each_pair_and_drops_the_warmup(monkeypatch):
+    import bench_import
+
+    order = []
+    monkeypatch.setattr(bench_import, "run_command", lambda argv, cwd: order.append(argv[0]) or argv[0])
+    runs = bench_import.paired_runs({"on": ["on"], "off": ["off"]}, Path("."), repeats=3, warmup=1)
+    assert order == ["on", "off", "off", "on", "on", "off", "off", "on"]
+    assert runs == {"on": ["on"] * 3, "off": ["off"] * 3}
+
+
+def test_bootstrap_interval_brackets_the_median_and_is_reproducible():
+    import bench_import
+
+    values = [0.001 * i for i in range(-20, 41)]
+    low, high = bench_import.bootstrap_interval(values)
+    assert low < common.median(values) < high
+    assert (low, high) == bench_import.bootstrap_interval(values)
+    assert bench_import.bootstrap_interval([0.004] * 9) == (0.004, 0.004)
+
+
+def test_callgrind_total_takes_the_largest_count_and_refuses_output_without_one():
+    import bench_import
+
+    stderr = "==12== Collected : 846,074,127\n==10== Events    : Ir\n==10== Collected : 2638335582\n"
+    assert bench_import.callgrind_total(stderr) == 2_638_335_582
+    with pytest.raises(RuntimeError, match="no instruction count"):
+        bench_import.callgrind_total("valgrind: command not found")
