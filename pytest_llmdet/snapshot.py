@@ -120,13 +120,31 @@ class TestSnapshots:
     pending: dict[str, tuple[GoldenEntry, str, str]] = field(default_factory=dict)  # check mode: entry, status,
     # report of each changed or new snapshot, kept as a pending file for review outside CI
     _auto_index: int = 0
+    _named: set[str] = field(default_factory=set)  # names given with llm_snapshot(name=...)
+    _numbered: set[str] = field(default_factory=set)  # names given to unnamed comparisons: "0", "1", ...
     _golden: GoldenFile | None = None
     _loaded: bool = False
     passive: bool = False  # a re-run of the determinism check: compare, record and write nothing
 
-    def next_name(self) -> str:
-        name = str(self._auto_index)
-        self._auto_index += 1
+    def claim(self, name: str | None) -> str:
+        """The snapshot name of the next comparison: `name` as given, or the next number for an unnamed one.
+
+        A name used both ways in one test is refused: `llm_snapshot(name="0")` and the first unnamed comparison
+        would otherwise share (and overwrite) one snapshot."""
+        if name is None:
+            name = str(self._auto_index)
+            self._auto_index += 1
+            clash = name in self._named
+            self._numbered.add(name)
+        else:
+            clash = name in self._numbered
+            self._named.add(name)
+        if clash:
+            raise SnapshotUsageError(
+                f"snapshot name {name!r} is used twice in {self.nodeid}: by llm_snapshot(name={name!r}) and by an "
+                f"unnamed comparison (unnamed snapshots are numbered 0, 1, 2, ... in order); give the named one "
+                f"another name, or name both"
+            )
         return name
 
     def golden(self) -> GoldenFile | None:
@@ -384,7 +402,7 @@ class LLMSnapshot:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, LLMSnapshot):
             return other is self
-        name = self._name or self._snapshots.next_name()
+        name = self._snapshots.claim(self._name)
         matched, self.failure = self._snapshots.check(name, other)
         return matched
 

@@ -198,6 +198,35 @@ def test_comparing_something_else_is_a_clear_error(pytester):
     result.stdout.fnmatch_lines(["*llm_snapshot compares a Generation (from llm.generate) or a str, not int*"])
 
 
+def test_a_name_that_an_unnamed_comparison_also_gets_is_refused_either_way_round(pytester):
+    pytester.makepyfile(
+        """
+        def test_named_first(llm_snapshot):
+            assert "a" == llm_snapshot(name="0")
+            assert "b" == llm_snapshot
+
+        def test_unnamed_first(llm_snapshot):
+            assert "a" == llm_snapshot
+            assert "b" == llm_snapshot(name="0")
+
+        def test_digits_alone_are_fine(llm_snapshot):
+            assert "a" == llm_snapshot(name="0")
+            assert "b" == llm_snapshot(name="1")
+        """
+    )
+    result = pytester.runpytest("--llm-snapshot-update")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines([
+        "*SnapshotUsageError: snapshot name '0' is used twice in test_a_name_that*.py::test_named_first: by "
+        "llm_snapshot(name='0') and by an unnamed comparison*",
+        "*SnapshotUsageError: snapshot name '0' is used twice in test_a_name_that*.py::test_unnamed_first:*",
+    ])
+    written = {p.stem: json.loads(p.read_text())["snapshots"] for p in pytester.path.rglob("*.json")}
+    assert {test: {name: entry["text_lines"] for name, entry in snapshots.items()} for test, snapshots in written.items()} \
+        == {"test_digits_alone_are_fine": {"0": ["a"], "1": ["b"]},  # the refused comparison overwrote nothing:
+            "test_named_first": {"0": ["a"]}, "test_unnamed_first": {"0": ["a"]}}  # each holds its first one
+
+
 def test_corrupt_golden_file_fails_that_test_only(pytester):
     pytester.makepyfile(test_suite=SUITE)
     pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
