@@ -8,6 +8,7 @@ which uses no model pays nothing for them (the import-cost benchmark in benchmar
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,29 +39,32 @@ class LLMDetSession:
         self.invocation_dir = invocation_dir
         self.snapshot_settings = snapshot_settings or SnapshotSettings()
         self.weights_cache: dict[str, str] = {}
-        self._pool: ModelPool | None = None
-        self._stats: GenerationStats | None = None
-        self._snapshots: SnapshotRun | None = None
         self._fingerprints: dict[ModelSpec, dict[str, Any]] = {}
         self._torch_configured = False
 
-    @property
+    # Created on first use (a run that uses no model or golden file imports none of their code); whether one was
+    # created is `name in self.__dict__`.
+
+    @cached_property
     def pool(self) -> ModelPool:
-        """The models loaded so far (created on first use)."""
-        if self._pool is None:
-            from pytest_llmdet.models import ModelPool
+        """The models loaded so far."""
+        from pytest_llmdet.models import ModelPool
 
-            self._pool = ModelPool()
-        return self._pool
+        return ModelPool()
 
-    @property
+    @cached_property
     def stats(self) -> GenerationStats:
-        """The number of generate calls and their time (created on first use)."""
-        if self._stats is None:
-            from pytest_llmdet.runner import GenerationStats
+        """The number of generate calls and their time."""
+        from pytest_llmdet.runner import GenerationStats
 
-            self._stats = GenerationStats()
-        return self._stats
+        return GenerationStats()
+
+    @cached_property
+    def snapshots(self) -> SnapshotRun:
+        """The golden-file bookkeeping of this run."""
+        from pytest_llmdet.golden_session import SnapshotRun
+
+        return SnapshotRun()
 
     @property
     def snapshots_on(self) -> bool:
@@ -68,18 +72,9 @@ class LLMDetSession:
         return self.snapshot_settings.mode != "off"
 
     @property
-    def snapshots(self) -> SnapshotRun:
-        """The golden-file bookkeeping of this run (created on first use)."""
-        if self._snapshots is None:
-            from pytest_llmdet.golden_session import SnapshotRun
-
-            self._snapshots = SnapshotRun()
-        return self._snapshots
-
-    @property
     def snapshot_errors(self) -> list[str]:
         """Golden files the run could not change, and why; empty when no golden file was touched."""
-        return self._snapshots.errors if self._snapshots is not None else []
+        return self.snapshots.errors if "snapshots" in self.__dict__ else []
 
     # -- models ------------------------------------------------------------------------------------------
 
@@ -195,12 +190,12 @@ class LLMDetSession:
 
     def worker_data(self) -> dict[str, Any]:
         """What an xdist worker sends to the controller."""
-        loaded = self._pool.loaded.values() if self._pool is not None else ()
-        stats = self._stats
+        loaded = self.pool.loaded.values() if "pool" in self.__dict__ else ()
+        stats = self.stats if "stats" in self.__dict__ else None
         return {
             "loads": [[describe_spec(m.spec), m.load_seconds] for m in loaded],
             "generations": [stats.count, stats.seconds] if stats is not None else [0, 0.0],
-            "snapshots": self._snapshots.to_data() if self._snapshots is not None else None,
+            "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
 
 
