@@ -1,6 +1,7 @@
 """Fingerprint cost: the golden header identifies a local model by a hash of its weight files, cached in
 pytest's cache by path, size and modification time. With a 1 GiB local model, the first run hashes it
-(cold) and later runs must not (cached). Goal: fingerprinting does not add seconds to every run.
+(cold) and later runs must not (cached); a passing check (the CI gate, often on a fresh machine with no cache)
+does not need the hash at all. Goal: fingerprinting does not add seconds to every run.
 
 The model is a copy of the embedded one plus `padding.safetensors`, a valid safetensors file holding one
 1 GiB tensor of random bytes (transformers loads `model.safetensors` only; the fingerprint hashes every
@@ -149,6 +150,9 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
     weight_files = max(max(counts) for counts in hashed.values())
     cached = [name for name in runs if "earlier run" in name]
     cache_works = all(count == 0 for name in cached for count in hashed[name])
+    checks = [name for name in runs if name.startswith("check")]
+    gate_reads_nothing = all(count == 0 for name in checks for count in hashed[name])  # passing checks
+    met = cache_works and gate_reads_nothing
     rows = [
         ["hash_weights, empty cache", seconds(median(cold)), f"{size / GIB / median(cold):.2f} GiB/s", "", len(cold)],
         ["hash_weights, filled cache", seconds(median(warm)), "a stat per file", "", len(warm)],
@@ -156,12 +160,16 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
           len(runs[name])] for name in runs]
     first = [name for name in runs if "empty" in name and max(hashed[name]) > 0]
     notes = [
-        f"goal (no seconds on every run): {'met' if cache_works else 'MISSED'}: runs with the cache of an earlier "
-        f"run hashed {sorted({c for name in cached for c in hashed[name]})} files; a run with an empty cache "
-        f"hashes all {weight_files} weight files ({seconds(median(cold))} here for {size / GIB:.2f} GiB)",
-        "a first run hashes: " + (", ".join(first) if first else "none") + " (the fingerprint goes into golden "
-        "files and into the comparison of environments)",
-        "with `-p no:cacheprovider` there is no pytest cache: every run that needs the fingerprint hashes",
+        f"goal (no seconds on every run): {'met' if met else 'MISSED'}: runs with the cache of an earlier "
+        f"run hashed {sorted({c for name in cached for c in hashed[name]})} files, passing checks "
+        f"{sorted({c for name in checks for c in hashed[name]})} even with an empty cache; a run that needs the "
+        f"hash and has no cache hashes all {weight_files} weight files ({seconds(median(cold))} here for "
+        f"{size / GIB:.2f} GiB)",
+        "with an empty cache, hashed by: " + (", ".join(first) if first else "none") + " (recording writes the "
+        "fingerprint into the golden file; a check needs it only for a failure report, a pending file or "
+        "--llm-report)",
+        "so the CI gate (a fresh machine, or `-p no:cacheprovider`: no pytest cache) reads no weights when it "
+        "passes",
         f"weight file {size / GIB:.2f} GiB of random bytes (page-cached, so the hash time is CPU, not disk); "
         "deleted afterwards",
     ]
@@ -171,7 +179,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
         ["what", "time (median)", "note", "files hashed", "runs"], rows, load_before, notes,
         raw={"hash_cold": cold, "hash_cached": warm, "files_hashed": hashed,
              **{name: [r.wall for r in values] for name, values in runs.items()}},
-        met=cache_works,
+        met=met,
     )
 
 

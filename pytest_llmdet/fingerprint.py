@@ -53,13 +53,16 @@ def _version(package: str) -> str:
 def environment_fingerprint(
     *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
-    compute_capability: str | None = None,
+    compute_capability: str | None = None, weights: bool = True,
 ) -> dict[str, Any]:
-    """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings."""
+    """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings.
+
+    `weights=False` leaves out a local model's weights hash (reading every weight file) for a check that does
+    not need it: one that passes, with no JSON report asked for."""
     identity: dict[str, Any] = {"model": model}
     if source_kind == "hub":
         identity["revision"] = revision
-    else:
+    elif weights:
         identity["weights_sha256"] = hash_weights(Path(location), cache)
     fingerprint = {
         **identity,

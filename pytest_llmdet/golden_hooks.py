@@ -56,6 +56,7 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
     snapshots = llmdet.test_snapshots(
         node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None),
         passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False), compare=plan,
+        full_fingerprints=bool(request.config.getoption("llmdet_report")),
     )
     node.stash[SNAPSHOTS_KEY] = snapshots
     yield LLMSnapshot(snapshots)

@@ -8,7 +8,7 @@ which uses no model pays nothing for them (the import-cost benchmark in benchmar
 from __future__ import annotations
 
 import os
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +39,7 @@ class LLMDetSession:
         self.invocation_dir = invocation_dir
         self.snapshot_settings = snapshot_settings or SnapshotSettings()
         self.weights_cache: dict[str, str] = {}
-        self._fingerprints: dict[ModelSpec, dict[str, Any]] = {}
+        self._fingerprints: dict[tuple[ModelSpec, bool], dict[str, Any]] = {}
         self._torch_configured = False
 
     # Created on first use (a run that uses no model or golden file imports none of their code); whether one was
@@ -120,24 +120,26 @@ class LLMDetSession:
         return LLM(loaded, seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
                    inherit_processors=self.settings.inherit_processors, stats=self.stats)
 
-    def fingerprint_for(self, llm: LLM) -> dict[str, Any]:
-        """The environment fingerprint of the model behind `llm` (computed once per model)."""
+    def fingerprint_for(self, llm: LLM, weights: bool = True) -> dict[str, Any]:
+        """The environment fingerprint of the model behind `llm` (computed once per model); `weights=False`
+        leaves out a local model's weights hash."""
         from pytest_llmdet.fingerprint import environment_fingerprint
         from pytest_llmdet.greedy import plan_generation
 
         loaded = llm._loaded
-        if loaded.spec not in self._fingerprints:
+        key = (loaded.spec, weights)
+        if key not in self._fingerprints:
             base = plan_generation(loaded.generation_config, max_new_tokens=self.settings.max_new_tokens,
                                    inherit_processors=self.settings.inherit_processors)
             source = loaded.spec.source
-            self._fingerprints[loaded.spec] = environment_fingerprint(
+            self._fingerprints[key] = environment_fingerprint(
                 model=source.name, source_kind=source.kind, location=source.location,
                 revision=getattr(loaded.model.config, "_commit_hash", None),
                 dtype=str(loaded.model.dtype).removeprefix("torch."), device=loaded.device,
                 generation=base.settings, cache=self.weights_cache,
-                compute_capability=_compute_capability(loaded.device),
+                compute_capability=_compute_capability(loaded.device), weights=weights,
             )
-        return self._fingerprints[loaded.spec]
+        return self._fingerprints[key]
 
     # -- snapshots ---------------------------------------------------------------------------------------
 
@@ -159,8 +161,11 @@ class LLMDetSession:
             self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)))
 
     def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
-                       compare: ComparePlan | None = None) -> TestSnapshots:
-        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None."""
+                       compare: ComparePlan | None = None, full_fingerprints: bool = False) -> TestSnapshots:
+        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None.
+
+        A check hashes a local model's weights only where the fingerprint is shown or kept: a failure report, a
+        pending file, or (with `full_fingerprints`, for the JSON report) every outcome."""
         from pytest_llmdet.location import golden_path
         from pytest_llmdet.snapshot import TestSnapshots
 
@@ -173,14 +178,15 @@ class LLMDetSession:
                 return None
             return lambda ids: handle.tokenizer.decode(ids, skip_special_tokens=False)
 
-        def fingerprint():
+        def fingerprint(weights: bool = True):
             handle = llm()
-            return None if handle is None else self.fingerprint_for(handle)
+            return None if handle is None else self.fingerprint_for(handle, weights)
 
         return TestSnapshots(
             nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
             near_tie=settings.near_tie, update_command=f'pytest --llm-snapshot-update "{nodeid}"',
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
+            environment=None if full_fingerprints else partial(fingerprint, weights=False),
             compare=compare or ComparePlan(settings.compare, settings.top_k), record_variant=settings.variant,
         )
 

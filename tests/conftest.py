@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 import shutil
 from pathlib import Path
 
 import pytest
 
+import pytest_llmdet
 from pytest_llmdet.models import EMBEDDED_MODEL_DIR
 
 pytest_plugins = ["pytester"]
@@ -22,6 +25,13 @@ import torch  # noqa: E402,F401
 import transformers  # noqa: E402,F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402,F401
 from transformers.models.qwen2 import modeling_qwen2, tokenization_qwen2  # noqa: E402,F401
+
+# The plugin imports most of its own modules lazily (see README, "Cheap when unused"). Import them all here
+# too, so that every in-process run and every test (monkeypatching one, say) sees the same module objects,
+# rather than a fresh copy per run that a test's `from pytest_llmdet import x` would not see.
+for _module in pkgutil.iter_modules(pytest_llmdet.__path__):
+    if _module.name != "__main__":
+        importlib.import_module(f"pytest_llmdet.{_module.name}")
 
 
 def copy_model(destination: Path, generation_config: dict | None = None) -> Path:

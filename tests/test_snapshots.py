@@ -221,10 +221,11 @@ def test_a_name_that_an_unnamed_comparison_also_gets_is_refused_either_way_round
         "llm_snapshot(name='0') and by an unnamed comparison*",
         "*SnapshotUsageError: snapshot name '0' is used twice in test_a_name_that*.py::test_unnamed_first:*",
     ])
-    written = {p.stem: json.loads(p.read_text())["snapshots"] for p in pytester.path.rglob("*.json")}
-    assert {test: {name: entry["text_lines"] for name, entry in snapshots.items()} for test, snapshots in written.items()} \
-        == {"test_digits_alone_are_fine": {"0": ["a"], "1": ["b"]},  # the refused comparison overwrote nothing:
-            "test_named_first": {"0": ["a"]}, "test_unnamed_first": {"0": ["a"]}}  # each holds its first one
+    texts = {p.stem: {name: entry["text_lines"] for name, entry in json.loads(p.read_text())["snapshots"].items()}
+             for p in pytester.path.rglob("*.json")}
+    # the refused comparison overwrote nothing: each refused test's file holds its first comparison only
+    assert texts == {"test_digits_alone_are_fine": {"0": ["a"], "1": ["b"]},
+                     "test_named_first": {"0": ["a"]}, "test_unnamed_first": {"0": ["a"]}}
 
 
 def test_corrupt_golden_file_fails_that_test_only(pytester):
@@ -320,3 +321,34 @@ def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_co
      "test_story.json").unlink()  # recording it again needs the fingerprint again
     pytester.runpytest("--llm-model", str(model_copy), "--llm-snapshot-update").assert_outcomes(passed=1)
     assert hashed == ["model.safetensors"]
+
+
+def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pytester, model_copy, monkeypatch):
+    # CI checks on a fresh clone, with no pytest cache: hashing a large local model there would cost seconds on
+    # every run, for a fingerprint that only a failure report, a pending file or the JSON report shows.
+    from pytest_llmdet import fingerprint
+
+    hashed = []
+    hash_file = fingerprint._hash_file
+    monkeypatch.setattr(fingerprint, "_hash_file", lambda path: hashed.append(path.name) or hash_file(path))
+    pytester.makepyfile("def test_story(llm, llm_snapshot):\n"
+                        "    assert llm.generate('Once upon a time', max_new_tokens=4) == llm_snapshot\n")
+    model = ("--llm-model", str(model_copy), "-p", "no:cacheprovider")
+    pytester.runpytest(*model, "--llm-snapshot-update").assert_outcomes(passed=1)
+    assert hashed == ["model.safetensors"]  # recording writes the hash into the golden file
+    pytester.runpytest(*model, "--llm-snapshot").assert_outcomes(passed=1)
+    assert hashed == ["model.safetensors"]
+
+    pytester.runpytest(*model, "--llm-snapshot", "--llm-report=report.json").assert_outcomes(passed=1)
+    assert hashed == ["model.safetensors"] * 2
+    report = json.loads((pytester.path / "report.json").read_text())
+    assert "weights_sha256" in report["snapshots"][0]["fingerprint"]
+
+    golden = next(pytester.path.rglob("test_story.json"))
+    data = json.loads(golden.read_text())
+    data["snapshots"]["0"]["token_ids"][-1] += 1
+    golden.write_text(json.dumps(data))
+    result = pytester.runpytest(*model, "--llm-snapshot")
+    result.assert_outcomes(failed=1)
+    assert hashed == ["model.safetensors"] * 3  # the failure report compares the whole fingerprint
+    assert "weights_sha256" in json.loads(next(pytester.path.rglob("*.llmdet-pending")).read_text())["fingerprint"]
