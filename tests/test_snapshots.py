@@ -305,16 +305,22 @@ def test_collection_errors_make_an_update_partial(pytester):
     assert unused.exists()
 
 
-def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_copy, monkeypatch):
-    # A large local model must not be read and hashed on every run: the hash is cached in pytest's cache by
-    # path, size and modification time.
+@pytest.fixture
+def hashed(monkeypatch, pytester):
+    """The names of the weight files hashed so far, in order; and a one-snapshot test to run."""
     from pytest_llmdet import fingerprint
 
-    hashed = []
+    names = []
     hash_file = fingerprint._hash_file
-    monkeypatch.setattr(fingerprint, "_hash_file", lambda path: hashed.append(path.name) or hash_file(path))
+    monkeypatch.setattr(fingerprint, "_hash_file", lambda path: names.append(path.name) or hash_file(path))
     pytester.makepyfile("def test_story(llm, llm_snapshot):\n"
                         "    assert llm.generate('Once upon a time', max_new_tokens=4) == llm_snapshot\n")
+    return names
+
+
+def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_copy, hashed):
+    # A large local model must not be read and hashed on every run: the hash is cached in pytest's cache by
+    # path, size and modification time.
     pytester.runpytest("--llm-model", str(model_copy), "--llm-snapshot-update").assert_outcomes(passed=1)
     assert hashed == ["model.safetensors"]
     (pytester.path / "__llm_snapshots__/test_weights_hash_comes_from_pytest_cache_on_the_next_run/"
@@ -323,16 +329,9 @@ def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_co
     assert hashed == ["model.safetensors"]
 
 
-def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pytester, model_copy, monkeypatch):
+def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pytester, model_copy, hashed):
     # CI checks on a fresh clone, with no pytest cache: hashing a large local model there would cost seconds on
     # every run, for a fingerprint that only a failure report, a pending file or the JSON report shows.
-    from pytest_llmdet import fingerprint
-
-    hashed = []
-    hash_file = fingerprint._hash_file
-    monkeypatch.setattr(fingerprint, "_hash_file", lambda path: hashed.append(path.name) or hash_file(path))
-    pytester.makepyfile("def test_story(llm, llm_snapshot):\n"
-                        "    assert llm.generate('Once upon a time', max_new_tokens=4) == llm_snapshot\n")
     model = ("--llm-model", str(model_copy), "-p", "no:cacheprovider")
     pytester.runpytest(*model, "--llm-snapshot-update").assert_outcomes(passed=1)
     assert hashed == ["model.safetensors"]  # recording writes the hash into the golden file
