@@ -22,6 +22,12 @@ COMPANION_TEXTS = (
     "A short one.",
 )
 _NOT_FROM_SETTINGS = ("num_beams", "do_sample", "seed", "max_new_tokens")
+# Logits processors that see the left padding: in a batch they act differently for reasons of their own, so
+# a difference would not be the model's. (repetition_penalty is safe: the padding repeats a prompt token.)
+_SEE_THE_PADDING = {
+    "min_length": "counts the padding as part of the sequence",
+    "no_repeat_ngram_size": "takes the padding tokens for n-grams of the prompt",
+}
 
 
 class BatchProbeError(RuntimeError):
@@ -70,6 +76,10 @@ def _plan_for(llm: LLM, generation: Generation) -> GreedyPlan:
                            known_fields=_known_generation_fields())
     if plan.settings != settings:
         raise BatchProbeError(f"could not rebuild the generation settings of the call: {settings}")
+    for name, why in _SEE_THE_PADDING.items():
+        if plan.config.get(name):
+            raise BatchProbeError(f"{name}={plan.config[name]} {why}, so a batch would change the output for "
+                                  "that reason alone; only the runs are compared")
     return plan
 
 

@@ -8,6 +8,7 @@ imported only when a test is checked. The comparison and its report are in nonde
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 MARKER_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
                 "batch=True or a batch size >= 2")
+
+
+class LLMDetWarning(UserWarning):
+    """Something pytest-llmdet could not check, though the test passed (a call the batch probe skipped)."""
 
 
 class MarkerUsageError(ValueError):
@@ -162,6 +167,8 @@ def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Gen
     else:
         state.unchecked += 1
         lines.append(probed.error)
+    if probed.notes and not lines:  # passed, but not every call was probed: say so where pytest says such things
+        warnings.warn(LLMDetWarning(f"{item.nodeid}: " + "; ".join(probed.notes)), stacklevel=1)
     if lines and call is not None:
         call.outcome = "failed"
         call.longrepr = "\n".join([*lines, *probed.notes])

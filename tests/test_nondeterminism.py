@@ -347,3 +347,28 @@ def test_the_batch_probe_finds_the_bf16_divergence_and_stays_quiet_in_fp32(pytes
         "  *::test_bf16: batch-variant: call ? diverges at token * in a left-padded batch of 4",
     ])
     assert "test_fp32 _" not in result.stdout.str()
+
+
+def test_calls_the_batch_probe_skips_are_named_in_a_warning_when_the_test_passes(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.llm_determinism(runs=2, batch=True)
+        def test_mixed(llm):
+            llm.generate("Once upon a time", max_new_tokens=6)
+            llm.generate("Once upon a time", max_new_tokens=6, no_repeat_ngram_size=3)
+            llm.generate("Once upon a time", max_new_tokens=6, min_length=6)
+            llm.generate("Once upon a time", max_new_tokens=6, do_sample=True, seed=1)
+        """
+    )
+    result = pytester.runpytest("-W", "always")
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines([
+        "*LLMDetWarning: test_calls_the_batch_probe_skips*.py::test_mixed: "
+        "call 2 not probed: no_repeat_ngram_size=3 takes the padding tokens for n-grams of the prompt, so a batch "
+        "would change the output for that reason alone; only the runs are compared; "
+        "call 3 not probed: min_length=6 counts the padding as part of the sequence*; "
+        "call 4 not probed: a sampled call draws other random numbers inside a batch; only greedy calls are probed",
+    ])
+    assert "call 1 not probed" not in result.stdout.str()
