@@ -329,7 +329,8 @@ def test_weights_hash_comes_from_pytest_cache_on_the_next_run(pytester, model_co
     assert hashed == ["model.safetensors"]
 
 
-def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pytester, model_copy, hashed):
+def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pytester, model_copy, hashed,
+                                                                             monkeypatch):
     # CI checks on a fresh clone, with no pytest cache: hashing a large local model there would cost seconds on
     # every run, for a fingerprint that only a failure report, a pending file or the JSON report shows.
     model = ("--llm-model", str(model_copy), "-p", "no:cacheprovider")
@@ -347,6 +348,7 @@ def test_a_passing_check_reads_no_weights_and_a_failing_one_or_a_report_does(pyt
     data = json.loads(golden.read_text())
     data["snapshots"]["0"]["token_ids"][-1] += 1
     golden.write_text(json.dumps(data))
+    monkeypatch.delenv("CI", raising=False)  # a check leaves a pending file outside CI only
     result = pytester.runpytest(*model, "--llm-snapshot")
     result.assert_outcomes(failed=1)
     assert hashed == ["model.safetensors"] * 3  # the failure report compares the whole fingerprint
