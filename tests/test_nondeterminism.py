@@ -26,6 +26,14 @@ def add_urandom_noise(model):
         return output
 
     return model.register_forward_hook(hook)
+
+
+def generate_with_noise(llm, prompt, max_new_tokens):
+    handle = add_urandom_noise(llm.model)
+    try:
+        return llm.generate(prompt, max_new_tokens=max_new_tokens)
+    finally:
+        handle.remove()
 """
 
 
@@ -74,16 +82,12 @@ def test_logit_noise_from_os_urandom_fails_with_the_divergence_report(pytester):
     pytester.makepyfile(
         """
         import pytest
-        from conftest import add_urandom_noise
+        from conftest import generate_with_noise
 
         @pytest.mark.llm_determinism(runs=3)
         def test_noisy(llm):
             llm.generate("Hello", max_new_tokens=4)
-            handle = add_urandom_noise(llm.model)
-            try:
-                llm.generate("Once upon a time", max_new_tokens=24)
-            finally:
-                handle.remove()
+            generate_with_noise(llm, "Once upon a time", 24)
         """
     )
     result = pytester.runpytest()
@@ -165,7 +169,7 @@ def test_check_determinism_audits_every_test_that_uses_llm(pytester):
     pytester.makeconftest(NOISY_MODEL)
     pytester.makepyfile(
         """
-        from conftest import add_urandom_noise
+        from conftest import generate_with_noise
 
         def test_plain():
             pass
@@ -174,11 +178,7 @@ def test_check_determinism_audits_every_test_that_uses_llm(pytester):
             llm.generate("Once upon a time", max_new_tokens=8)
 
         def test_noisy(llm):
-            handle = add_urandom_noise(llm.model)
-            try:
-                llm.generate("The fox", max_new_tokens=24)
-            finally:
-                handle.remove()
+            generate_with_noise(llm, "The fox", 24)
         """
     )
     pytester.runpytest().assert_outcomes(passed=3)
@@ -251,17 +251,13 @@ def test_under_xdist_the_gate_and_the_summary_work(pytester):
     pytester.makepyfile(test_gate=SNAPSHOT_SUITE)
     pytester.makepyfile(
         test_more="""
-        from conftest import add_urandom_noise
+        from conftest import generate_with_noise
 
         def test_greeting(llm):
             llm.generate("Hello", max_new_tokens=8)
 
         def test_noisy(llm):
-            handle = add_urandom_noise(llm.model)
-            try:
-                llm.generate("The fox", max_new_tokens=24)
-            finally:
-                handle.remove()
+            generate_with_noise(llm, "The fox", 24)
         """
     )
     pytester.runpytest("--llm-snapshot-update", "-k", "test_story").assert_outcomes(passed=1)
