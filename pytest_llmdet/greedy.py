@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_llmdet.settings import SEED_MAX
+
 # Fields that only matter when sampling: never inherited on the greedy path.
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "top_h", "epsilon_cutoff", "eta_cutoff")
 
@@ -44,6 +46,22 @@ RESERVED_FIELDS = ("output_scores", "return_dict_in_generate", "generation_confi
 
 class GenerationArgumentError(ValueError):
     """`llm.generate` was called with settings that contradict each other or are unknown."""
+
+
+def check_max_new_tokens(value: Any) -> int:
+    """Accept an int >= 1 (not a bool, not a float) as max_new_tokens; refuse anything else."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GenerationArgumentError(
+            f"max_new_tokens must be an integer >= 1 (or None for the llm_max_new_tokens setting), not {value!r}"
+        )
+    return value
+
+
+def check_seed(value: Any) -> int:
+    """Accept an int (not a bool) from 0 to 2**32 - 1, the seeds numpy takes, as the seed of a sampling call."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise GenerationArgumentError(f"seed must be an integer from 0 to 2**32 - 1 ({SEED_MAX}), not {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,9 +112,14 @@ def plan_generation(
     """
     overrides = dict(overrides or {})
     processors, ignored, tokens = split_model_config(model_config)
+    check_max_new_tokens(max_new_tokens)
+    if overrides.get("max_new_tokens") is None:
+        overrides.pop("max_new_tokens", None)
+    else:
+        check_max_new_tokens(overrides["max_new_tokens"])
     seed = overrides.pop("seed", None)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise GenerationArgumentError(f"seed must be an integer, not {seed!r}")
+    if seed is not None:
+        check_seed(seed)
 
     for name in overrides:
         if name in RESERVED_FIELDS:
@@ -136,8 +159,6 @@ def plan_generation(
         raise GenerationArgumentError(
             f"{', '.join(search)} change the search itself; pytest-llmdet generates one greedy sequence per call"
         )
-    if overrides.get("max_new_tokens") is None:
-        overrides.pop("max_new_tokens", None)
     config.update(overrides)
     if not inherit_processors:
         ignored = {**ignored, **processors}

@@ -99,8 +99,9 @@ class LLM:
     def generate(self, prompt: Prompt, max_new_tokens: int | None = None, **overrides: Any) -> Generation:
         """Generate greedily (whatever the model's generation config says) and record the result.
 
-        `overrides` are GenerationConfig fields; `temperature=0` means greedy; sampling needs
-        `do_sample=True` together with `seed=`.
+        `max_new_tokens` is an int >= 1, or None for the `llm_max_new_tokens` setting; `overrides` are
+        GenerationConfig fields; `temperature=0` means greedy; sampling needs `do_sample=True` together with
+        `seed=` (0 to 2**32 - 1).
         """
         import torch
         from transformers import GenerationConfig
@@ -108,7 +109,7 @@ class LLM:
         started = time.perf_counter()
         plan = plan_generation(
             self._loaded.generation_config,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
             inherit_processors=self.inherit_processors,
             overrides=overrides,
             known_fields=_known_generation_fields(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -38,14 +39,41 @@ def parse_bool(value: str) -> bool:
     raise ValueError("allowed values: true, false")
 
 
-def _parse_int(minimum: int) -> Callable[[str], int]:
+# numpy.random.seed takes 0 ... 2**32 - 1 only; a larger seed would pass startup and fail every test.
+SEED_MAX = 2**32 - 1
+# torch.set_num_threads with far more threads than CPUs can crash the process (100000 segfaults); allow up
+# to this many threads per CPU, or THREADS_MAX_UNKNOWN_CPUS in all where os.cpu_count() cannot tell.
+THREADS_PER_CPU = 4
+THREADS_MAX_UNKNOWN_CPUS = 256
+
+
+def threads_max() -> int:
+    """The most threads `llm_threads` allows: 4 x os.cpu_count(), or 256 where the CPU count is unknown."""
+    cpus = os.cpu_count()
+    return THREADS_PER_CPU * cpus if cpus else THREADS_MAX_UNKNOWN_CPUS
+
+
+def _threads_bound() -> str:
+    cpus = os.cpu_count()
+    if not cpus:
+        return "the CPU count of this machine is unknown"
+    return f"{THREADS_PER_CPU} x the {cpus} CPUs of this machine"
+
+
+def _parse_int(minimum: int, maximum: Callable[[], int] | None = None,
+               why: Callable[[], str] | None = None) -> Callable[[str], int]:
+    """A parser of integers >= `minimum` and, with `maximum` (called at parse time), <= `maximum()`;
+    `why` says where the maximum comes from."""
     def parse(value: str) -> int:
+        allowed = f"allowed values: an integer >= {minimum}"
+        if maximum is not None:
+            allowed += f" and <= {maximum()}" + (f" ({why()})" if why is not None else "")
         try:
             number = int(value)
         except ValueError:
-            raise ValueError(f"allowed values: an integer >= {minimum}") from None
-        if number < minimum:
-            raise ValueError(f"allowed values: an integer >= {minimum}")
+            raise ValueError(allowed) from None
+        if number < minimum or (maximum is not None and number > maximum()):
+            raise ValueError(allowed)
         return number
 
     return parse
@@ -84,12 +112,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", f"model dtype: {', '.join(DTYPES)} (default float32)", "float32", parse_dtype),
     Option("device", "device: cpu, auto (CUDA when available), cuda, cuda:N, mps (default cpu)", "cpu",
            parse_device),
-    Option("seed", "seed for python, numpy and torch before each test and each generate (default 0)", 0,
-           _parse_int(0)),
+    Option("seed", "seed for python, numpy and torch before each test and each generate: 0 to 2**32-1 "
+           "(default 0)", 0, _parse_int(0, lambda: SEED_MAX, lambda: "2**32 - 1, numpy's largest seed")),
     Option("max_new_tokens", "new tokens per generate call (default 32)", 32, _parse_int(1)),
     Option("trust_remote_code", "allow model repositories to run their own code (default false)", False,
            parse_bool),
-    Option("threads", "torch intra-op thread count (default: torch's own)", None, _parse_int(1)),
+    Option("threads", "torch intra-op thread count: 1 to 4 x the CPU count (default: torch's own)", None,
+           _parse_int(1, threads_max, _threads_bound)),
     Option("inherit_processors",
            "keep the model's deterministic logits processors such as repetition_penalty (default true)",
            True, parse_bool),
