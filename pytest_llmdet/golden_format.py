@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MARGIN_DECIMALS = 4
 MAX_TOKEN_ID = 2**31 - 1  # tokenizers and torch take token IDs as 32-bit integers
+MAX_DEPTH = 64  # nesting of objects and lists; ours go about 8 deep (a chat prompt in a variant)
 _CONFLICT_MARKER = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
 
 
@@ -141,7 +142,11 @@ def loads(raw: bytes, where: str, size: int | None = None) -> GoldenFile:
     except UnicodeDecodeError as error:
         raise GoldenFileError(f"{where} is not valid UTF-8 (byte {error.start})") from None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_refuse_duplicate_keys)
+    except RecursionError:
+        raise GoldenFileError(f"{where} is nested too deeply (over {MAX_DEPTH} levels): it is not one "
+                              "pytest-llmdet wrote") from None
     except json.JSONDecodeError as error:
         hint = "an unresolved merge conflict?" if _CONFLICT_MARKER.search(text) else \
             "truncated or edited by hand?"
@@ -149,7 +154,38 @@ def loads(raw: bytes, where: str, size: int | None = None) -> GoldenFile:
                               f"{error.colno} ({hint})") from None
     except ValueError as error:
         raise GoldenFileError(f"{where} is not valid JSON: {error}") from None
+    _expect(_depth(data) <= MAX_DEPTH, where,
+            f"nested too deeply (over {MAX_DEPTH} levels): it is not one pytest-llmdet wrote")
     return _from_data(data, where)
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys while a reviewer reads the first: refuse the file instead.
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"the key {duplicate!r} appears twice in one object (a reader sees the first, the "
+                         "parser would take the last); keep one")
+    return data
+
+
+def _depth(data: Any) -> int:
+    """How deeply objects and lists nest in `data`, counted without recursion."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _refuse_constant(name: str) -> Any:

@@ -22,32 +22,47 @@ from pytest_llmdet.session import LLMDetSession
 from pytest_llmdet.settings import SettingsError
 from pytest_llmdet.snapshot import LLMSnapshot
 
+CALL_RAN_KEY = pytest.StashKey[bool]()  # the test's call phase ran: only then may its end write or settle
+
 
 def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
-    """Record which tests use snapshots and which module folders were collected, and why the run is partial
-    (a partial update deletes no unused snapshot)."""
+    """Record every collected test and the module folders collected, and why the run is partial (a partial
+    update deletes no unused snapshot)."""
     for item in session.items:
         path = getattr(item, "path", None)
         if path is not None and path.suffix == ".py":
             llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()))
-    option = session.config.option
+    config = session.config
+    option = config.option
     reasons = llmdet.snapshots.partial_reasons
-    if getattr(option, "keyword", ""):
-        reasons.add("-k")
-    if getattr(option, "markexpr", ""):
-        reasons.add("-m")
-    if getattr(option, "lf", False) or getattr(option, "failedfirst", False):
-        reasons.add("--lf/--ff")
-    if getattr(option, "stepwise", False):
-        reasons.add("--stepwise")
-    if any("::" in arg for arg in session.config.args):
-        reasons.add("node ids on the command line")
+    for flag, reason in (("keyword", "-k"), ("markexpr", "-m"), ("lf", "--lf/--ff"), ("failedfirst", "--lf/--ff"),
+                         ("stepwise", "--stepwise"), ("setuponly", "--setup-only"), ("setupplan", "--setup-plan"),
+                         ("collectonly", "--collect-only")):
+        if getattr(option, flag, None):
+            reasons.add(reason)
+    for arg in config.args:
+        if "::" in arg:
+            reasons.add("node ids on the command line")
+            llmdet.register_partly_collected(config.invocation_params.dir / arg.split("::", 1)[0])
     if session.testsfailed:  # at this point only collection errors count here
         reasons.add("collection errors")
 
 
+def register_deselected(items: list[pytest.Item], llmdet: LLMDetSession) -> None:
+    """Deselected tests keep their golden files, and make the run partial."""
+    llmdet.snapshots.partial_reasons.add("deselected tests")
+    for item in items:
+        path = getattr(item, "path", None)
+        if path is not None and path.suffix == ".py":
+            llmdet.register_deselected(item.nodeid, path)
+
+
 def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> Iterator[LLMSnapshot]:
-    """The body of the `llm_snapshot` fixture: compare (or record) during the test, write after it."""
+    """The body of the `llm_snapshot` fixture: compare (or record) during the test, write after it.
+
+    Nothing is written, and no pending file settled, unless the test's call phase ran (`--setup-only` runs
+    the fixture without the test). Unused snapshots are never dropped here: that waits for the end of a
+    whole run (`SnapshotRun.finish`)."""
     node = request.node
     try:
         plan = compare_plan_of(request)
@@ -61,12 +76,15 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
     node.stash[SNAPSHOTS_KEY] = snapshots
     yield LLMSnapshot(snapshots)
     if not snapshots.passive:  # a determinism re-run compared nothing: run 1's outcome and names stand
-        llmdet.snapshots.set_outcome(node.nodeid, "passed", used=snapshots.used)
+        llmdet.snapshots.note_fixture(node.nodeid, snapshots.used)
+    if not node.stash.get(CALL_RAN_KEY, False):
+        return
     failure = None
     try:
-        snapshots.write(drop_unused=llmdet.snapshots.prunes_now(node.nodeid))
+        snapshots.write()
     except (OSError, GoldenFileError) as error:
         failure = snapshots.write_error(error)
+        snapshots.mark_unwritten(failure)
     note = snapshots.settle_pending(ci=in_ci())
     if note is not None:
         node.add_report_section("teardown", "llm snapshot", note)
@@ -75,20 +93,21 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
 
 
 def take_report(item: pytest.Item, report: pytest.TestReport, llmdet: LLMDetSession) -> None:
-    """Attach a snapshot test's full comparison report and JUnit properties, and record its outcome."""
+    """Record each phase of every test (what ran decides deletions); attach a snapshot test's full comparison
+    report and JUnit properties."""
+    llmdet.snapshots.note_phase(item.nodeid, report.when, report.outcome)
+    if report.when != "call":
+        return
+    item.stash[CALL_RAN_KEY] = True
     test_snapshots = item.stash.get(SNAPSHOTS_KEY, None)
-    if report.when == "call" and test_snapshots is not None and test_snapshots.reports:
+    if test_snapshots is None:
+        return
+    if test_snapshots.reports:
         report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
-    if report.when == "call" and test_snapshots is not None and test_snapshots.outcomes:
+    if test_snapshots.outcomes:
         properties = junit_properties(test_snapshots.outcomes)
         item.user_properties.extend(properties)  # JUnit XML reads them from the teardown report, made later
         report.user_properties.extend(properties)
-    snapshots = llmdet.snapshots
-    if report.skipped:
-        snapshots.set_outcome(item.nodeid, "skipped")
-        snapshots.partial_reasons.add("skipped tests")
-    elif report.failed:
-        snapshots.set_outcome(item.nodeid, "failed")
 
 
 def finish_snapshots(llmdet: LLMDetSession, workers: list[dict[str, Any]]) -> None:
@@ -110,13 +129,15 @@ def _compared_with(details: dict[str, Any]) -> str:
 def write_summary(terminalreporter: Any, llmdet: LLMDetSession) -> None:
     """The `llm snapshots` section of the terminal summary, when any snapshot or golden file was seen."""
     s, run = llmdet.snapshot_settings, llmdet.snapshots
-    if not (run.tests or run.outcomes or run.unused or run.deleted):
+    uses = any(r.declared or r.fixture for r in run.tests.values())
+    if not (uses or run.outcomes or run.unused or run.deleted or run.foreign):
         return
     details = sorted((o.status, o.nodeid, o.name, o.file + _compared_with(o.details)) for o in run.outcomes) \
         if s.details else None
     terminalreporter.write_sep("=", "llm snapshots")
-    for line in snapshot_summary_lines(run.counts(), run.failed_tests(), sorted(run.partial_reasons),
-                                       run.unused, run.deleted, s.mode == "update", details):
+    for line in snapshot_summary_lines(run.counts(), run.failed_tests(), run.whole_run_reasons(),
+                                       run.unused, run.deleted, s.mode == "update", details, run.foreign,
+                                       run.errored_tests()):
         terminalreporter.write_line(line)
     fragile = [(o.nodeid, o.name, o.details["fragile"]["position"], o.details["fragile"]["margin"], o.file)
                for o in run.fragile()]

@@ -1,6 +1,19 @@
-"""The golden-file side of a run: outcomes of every snapshot, which golden files and snapshots no test used,
-and (on a full `--llm-snapshot-update` run only) deleting them. Works across pytest-xdist workers: each
-worker sends `to_data()`, and the controller merges them and decides."""
+"""The golden-file ledger of a run: what every test did with its snapshots, and (once, at the end of a whole
+`--llm-snapshot-update` run) which golden files and snapshots are deleted. Works across pytest-xdist workers:
+each worker sends `to_data()`, the controller merges them and decides.
+
+Deleting is decided in one place, `SnapshotRun.finish`, from what ran, never from what was collected:
+
+- a test owns the golden file our naming gives it unless it passed without setting up `llm_snapshot`
+  (however the fixture was requested); a deselected test owns its file too;
+- a snapshot inside a file is unused only when the test that owns the file passed every phase with the
+  fixture set up and did not compare it;
+- a file is only ever deleted when it parses as a golden file and sits where our naming puts the test it
+  names; anything else in a snapshot folder is listed as foreign and never touched;
+- nothing is deleted unless the run is whole: every collected test ran its call phase, none was skipped
+  while using snapshots, no setup or teardown failed, no test was deselected, and the run was not stopped;
+  and nothing is deleted through a folder that resolves outside the rootdir.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +23,69 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.golden_format import GoldenFile, GoldenFileError
-from pytest_llmdet.location import SUFFIX, safe_file_stem
+from pytest_llmdet.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
 from pytest_llmdet.snapshot import SnapshotOutcome
-from pytest_llmdet.store import clean_temporaries, delete_golden, read_golden, write_golden
+from pytest_llmdet.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
 
-STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused")
+STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
+PHASES = ("setup", "call", "teardown")
 
 
 @dataclass
 class TestRecord:
-    """One collected test that uses `llm_snapshot`."""
+    """One collected test: its golden file and what happened when it ran."""
 
-    golden: str  # its golden file
-    outcome: str = "not run"  # passed, failed or skipped once it ran
-    used: list[str] = field(default_factory=list)
+    golden: str  # the golden file our naming gives it
+    declared: bool = False  # `llm_snapshot` among its fixtures at collection
+    fixture: bool = False  # `llm_snapshot` was set up when it ran (however it was requested)
+    phases: dict[str, str] = field(default_factory=dict)  # setup/call/teardown: passed, failed or skipped
+    used: list[str] = field(default_factory=list)  # the snapshot names it compared
+    failed: bool = False  # judged failed after its reports (the determinism check): keeps all its snapshots
+
+    @property
+    def ran(self) -> bool:
+        return "call" in self.phases
+
+    @property
+    def passed(self) -> bool:
+        """Every phase ran and passed: only then are the snapshots it did not compare unused."""
+        return not self.failed and all(self.phases.get(phase) == "passed" for phase in PHASES)
+
+    @property
+    def skipped(self) -> bool:
+        return "skipped" in self.phases.values()
+
+    def to_data(self) -> list[Any]:
+        return [self.golden, self.declared, self.fixture, self.phases, self.used, self.failed]
+
+    @classmethod
+    def from_data(cls, data: list[Any]) -> TestRecord:
+        golden, declared, fixture, phases, used, failed = data
+        return cls(golden, declared, fixture, dict(phases), list(used), failed)
+
+    def merge(self, other: TestRecord) -> None:
+        """Add what another worker saw of the same test (every worker collects every test, one runs it)."""
+        self.declared |= other.declared
+        if other.fixture or other.phases:
+            self.fixture |= other.fixture
+            self.used = other.used or self.used
+            for phase, outcome in other.phases.items():
+                self.note(phase, outcome)
+        self.failed |= other.failed
+
+    def note(self, phase: str, outcome: str) -> None:
+        """Record a phase's outcome; a failure or skip stays (a re-run that passes later does not hide it)."""
+        if self.phases.get(phase, "passed") == "passed":
+            self.phases[phase] = outcome
+
+
+@dataclass
+class CleanupPlan:
+    """What the end of the run found: unused golden files and snapshots, and files that are not ours."""
+
+    files: list[Path] = field(default_factory=list)
+    names: dict[Path, list[str]] = field(default_factory=dict)
+    foreign: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -31,60 +93,85 @@ class SnapshotRun:
     """Everything the summary and the unused-snapshot cleanup need to know about one run."""
 
     tests: dict[str, TestRecord] = field(default_factory=dict)
+    deselected: dict[str, str] = field(default_factory=dict)  # node id: golden file, of each deselected test
     module_folders: set[str] = field(default_factory=set)  # snapshot folders of the collected modules
+    partly_collected: set[str] = field(default_factory=set)  # module folders of node ids named on the command line
     outcomes: list[SnapshotOutcome] = field(default_factory=list)
     partial_reasons: set[str] = field(default_factory=set)
     deleted: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
 
     def to_data(self) -> dict[str, Any]:
         return {
-            "tests": {k: [v.golden, v.outcome, v.used] for k, v in self.tests.items()},
+            "tests": {k: v.to_data() for k, v in self.tests.items()},
+            "deselected": self.deselected,
             "module_folders": sorted(self.module_folders),
+            "partly_collected": sorted(self.partly_collected),
             "outcomes": [[o.nodeid, o.name, o.status, o.file, o.details] for o in self.outcomes],
             "partial_reasons": sorted(self.partial_reasons),
         }
 
     def merge(self, data: dict[str, Any]) -> None:
-        """Add what one xdist worker saw (every worker collects every test, but runs only some)."""
-        for nodeid, (golden, outcome, used) in data["tests"].items():
-            record = self.tests.setdefault(nodeid, TestRecord(golden))
-            if outcome != "not run":
-                record.outcome, record.used = outcome, used
+        """Add what one xdist worker saw."""
+        for nodeid, row in data["tests"].items():
+            record = TestRecord.from_data(row)
+            if nodeid in self.tests:
+                self.tests[nodeid].merge(record)
+            else:
+                self.tests[nodeid] = record
+        self.deselected.update(data["deselected"])
         self.module_folders.update(data["module_folders"])
+        self.partly_collected.update(data["partly_collected"])
         self.outcomes += [SnapshotOutcome(*row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
 
-    def set_outcome(self, nodeid: str, outcome: str, used: list[str] | None = None) -> None:
+    def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)
-        if record is None:
-            return
-        if outcome != "passed" or record.outcome in ("not run", "passed"):
-            record.outcome = outcome  # a failed teardown after a passed call still counts as failed
-        if used is not None:
-            record.used = used
+        if record is not None and phase in PHASES:
+            record.note(phase, outcome)
 
-    def prunes_now(self, nodeid: str) -> bool:
-        """Whether the unused snapshots of this test, which just ended, would be removed by a full update
-        run: it passed and the run is not partial (so far)."""
+    def note_fixture(self, nodeid: str, used: list[str]) -> None:
+        """The test's `llm_snapshot` fixture ended: it owns its file, and compared `used`."""
         record = self.tests.get(nodeid)
-        return record is not None and record.outcome == "passed" and not self.partial_reasons
+        if record is not None:
+            record.fixture, record.used = True, list(used)
 
-    def find_unused(self) -> tuple[list[Path], dict[Path, list[str]]]:
-        """Golden files that no collected test owns, and unused snapshot names in files of passed tests."""
-        owned = {Path(r.golden) for r in self.tests.values()}
-        files: list[Path] = []
-        for folder in map(Path, sorted(self.module_folders)):
-            if folder.is_dir():
-                files += sorted(p for p in folder.glob(f"*{SUFFIX}") if p not in owned)
+    def set_failed(self, nodeid: str) -> None:
+        record = self.tests.get(nodeid)
+        if record is not None:
+            record.failed = True
+
+    def whole_run_reasons(self) -> list[str]:
+        """Why this run is partial (empty: it is whole, and a full update may delete)."""
+        reasons = set(self.partial_reasons)
+        records = self.tests.values()
+        not_run = sum(1 for r in records if not r.ran and not r.skipped and r.phases.get("setup") != "failed")
+        if not_run:
+            reasons.add(f"{not_run} test(s) did not run")
+        if any(r.skipped and (r.declared or r.fixture) for r in records):
+            reasons.add("skipped tests")
+        if any(r.phases.get(p) == "failed" for r in records for p in ("setup", "teardown")):
+            reasons.add("setup or teardown errors")
+        return sorted(reasons)
+
+    def plan(self) -> CleanupPlan:
+        """Unused golden files and snapshots, and foreign files, of the folders this run looked at."""
+        owned = {Path(r.golden) for r in self.tests.values() if not (r.passed and not r.fixture)}
+        owned |= {Path(g) for g in self.deselected.values()}
+        plan = CleanupPlan()
+        folders = [Path(f) for f in sorted(self.module_folders) if f not in self.partly_collected]
         for snapshot_dir in sorted({Path(f).parent for f in self.module_folders}):
-            for folder in sorted(p for p in snapshot_dir.glob("*") if p.is_dir()):
-                if str(folder) not in self.module_folders and not _module_exists(snapshot_dir, folder.name):
-                    files += sorted(folder.glob(f"*{SUFFIX}"))
-        names: dict[Path, list[str]] = {}
+            folders += sorted(p for p in _subfolders(snapshot_dir)
+                              if str(p) not in self.module_folders and not _module_exists(snapshot_dir, p.name))
+        for folder in folders:
+            for path in _files(folder):
+                if path in owned or _ours_by_name(path):
+                    continue
+                (plan.files if path.name.endswith(SUFFIX) and _is_golden(path) else plan.foreign).append(path)
         for record in self.tests.values():
-            if record.outcome != "passed":
+            if not (record.passed and record.fixture):
                 continue
             path = Path(record.golden)
             try:
@@ -94,11 +181,12 @@ class SnapshotRun:
             if golden is not None:
                 extra = sorted(set(golden.snapshots) - set(record.used))
                 if extra:
-                    names[path] = extra
-        return files, names
+                    plan.names[path] = extra
+        return plan
 
-    def finish(self, update: bool) -> None:
-        """Report unused golden files and snapshots; delete them only on a full update run.
+    def finish(self, update: bool, rootdir: Path) -> None:
+        """Report unused golden files and snapshots and foreign files; on a whole update run, delete the
+        unused ones (inside the rootdir only).
 
         In either mode, leftover temporary files of a killed update are removed from the collected modules'
         folders (never a golden file: a check run changes no golden file). A file that cannot be deleted or
@@ -106,16 +194,15 @@ class SnapshotRun:
         """
         for folder in map(Path, sorted(self.module_folders)):
             clean_temporaries(folder)
-        # unused snapshots already left out when their test wrote its file (TestSnapshots.write)
-        self.deleted += [f"{o.file} [{o.name}]" for o in self.outcomes if o.status == "deleted"]
         try:
-            files, names = self.find_unused()
+            plan = self.plan()
         except OSError as error:
             self.errors.append(f"could not look for unused golden files: {error}")
             return
-        delete = update and not self.partial_reasons
-        for path in files:
-            if not delete:
+        self.foreign += [str(p) for p in plan.foreign]
+        delete = update and not self.whole_run_reasons()
+        for path in plan.files:
+            if not delete or not self._deletable(path, rootdir):
                 self.unused.append(str(path))
                 continue
             try:
@@ -123,21 +210,24 @@ class SnapshotRun:
                     self.deleted.append(str(path))
             except OSError as error:
                 self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
-        for path, extra in names.items():
-            if not delete:
+        for path, extra in plan.names.items():
+            if not delete or not self._deletable(path, rootdir):
                 self.unused += [f"{path} [{name}]" for name in extra]
                 continue
             try:
-                golden = read_golden(path)
-                if golden is None:
-                    continue
-                kept = {k: v for k, v in golden.snapshots.items() if k not in extra}
-                write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept))
+                _drop_snapshots(path, extra)
             except (OSError, GoldenFileError) as error:
                 self.errors.append(f"could not remove unused snapshots {', '.join(map(repr, extra))} from "
                                    f"{path}: {getattr(error, 'strerror', None) or error}")
                 continue
             self.deleted += [f"{path} [{name}]" for name in extra]
+
+    def _deletable(self, path: Path, rootdir: Path) -> bool:
+        if is_inside(path, rootdir):
+            return True
+        self.errors.append(f"not deleted: {path} resolves to {path.resolve()}, outside the rootdir {rootdir} "
+                           "(a symbolic link?); delete it by hand if it is unused")
+        return False
 
     def counts(self) -> dict[str, int]:
         counter = Counter("failed" if o.status == "missing" else o.status for o in self.outcomes)
@@ -150,6 +240,52 @@ class SnapshotRun:
 
     def failed_tests(self) -> list[str]:
         return sorted({o.nodeid for o in self.outcomes if o.status in ("failed", "missing")})
+
+    def errored_tests(self) -> list[str]:
+        """Tests whose golden file could not be written."""
+        return sorted({o.nodeid for o in self.outcomes if o.status == "error"})
+
+
+def _drop_snapshots(path: Path, names: list[str]) -> None:
+    # Rewrites the file without `names` (re-read now: the test wrote it at its end); deletes it when no
+    # snapshot is left.
+    golden = read_golden(path)
+    if golden is None:
+        return
+    kept = {k: v for k, v in golden.snapshots.items() if k not in names}
+    if kept:
+        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept))
+    else:
+        delete_golden(path)
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _files(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _ours_by_name(path: Path) -> bool:
+    # Pending and temporary files are ours by name; they go with their golden file, never on their own here.
+    return path.name.endswith((PENDING_SUFFIX, TMP_SUFFIX))
+
+
+def _is_golden(path: Path) -> bool:
+    """Whether `path` holds a golden file of ours: it parses as one and sits where our naming puts the test it
+    names. A file that cannot be read or parsed is not ours to delete."""
+    try:
+        golden = read_golden(path)
+    except GoldenFileError:
+        return False
+    return golden is not None and placed_as_named(path, golden.test)
 
 
 def _module_exists(snapshot_dir: Path, folder_name: str) -> bool:

@@ -35,6 +35,7 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
         "fingerprint": details.get("fingerprint"),
         "divergence": details.get("divergence"),
         "fragile": details.get("fragile"),
+        "error": details.get("error"),
     }
 
 
@@ -53,7 +54,7 @@ def determinism_entry(verdict: Verdict) -> dict[str, Any]:
 
 def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[str, int],
                  outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
-                 verdicts: Iterable[Verdict], unchecked: int) -> dict[str, Any]:
+                 verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
     try:
         version = metadata.version("pytest-llmdet")
@@ -70,6 +71,7 @@ def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[s
                             key=lambda e: (e["test"], e["name"])),
         "unused": sorted(unused),
         "deleted": sorted(deleted),
+        "foreign": sorted(foreign),
         "determinism": sorted((determinism_entry(v) for v in verdicts), key=lambda e: e["test"]),
         "determinism_unchecked": unchecked,
     }

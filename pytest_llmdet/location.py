@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 SUFFIX = ".json"
+PENDING_SUFFIX = ".llmdet-pending"  # beside the golden file: `<golden file>.llmdet-pending`
 MAX_NAME_CHARS = 80
 HASH_CHARS = 10
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-\[\]]+")
@@ -52,6 +53,25 @@ def module_folder(test_path: Path, snapshot_dir: str) -> Path:
 def golden_path(test_path: Path, nodeid: str, snapshot_dir: str) -> Path:
     """The golden file of one test (each parametrized id its own file)."""
     return module_folder(test_path, snapshot_dir) / (safe_file_stem(test_name_of(nodeid)) + SUFFIX)
+
+
+def pending_path(golden: Path) -> Path:
+    """Where the pending snapshots of a golden file go."""
+    return golden.with_name(golden.name + PENDING_SUFFIX)
+
+
+def module_file_stem(nodeid: str) -> str:
+    """The stem of the module a node id names (`tests/test_x.py::test_y` gives `test_x`)."""
+    module = nodeid.split("::", 1)[0]
+    return module.replace("\\", "/").rsplit("/", 1)[-1].removesuffix(".py")
+
+
+def placed_as_named(path: Path, nodeid: str) -> bool:
+    """Whether a golden file at `path` sits where our naming puts the golden file of test `nodeid`: its name
+    from the test's name, its folder from the test's module (the folders above are not compared, so a file
+    stays recognised when the rootdir, and with it the node id's prefix, changes)."""
+    return (path.name == safe_file_stem(test_name_of(nodeid)) + SUFFIX
+            and path.parent.name == safe_file_stem(module_file_stem(nodeid)))
 
 
 def is_inside(path: Path, folder: Path) -> bool:

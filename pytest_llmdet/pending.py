@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.store import read_golden, replace_atomically, write_golden
+from pytest_llmdet.location import PENDING_SUFFIX, pending_path
+from pytest_llmdet.store import golden_digest, read_file_bounded, read_golden, replace_atomically, write_golden
 
-PENDING_SUFFIX = ".llmdet-pending"
 CHANGED, NEW = "changed", "new"
 
 
@@ -32,15 +32,13 @@ class PendingFile:
     snapshots: dict[str, GoldenEntry]
     statuses: dict[str, str] = field(default_factory=dict)  # changed or new, by snapshot name
     reports: dict[str, str] = field(default_factory=dict)
+    # the SHA-256 of the golden file the check compared with ("" when there was none; None: not known, a
+    # pending file of pytest-llmdet 0.1): accept refuses when the golden file changed since
+    golden_sha256: str | None = None
 
     @property
     def golden(self) -> Path:
         return golden_of(self.path)
-
-
-def pending_path(golden: Path) -> Path:
-    """Where the pending snapshots of a golden file go."""
-    return golden.with_name(golden.name + PENDING_SUFFIX)
 
 
 def golden_of(pending: Path) -> Path:
@@ -51,25 +49,47 @@ def golden_of(pending: Path) -> Path:
 def write_pending(pending: PendingFile) -> None:
     """Write (replace) a pending file atomically. Its folder must exist: a check run creates no folder."""
     data = json.loads(dumps(GoldenFile(pending.test, pending.fingerprint, dict(sorted(pending.snapshots.items())))))
-    data["pending"] = {"statuses": pending.statuses, "reports": pending.reports}
+    data["pending"] = {"statuses": pending.statuses, "reports": pending.reports,
+                       "golden_sha256": pending.golden_sha256}
     replace_atomically(pending.path,
                        (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def read_pending(path: Path) -> PendingFile:
     """A pending file; GoldenFileError (naming the file) when it cannot be used."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise GoldenFileError(f"{path} cannot be read: {error.strerror or error}") from None
-    golden = loads(raw, str(path))
+    raw = read_file_bounded(path)  # a pipe or a device in its place is refused, never read
+    if raw is None:
+        raise GoldenFileError(f"{path} cannot be read: No such file or directory")
+    golden = loads(raw, str(path))  # validated (depth included) before it is parsed again for its extra section
     extra = json.loads(raw).get("pending")
     if not isinstance(extra, dict) or not isinstance(extra.get("statuses"), dict) \
-            or not isinstance(extra.get("reports"), dict):
+            or not isinstance(extra.get("reports"), dict) \
+            or not isinstance(extra.get("golden_sha256", ""), (str, type(None))):
         raise GoldenFileError(f"{path}: missing or malformed 'pending' section")
     return PendingFile(path, golden.test, golden.fingerprint, golden.snapshots,
                        {str(k): str(v) for k, v in extra["statuses"].items()},
-                       {str(k): str(v) for k, v in extra["reports"].items()})
+                       {str(k): str(v) for k, v in extra["reports"].items()}, extra.get("golden_sha256"))
+
+
+class PendingConflict(GoldenFileError):
+    """The golden file changed since the check that made the pending file: accepting would overwrite that."""
+
+
+def check_unchanged(pending: PendingFile) -> None:
+    """Refuse (PendingConflict, naming both files and what to run) when the golden file is not the one the
+    check compared with: changed by a pull or an update since, or the pending file is too old to tell."""
+    current = golden_digest(pending.golden) or ""
+    if pending.golden_sha256 == current:
+        return
+    why = ("the pending file was made by an older pytest-llmdet, which did not record the golden file it saw"
+           if pending.golden_sha256 is None else
+           "the golden file was deleted since the check that made the pending file" if not current else
+           "the golden file was created since the check that made the pending file" if not pending.golden_sha256
+           else "the golden file changed since the check that made the pending file (a pull, an update?)")
+    raise PendingConflict(
+        f"not accepted: {why}; accepting {pending.path} would overwrite {pending.golden} without a look at what "
+        f"is in it now. Run the check again to refresh it: pytest --llm-snapshot \"{pending.test}\", or "
+        f"reject it: python -m pytest_llmdet reject {pending.path}")
 
 
 def remove_pending(golden: Path) -> bool:
@@ -100,10 +120,12 @@ def accept(pending: PendingFile, names: Iterable[str] | None = None) -> list[str
     chosen = [n for n in (pending.snapshots if names is None else names) if n in pending.snapshots]
     if not chosen:
         return []
+    check_unchanged(pending)
     existing = read_golden(pending.golden)
     snapshots = dict(existing.snapshots) if existing else {}
     snapshots.update({name: pending.snapshots[name] for name in chosen})
     write_golden(pending.golden, GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items()))))
+    pending.golden_sha256 = golden_digest(pending.golden) or ""  # what is left pending now builds on this file
     _drop(pending, chosen)
     return chosen
 

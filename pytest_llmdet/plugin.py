@@ -206,14 +206,16 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_deselected(items: list[pytest.Item]) -> None:
     llmdet = items[0].config.stash[SESSION_KEY] if items else None
     if llmdet is not None and llmdet.snapshots_on:
-        llmdet.snapshots.partial_reasons.add("deselected tests")
+        from pytest_llmdet.golden_hooks import register_deselected
+
+        register_deselected(items, llmdet)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
     llmdet = item.config.stash[SESSION_KEY]
-    if "llm_snapshot" in getattr(item, "fixturenames", ()) and llmdet.snapshots_on:
+    if llmdet.snapshots_on:  # every test: a test may reach llm_snapshot through request.getfixturevalue
         from pytest_llmdet.golden_hooks import take_report
 
         take_report(item, outcome.get_result(), llmdet)
@@ -254,7 +256,7 @@ def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path,
     run, state = llmdet.snapshots, config.stash.get(STATE_KEY, None)
     report = build_report(
         mode=llmdet.snapshot_settings.mode, near_tie=llmdet.snapshot_settings.near_tie, exit_status=exit_status,
-        counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted,
+        counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted, foreign=run.foreign,
         verdicts=state.verdicts if state else [], unchecked=state.unchecked if state else 0,
     )
     try:

@@ -69,18 +69,27 @@ def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float, compare:
     return f"llmdet: snapshots: {mode} ({flag}), folder {snapshot_dir}, llm_near_tie {near_tie}{tolerant}"
 
 
+def _listed(paths: list[str], limit: int = 20) -> list[str]:
+    return [f"  {p}" for p in paths[:limit]] + ([f"  ... {len(paths) - limit} more"] if len(paths) > limit else [])
+
+
 def snapshot_summary_lines(counts: dict[str, int], failed_tests: list[str], partial_reasons: list[str],
                            unused: list[str], deleted: list[str], update: bool,
-                           details: list[tuple[str, str, str, str]] | None) -> list[str]:
-    """The `llm snapshots` section: counts, what to run to fix failures, and (with details) each snapshot."""
-    lines = [", ".join(f"{counts[k]} {k}" for k in counts)]
+                           details: list[tuple[str, str, str, str]] | None, foreign: list[str] = (),
+                           errored_tests: list[str] = ()) -> list[str]:
+    """The `llm snapshots` section: counts, what to run to fix failures, unused and foreign files, and (with
+    details) each snapshot. The error count is shown only when a write failed."""
+    lines = [", ".join(f"{counts[k]} {k}" for k in counts if k != "error" or counts[k])]
     if failed_tests:
         nodeids = " ".join(f'"{t}"' for t in failed_tests[:5]) + (" ..." if len(failed_tests) > 5 else "")
         lines.append(f"{len(failed_tests)} test(s) with changed or missing snapshots. If the change is intended, "
                      f"re-record with: pytest --llm-snapshot-update {nodeids}")
+    if errored_tests:
+        lines.append(f"{len(errored_tests)} test(s) whose golden file could not be written (see their errors): "
+                     + " ".join(f'"{t}"' for t in errored_tests[:5]) + (" ..." if len(errored_tests) > 5 else ""))
     if unused:
         lines.append(f"{len(unused)} unused golden file(s) or snapshot(s) no test asked for:")
-        lines += [f"  {u}" for u in unused[:20]] + ([f"  ... {len(unused) - 20} more"] if len(unused) > 20 else [])
+        lines += _listed(unused)
         if update and partial_reasons:
             lines.append(f"not deleted: this run is partial ({'; '.join(sorted(partial_reasons))})")
         elif not update:
@@ -88,6 +97,10 @@ def snapshot_summary_lines(counts: dict[str, int], failed_tests: list[str], part
     if deleted:
         lines.append(f"deleted {len(deleted)} unused golden file(s) or snapshot(s):")
         lines += [f"  {d}" for d in deleted]
+    if foreign:
+        lines.append(f"{len(foreign)} file(s) in snapshot folders that are not golden files of this suite "
+                     "(never deleted):")
+        lines += _listed(foreign)
     for status, nodeid, name, file in details or []:
         lines.append(f"{status:>8}  {nodeid} [{name}]  {file}")
     return lines

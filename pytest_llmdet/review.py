@@ -29,13 +29,15 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _load(paths: list[Path], out: TextIO) -> tuple[list[PendingFile], int]:
+def _load(paths: list[Path], err: TextIO) -> tuple[list[PendingFile], int]:
+    """The readable pending files; each unreadable one is reported on `err` (never on stdout, which may be
+    JSON) and counted."""
     loaded, errors = [], 0
     for path in find_pending(paths):
         try:
             loaded.append(read_pending(path))
         except GoldenFileError as error:
-            out.write(f"skipped: {error}\n")
+            err.write(f"skipped: {error}\n")
             errors += 1
     return loaded, errors
 
@@ -48,8 +50,20 @@ def listing(pending: list[PendingFile]) -> list[dict]:
             for p in pending]
 
 
-def review(pending: list[PendingFile], stdin: TextIO, out: TextIO) -> dict[str, int]:
-    """Ask about each pending snapshot in turn; returns how many were accepted, rejected and skipped."""
+def _settle(item: PendingFile, act, names: list[str] | None, err: TextIO) -> list[str] | None:
+    """Accept or reject `names` of one pending file; a file that cannot be (a golden file changed since, an
+    unusable one) is reported on `err` and the others go on: None."""
+    try:
+        return act(item, names)
+    except (OSError, GoldenFileError) as error:
+        err.write(f"error: {getattr(error, 'strerror', None) or error}\n")
+        return None
+
+
+def review(pending: list[PendingFile], stdin: TextIO, out: TextIO, err: TextIO | None = None) -> dict[str, int]:
+    """Ask about each pending snapshot in turn; returns how many were accepted, rejected, skipped and could not
+    be settled (errors)."""
+    err = err or sys.stderr
     counts = {"accepted": 0, "rejected": 0, "skipped": 0}
     total = sum(len(p.snapshots) for p in pending)
     number, stop = 0, False
@@ -75,16 +89,24 @@ def review(pending: list[PendingFile], stdin: TextIO, out: TextIO) -> dict[str, 
                 counts["skipped"] += 1
             else:
                 decisions[name] = answer
-        accepted = accept(item, [n for n, a in decisions.items() if a == "a"])
-        rejected = reject(item, [n for n, a in decisions.items() if a == "r"])
-        counts["accepted"] += len(accepted)
-        counts["rejected"] += len(rejected)
+        for act, key, answer in ((accept, "accepted", "a"), (reject, "rejected", "r")):
+            names = [n for n, a in decisions.items() if a == answer]
+            done = _settle(item, act, names, err) if names else []
+            if done is None:
+                counts["errors"] = counts.get("errors", 0) + 1
+                counts["skipped"] += len(names)
+            else:
+                counts[key] += len(done)
     return counts
 
 
-def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
-    """The command line; returns the exit status (1 when a pending file could not be read or written)."""
-    out, inp = stdout or sys.stdout, stdin or sys.stdin
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """The command line; returns the exit status (1 when a pending file could not be read or written).
+
+    Problems (a pending file skipped as unreadable, a failed write) go to stderr, so that the stdout of
+    `pending --json` is JSON and nothing else."""
+    out, inp, err = stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr
     parser = argparse.ArgumentParser(prog="python -m pytest_llmdet",
                                      description="review the pending snapshots of pytest-llmdet check runs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,7 +118,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         if name == "pending":
             command.add_argument("--json", action="store_true", help="print JSON for other tools")
     args = parser.parse_args(argv)
-    pending, errors = _load(args.paths, out)
+    pending, errors = _load(args.paths, err)
     try:
         if args.command == "pending":
             if args.json:
@@ -108,13 +130,17 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
                                   f"{item['golden_file']}\n")
                 out.write(f"{sum(len(p.snapshots) for p in pending)} pending snapshot(s)\n")
         elif args.command == "review":
-            counts = review(pending, inp, out)
+            counts = review(pending, inp, out, err)
+            errors += counts.get("errors", 0)
             out.write("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + "\n")
         else:
             act = accept if args.command == "accept" else reject
-            done = sum(len(act(item)) for item in pending)
+            settled = [_settle(item, act, None, err) for item in pending]
+            errors += sum(1 for done in settled if done is None)
+            done = sum(len(names) for names in settled if names)
             out.write(f"{done} pending snapshot(s) {args.command}ed\n")
     except (OSError, GoldenFileError) as error:
-        out.write(f"error: {getattr(error, 'strerror', None) or error}\n")
+        out.flush()
+        err.write(f"error: {getattr(error, 'strerror', None) or error}\n")
         return 1
     return 1 if errors else 0

@@ -151,14 +151,27 @@ class LLMDetSession:
         except ValueError:
             return str(path)
 
-    def register_collected(self, nodeid: str, test_path: Path, uses_snapshot: bool) -> None:
+    def register_collected(self, nodeid: str, test_path: Path, declared: bool) -> None:
+        """Record a collected test (every one: a test may reach `llm_snapshot` through getfixturevalue)."""
         from pytest_llmdet.golden_session import TestRecord
         from pytest_llmdet.location import golden_path, module_folder
 
         folder = self.snapshot_settings.snapshot_dir
         self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
-        if uses_snapshot:
-            self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)))
+        self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)), declared=declared)
+
+    def register_deselected(self, nodeid: str, test_path: Path) -> None:
+        """A deselected test still owns its golden file: a partial run never calls it unused."""
+        from pytest_llmdet.location import golden_path
+
+        self.snapshots.deselected[nodeid] = str(golden_path(test_path, nodeid, self.snapshot_settings.snapshot_dir))
+
+    def register_partly_collected(self, test_path: Path) -> None:
+        """A module named by node ids on the command line: its other tests were not collected, so no golden
+        file in its folder can be called unused."""
+        from pytest_llmdet.location import module_folder
+
+        self.snapshots.partly_collected.add(str(module_folder(test_path, self.snapshot_settings.snapshot_dir)))
 
     def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
                        compare: ComparePlan | None = None, full_fingerprints: bool = False) -> TestSnapshots:
@@ -192,7 +205,7 @@ class LLMDetSession:
 
     def finish_snapshots(self) -> None:
         if self.snapshots_on:
-            self.snapshots.finish(update=self.snapshot_settings.mode == "update")
+            self.snapshots.finish(update=self.snapshot_settings.mode == "update", rootdir=self.rootdir)
 
     def worker_data(self) -> dict[str, Any]:
         """What an xdist worker sends to the controller."""

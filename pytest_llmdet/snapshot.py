@@ -23,7 +23,7 @@ from pytest_llmdet.fingerprint import fingerprint_changes
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
 from pytest_llmdet.settings import ComparePlan
-from pytest_llmdet.store import read_golden, write_golden
+from pytest_llmdet.store import golden_digest, read_golden, write_golden
 from pytest_llmdet.tolerant import compare_tolerant, top_k_lines
 from pytest_llmdet.variants import Environment, choose_variant, describe, environment_of, is_exact
 
@@ -41,7 +41,7 @@ class SnapshotOutcome:
 
     nodeid: str
     name: str
-    status: str  # passed, failed, missing, written, updated or deleted (an unused snapshot)
+    status: str  # passed, failed, missing, written, updated, or error (a write that failed)
     file: str
     # plain data for the summary and the JSON report: "divergence" (compare.divergence_summary), "fragile"
     # ({"position", "margin"} at record time), "fingerprint" (the current environment)
@@ -150,7 +150,9 @@ class TestSnapshots:
             )
         return name
 
-    def golden(self) -> GoldenFile | None:
+    def golden(self, name: str | None = None) -> GoldenFile | None:
+        """The test's golden file, read once; a file that cannot be used fails the test in check mode (counted
+        as a failure of snapshot `name`, so the summary lists the test to re-record)."""
         if not self._loaded:
             failure = None
             try:
@@ -161,6 +163,8 @@ class TestSnapshots:
             if failure is not None and self.mode != UPDATE:
                 import pytest
 
+                if name is not None:
+                    self._outcome(name, "failed", {"error": failure})
                 pytest.fail(failure, pytrace=False)  # outside the except block: one message, not a chain
             self._loaded = True
         return self._golden
@@ -171,7 +175,7 @@ class TestSnapshots:
             return True, []
         current = entry_from(value)
         self.used.append(name)
-        golden_file = self.golden()
+        golden_file = self.golden(name)
         stored = golden_file.snapshots.get(name) if golden_file else None
         details = self._details(current)
         if stored is None or golden_file is None:
@@ -298,30 +302,29 @@ class TestSnapshots:
         self.reports.append("\n".join(lines))
         return _compact(lines)
 
-    def write(self, drop_unused: bool = False) -> bool:
+    def write(self) -> bool:
         """At the end of the test, in update mode: write the queued snapshots (atomically); True if written.
 
-        `drop_unused` also leaves out the snapshots this test did not compare, which the end of a full update
-        would remove anyway: the file is then written once, straight from its old to its new content, and
-        each left-out snapshot is recorded as deleted.
-        """
+        Snapshots the test did not compare stay in the file: whether they are unused is decided once, at the
+        end of a whole run (golden_session.SnapshotRun.finish)."""
         if self.passive or self.mode != UPDATE or not self.updates:
             return False
         existing = self.golden()
         snapshots = dict(existing.snapshots) if existing else {}
         snapshots.update(self.updates)
-        dropped = sorted(set(snapshots) - set(self.used)) if drop_unused else []
-        snapshots = {name: entry for name, entry in snapshots.items() if name not in dropped}
         fingerprint = self.fingerprint()
         if fingerprint is None or (self.record_variant and existing is not None):
             fingerprint = existing.fingerprint if existing else {}  # a variant keeps the default's fingerprint
         golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
                             snapshots=dict(sorted(snapshots.items())))
-        written = write_golden(self.path, golden)
-        for name in dropped:
-            self.record(SnapshotOutcome(self.nodeid, name, "deleted", str(self.path)))
-        return written
+        return write_golden(self.path, golden)
 
+    def mark_unwritten(self, reason: str) -> None:
+        """The write failed: what was counted written or updated is an error (in the summary and the report)."""
+        for outcome in self.outcomes:
+            if outcome.status in ("written", "updated"):
+                outcome.status = "error"
+                outcome.details["error"] = reason
 
     def settle_pending(self, ci: bool) -> str | None:
         """At the end of the test, outside CI: a check run writes its changed or new outputs as a pending file
@@ -348,9 +351,11 @@ class TestSnapshots:
                 {name: entry for name, (entry, _, _) in self.pending.items()},
                 {name: status for name, (_, status, _) in self.pending.items()},
                 {name: report for name, (_, _, report) in self.pending.items()},
+                golden_sha256=golden_digest(self.path) or "",
             ))
-        except OSError as error:
-            return f"could not write the pending file {pending_path(self.path)}: {error.strerror or error}"
+        except (OSError, GoldenFileError) as error:
+            reason = getattr(error, "strerror", None) or error
+            return f"could not write the pending file {pending_path(self.path)}: {reason}"
         return None
 
     def write_error(self, error: Exception) -> str:

@@ -9,6 +9,8 @@ lock is a killed writer's leftover and is removed.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import os
 import stat
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from pytest_llmdet.golden_format import MAX_FILE_BYTES, GoldenFile, GoldenFileError, dumps, loads
 from pytest_llmdet.location import SUFFIX as GOLDEN_SUFFIX
+from pytest_llmdet.location import pending_path
 
 TMP_SUFFIX = ".llmdet-tmp"
 LOCK_TIMEOUT_SECONDS = 120
@@ -39,20 +42,49 @@ def _lock(path: Path):
     return FileLock(str(lock_path(path)), timeout=LOCK_TIMEOUT_SECONDS)
 
 
-def read_golden(path: Path, where: str | None = None) -> GoldenFile | None:
-    """The golden file at `path`, or None if there is none; GoldenFileError if it cannot be used."""
+def read_file_bounded(path: Path, where: str | None = None) -> bytes | None:
+    """The bytes of the regular file at `path` (at most MAX_FILE_BYTES + 1 of them), or None if there is none.
+
+    A pipe, a device or a folder in its place is refused without reading it (reading a FIFO never ends,
+    /dev/zero never ends); the file type is checked on the opened descriptor, so a swap after a check cannot
+    slip one in. The size bound keeps a huge file from filling memory. GoldenFileError names `where`."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        mode = path.stat().st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # reading a pipe or a device may never end
-            raise GoldenFileError(f"{where or path} is not a regular file")
-        with path.open("rb") as stream:
-            raw = stream.read(MAX_FILE_BYTES + 1)  # enough to know it is too big, without reading it all
-            size = os.fstat(stream.fileno()).st_size
+        descriptor = os.open(path, flags)  # O_NONBLOCK: opening a FIFO with no writer returns at once
     except FileNotFoundError:
         return None
     except OSError as error:
         raise GoldenFileError(f"{where or path} cannot be read: {error.strerror or error}") from None
-    return loads(raw, where or str(path), size)
+    try:
+        info = os.fstat(descriptor)
+        if stat.S_ISDIR(info.st_mode):
+            raise GoldenFileError(f"{where or path} cannot be read: Is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise GoldenFileError(f"{where or path} is not a regular file ({_kind(info.st_mode)} is in its place); "
+                                  "remove it and re-run")
+        if info.st_size > MAX_FILE_BYTES:
+            raise GoldenFileError(
+                f"{where or path} is {info.st_size / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB "
+                "limit for a golden file: it is not one pytest-llmdet wrote")
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+            return stream.read(MAX_FILE_BYTES + 1)  # enough to know it is too big, without reading it all
+    except OSError as error:
+        raise GoldenFileError(f"{where or path} cannot be read: {error.strerror or error}") from None
+    finally:
+        os.close(descriptor)
+
+
+def read_golden(path: Path, where: str | None = None) -> GoldenFile | None:
+    """The golden file at `path`, or None if there is none; GoldenFileError if it cannot be used."""
+    raw = read_file_bounded(path, where)
+    return None if raw is None else loads(raw, where or str(path))
+
+
+def golden_digest(path: Path) -> str | None:
+    """The SHA-256 of the golden file's bytes, or None when there is none (for a pending file to tell, on
+    accept, whether the golden changed since the check that made it)."""
+    raw = read_file_bounded(path)
+    return None if raw is None else hashlib.sha256(raw).hexdigest()
 
 
 def temporary_target(temporary: Path) -> Path | None:
@@ -118,6 +150,46 @@ def replace_atomically(path: Path, content: bytes) -> None:
         raise
 
 
+def _existing_size(path: Path) -> int | None:
+    # The size of the golden file an update replaces (None: there is none). Anything but a regular file in its
+    # place is the user's, not ours to replace: refused with the reason.
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise GoldenFileError(f"{path} cannot be read: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    if not stat.S_ISREG(info.st_mode):  # OSError: reported like a read-only folder, the file named once
+        raise OSError(errno.EINVAL, f"not a regular file ({_kind(info.st_mode)} is in its place); remove it",
+                      str(path))
+    return info.st_size
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "a special file"
+
+
+def _mode_of(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return _new_file_mode()
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    # The umask can only be read by setting it; set it back at once (read once per process).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_golden(path: Path, golden: GoldenFile) -> bool:
     """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote.
 
@@ -132,13 +204,15 @@ def write_golden(path: Path, golden: GoldenFile) -> bool:
         )
     with _lock(path):
         _remove_stale_temporaries(path)
-        try:
-            if path.read_bytes() == content:
-                return False
-        except FileNotFoundError:
-            pass
+        old_size = _existing_size(path)  # refuses a pipe, a device or a folder in its place
+        if old_size == len(content) and read_file_bounded(path) == content:
+            return False
+        mode = _mode_of(path) if old_size is not None else _new_file_mode()
         handle, temporary = _create_temporary(path)
         try:
+            # mkstemp creates 0600: an existing file keeps its mode, a new one gets what the umask gives
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle, mode)
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content)
                 stream.flush()
@@ -152,13 +226,16 @@ def write_golden(path: Path, golden: GoldenFile) -> bool:
 
 
 def delete_golden(path: Path) -> bool:
-    """Delete a golden file (only ever on an explicit update); True if it existed."""
+    """Delete a golden file and its pending file (only ever on an explicit update); True if it existed.
+
+    The pending file goes too: accepting it later would bring the deleted golden file back."""
     with _lock(path):
         _remove_stale_temporaries(path)
         try:
             path.unlink()
         except FileNotFoundError:
             return False
+        pending_path(path).unlink(missing_ok=True)
     try:
         path.parent.rmdir()  # only if now empty; a concurrent writer may just have added a file
     except OSError:

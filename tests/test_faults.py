@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import copy_model
+from conftest import copy_model, golden_for
 from filelock import FileLock
 from transformers import AutoTokenizer
 
@@ -166,9 +166,9 @@ KILL_TRIALS = 20
 KILL_SEED = 20240611
 
 
-def _record(pytester, monkeypatch, version: str) -> dict[str, bytes]:
+def _record(pytester, monkeypatch, version: str, *args: str) -> dict[str, bytes]:
     monkeypatch.setenv("SUITE_VERSION", version)
-    result = run(pytester, "--llm-snapshot-update")
+    result = run(pytester, "--llm-snapshot-update", *args)
     assert result.ret == 0, result.stdout.str()
     return golden_files(pytester.path)
 
@@ -188,6 +188,11 @@ def test_kill_9_during_update_leaves_every_golden_file_old_or_new(pytester, monk
     old = _record(pytester, monkeypatch, "old")
     new = _record(pytester, monkeypatch, "new")
     assert len(old) == len(new) == 36 and old != new and set(old) != set(new)
+    # Between the tests' writes and the deletions at the end, a file holds its new snapshots and the unused
+    # old ones (what a partial update leaves): nothing is deleted before the run is whole.
+    _restore(pytester.path, old)
+    mid = _record(pytester, monkeypatch, "new", "-m", "not no_such_marker")
+    assert mid != new and mid != old
 
     # The filesystem events of one uninterrupted update (the same every time: tests run in a fixed order).
     _restore(pytester.path, old)
@@ -214,7 +219,7 @@ def test_kill_9_during_update_leaves_every_golden_file_old_or_new(pytester, monk
         after_kill = golden_files(pytester.path)
         assert set(after_kill) <= set(old) | set(new), where
         for name in set(old) | set(new):
-            assert after_kill.get(name) in (old.get(name), new.get(name)), f"{where}: {name} is torn"
+            assert after_kill.get(name) in (old.get(name), new.get(name), mid.get(name)), f"{where}: {name} is torn"
         for name, content in after_kill.items():
             loads(content, name)  # every golden file parses
         leftovers = temporaries(pytester.path)
@@ -236,9 +241,9 @@ def test_kill_9_during_update_leaves_every_golden_file_old_or_new(pytester, monk
     assert leftovers_seen > 0  # some kills did leave temporaries behind, and they were cleaned
 
 
-def test_an_update_goes_from_old_to_new_content_in_one_write(pytester, monkeypatch):
-    # A test that changes one snapshot and stops comparing another: writing the change and then removing
-    # the unused snapshot at the end would leave a file that is neither old nor new in between.
+def test_unused_snapshots_are_dropped_only_at_the_end_of_a_whole_update(pytester, monkeypatch):
+    # A test that changes one snapshot and stops comparing another: its end writes the change and keeps the
+    # other; the end of the whole run drops it. A run that stops before the end has deleted nothing.
     pytester.makepyfile(test_once="""
         import os
 
@@ -248,18 +253,28 @@ def test_an_update_goes_from_old_to_new_content_in_one_write(pytester, monkeypat
             assert VERSION + " a" == llm_snapshot(name="a")
             if VERSION == "v1":
                 assert "b" == llm_snapshot(name="b")
+
+        def test_later():
+            assert os.environ.get("STOP") is None
     """)
     monkeypatch.setenv("SUITE_VERSION", "v1")
-    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
     path = pytester.path / SNAPSHOTS / "test_once" / "test_x.json"
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    monkeypatch.setenv("STOP", "1")
+    result = run(pytester, "--llm-snapshot-update", "-x")  # stops at test_later: the run is not whole
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 0 written, 1 updated, 0 deleted, 1 unused",
+                                 "not deleted: this run is partial (the run stopped early)"])
+    assert {name: e.text for name, e in read_golden(path).snapshots.items()} == {"a": "v2 a", "b": "b"}
+    monkeypatch.delenv("STOP")
     replaced = []
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(Path(dst)), real_replace(src, dst)))
-    monkeypatch.setenv("SUITE_VERSION", "v2")
     result = run(pytester, "--llm-snapshot-update")
-    result.stdout.fnmatch_lines(["0 passed, 0 failed, 0 written, 1 updated, 1 deleted, 0 unused",
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 1 deleted, 0 unused",
                                  "deleted 1 unused golden file(s) or snapshot(s):", f"  {path} [b]"])
-    assert replaced == [path]
+    assert replaced == [path]  # the test's own write changed nothing: only the end of the run rewrote it
     assert {name: e.text for name, e in read_golden(path).snapshots.items()} == {"a": "v2 a"}
 
 
@@ -938,11 +953,18 @@ def test_read_only_snapshot_folder_update_fails_clearly_and_changes_nothing(pyte
     pytester.makepyfile(test_ro=READ_ONLY_SUITE)
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
     folder = pytester.path / SNAPSHOTS / "test_ro"
-    (folder / "test_removed.json").write_bytes((folder / "test_b.json").read_bytes())  # unused: to delete
+    (folder / "test_removed.json").write_bytes(golden_for((folder / "test_b.json").read_bytes(),
+                                                          "test_ro.py::test_removed"))  # unused: to delete
     (folder / "test_b.json.abc123.llmdet-tmp").write_text("leftover")
     before = golden_files(pytester.path)
     how = make_read_only(folder)
     assert how == ("simulated" if IS_ROOT and _has_dac_override() else "chmod")
+    result = run(pytester, "--llm-snapshot-update")  # nothing to write; the unused file cannot be deleted
+    result.assert_outcomes(passed=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["llmdet: ERROR: could not delete unused golden file */test_removed.json: "
+                                 "Permission denied"])
+    assert golden_files(pytester.path) == before
     monkeypatch.setenv("SUITE_VERSION", "v2")
     result = run(pytester, "--llm-snapshot-update")
     result.assert_outcomes(passed=2, errors=1)  # the write at the end of test_a fails: an error in teardown
@@ -952,8 +974,11 @@ def test_read_only_snapshot_folder_update_fails_clearly_and_changes_nothing(pyte
         "pytest-llmdet: could not write golden file __llm_snapshots__/test_ro/test_a.json: Permission denied",
         "The file keeps its previous content (writes are atomic)*",
     ])
-    result.stdout.fnmatch_lines(["llmdet: ERROR: could not delete unused golden file */test_removed.json: "
-                                 "Permission denied"])
+    # counted as what happened: an error, not "1 updated"; and a run with a teardown error deletes nothing
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 0 deleted, 1 unused, 1 error",
+                                 '1 test(s) whose golden file could not be written (see their errors): '
+                                 '"test_ro.py::test_a"',
+                                 "not deleted: this run is partial (setup or teardown errors)"])
     assert "INTERNALERROR" not in result.stdout.str()
     assert golden_files(pytester.path) == before
     assert [p.name for p in temporaries(pytester.path)] == ["test_b.json.abc123.llmdet-tmp"]  # kept, harmless

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import golden_for
 
 SUITE = """
 def test_story(llm, llm_snapshot):
@@ -141,10 +142,11 @@ def test_full_update_deletes_unused_and_partial_update_deletes_nothing(pytester)
     pytester.makepyfile(test_suite=SUITE)
     pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
     folder = pytester.path / "__llm_snapshots__/test_suite"
-    (folder / "test_removed.json").write_bytes((folder / "test_story.json").read_bytes())
+    story = (folder / "test_story.json").read_bytes()
+    (folder / "test_removed.json").write_bytes(golden_for(story, "test_suite.py::test_removed"))
     orphan = pytester.path / "__llm_snapshots__/test_gone_module"
     orphan.mkdir()
-    (orphan / "test_x.json").write_bytes((folder / "test_story.json").read_bytes())
+    (orphan / "test_x.json").write_bytes(golden_for(story, "test_gone_module.py::test_x"))
     chat_line = ('    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8)'
                  ' == llm_snapshot(name="chat")\n')
     assert chat_line in SUITE
@@ -286,19 +288,22 @@ def test_xdist_update_then_check_gives_the_same_files_as_serial(pytester):
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["0 passed, 0 failed, 16 written, 0 updated, 0 deleted, 0 unused"])
     assert golden_files(pytester.path) == serial
-    (pytester.path / "__llm_snapshots__/test_m0/test_extra.json").write_bytes(b"{}")
+    extra = pytester.path / "__llm_snapshots__/test_m0/test_extra.json"
+    extra.write_bytes(golden_for(serial["__llm_snapshots__/test_m0/test_story.json"], "test_m0.py::test_extra"))
+    (extra.parent / "notes.json").write_bytes(b"{}")  # not a golden file: never deleted
     result = pytester.runpytest_subprocess("--llm-snapshot", "-n", "2")
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines(["16 passed, 0 failed, 0 written, 0 updated, 0 deleted, 1 unused"])
     pytester.runpytest_subprocess("--llm-snapshot-update", "-n", "2").stdout.fnmatch_lines(["*1 deleted*"])
-    assert golden_files(pytester.path) == serial
+    assert golden_files(pytester.path) == {**serial, "__llm_snapshots__/test_m0/notes.json": b"{}"}
 
 
 def test_collection_errors_make_an_update_partial(pytester):
     pytester.makepyfile(test_suite=SUITE)
     pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)
     unused = pytester.path / "__llm_snapshots__/test_suite/test_removed.json"
-    unused.write_bytes((pytester.path / "__llm_snapshots__/test_suite/test_story.json").read_bytes())
+    unused.write_bytes(golden_for((pytester.path / "__llm_snapshots__/test_suite/test_story.json").read_bytes(),
+                                  "test_suite.py::test_removed"))
     pytester.makepyfile(test_broken="import no_such_module_here\n")
     result = pytester.runpytest("--llm-snapshot-update", "--continue-on-collection-errors")
     result.stdout.fnmatch_lines(["*not deleted: this run is partial (collection errors)*"])
