@@ -71,7 +71,7 @@ def write_random_safetensors(path: Path, size: int) -> Path:
 HASH_COUNTER = '''"""Generated: records every weight file pytest-llmdet hashes in this run."""
 import os
 
-from pytest_llmdet import fingerprint
+from pytest_llmdet.engines import fingerprint
 
 _hash_file = fingerprint._hash_file
 
@@ -88,7 +88,7 @@ fingerprint._hash_file = _counting
 
 def measure(size: int, repeats: int) -> dict[str, Any]:
     """Time the hashing directly and end to end, count what each run hashed, then delete the big file."""
-    from pytest_llmdet.fingerprint import hash_weights
+    from pytest_llmdet.engines.fingerprint import hash_weights
 
     load_before = load_average()
     work = new_workdir("fingerprint")

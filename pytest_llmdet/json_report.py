@@ -13,10 +13,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.compare import summary_line
-from pytest_llmdet.nondeterminism import Verdict
-from pytest_llmdet.snapshot import SnapshotOutcome
-from pytest_llmdet.store import replace_atomically
+from pytest_llmdet.determinism.runs import Verdict
+from pytest_llmdet.golden.compare import summary_line
+from pytest_llmdet.golden.snapshot import SnapshotOutcome
+from pytest_llmdet.golden.store import replace_atomically
 
 REPORT_VERSION = 1
 

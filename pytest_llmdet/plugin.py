@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmdet.determinism import prepare_cuda_environment
-from pytest_llmdet.session import LLMDetSession
+from pytest_llmdet.engines.seeding import prepare_cuda_environment
+from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.settings import (
     NEAR_TIE_DEFAULT,
     OPTIONS,
@@ -31,10 +31,10 @@ from pytest_llmdet.settings import (
 )
 
 if TYPE_CHECKING:
-    from pytest_llmdet.runner import LLM
-    from pytest_llmdet.snapshot import LLMSnapshot, TestSnapshots
+    from pytest_llmdet.engines.llm import LLM
+    from pytest_llmdet.golden.snapshot import LLMSnapshot, TestSnapshots
 
-pytest_plugins = ["pytest_llmdet.determinism_hooks"]
+pytest_plugins = ["pytest_llmdet.hooks.determinism"]
 
 SESSION_KEY = pytest.StashKey[LLMDetSession]()
 LLM_KEY: pytest.StashKey[LLM] = pytest.StashKey()
@@ -108,8 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from pytest_llmdet.models import ModelLoadError
-    from pytest_llmdet.report import header_lines, snapshot_header_line
+    from pytest_llmdet.engines.models import ModelLoadError
+    from pytest_llmdet.header import header_lines, snapshot_header_line
 
     session = config.stash[SESSION_KEY]
     try:
@@ -148,7 +148,7 @@ def _truthy(value: str) -> bool:
 @pytest.fixture
 def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test with forced greedy decoding and fixed seeds; loaded once per session."""
-    from pytest_llmdet.models import ModelLoadError
+    from pytest_llmdet.engines.models import ModelLoadError
 
     session = request.config.stash[SESSION_KEY]
     marker = request.node.get_closest_marker("llm_model")
@@ -172,7 +172,7 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     llmdet = request.config.stash[SESSION_KEY]
     if not llmdet.snapshots_on:
         pytest.skip("needs --llm-snapshot")
-    from pytest_llmdet.golden_hooks import snapshot_fixture
+    from pytest_llmdet.hooks.snapshots import snapshot_fixture
 
     yield from snapshot_fixture(request, llmdet)
 
@@ -186,7 +186,7 @@ def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
-    snapshot = sys.modules.get("pytest_llmdet.snapshot")  # not imported yet: no LLMSnapshot exists
+    snapshot = sys.modules.get("pytest_llmdet.golden.snapshot")  # not imported yet: no LLMSnapshot exists
     if op != "==" or snapshot is None:
         return None
     for side in (right, left):
@@ -198,7 +198,7 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: 
 def pytest_collection_finish(session: pytest.Session) -> None:
     llmdet = session.config.stash[SESSION_KEY]
     if llmdet.snapshots_on:  # otherwise golden files are neither compared nor recorded
-        from pytest_llmdet.golden_hooks import register_collection
+        from pytest_llmdet.hooks.snapshots import register_collection
 
         register_collection(session, llmdet)
 
@@ -206,7 +206,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_deselected(items: list[pytest.Item]) -> None:
     llmdet = items[0].config.stash[SESSION_KEY] if items else None
     if llmdet is not None and llmdet.snapshots_on:
-        from pytest_llmdet.golden_hooks import register_deselected
+        from pytest_llmdet.hooks.snapshots import register_deselected
 
         register_deselected(items, llmdet)
 
@@ -216,7 +216,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
     outcome = yield
     llmdet = item.config.stash[SESSION_KEY]
     if llmdet.snapshots_on:  # every test: a test may reach llm_snapshot through request.getfixturevalue
-        from pytest_llmdet.golden_hooks import take_report
+        from pytest_llmdet.hooks.snapshots import take_report
 
         take_report(item, outcome.get_result(), llmdet)
 
@@ -234,7 +234,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         workeroutput[WORKER_OUTPUT] = llmdet.worker_data()
         return
     if llmdet.snapshots_on:
-        from pytest_llmdet.golden_hooks import finish_snapshots
+        from pytest_llmdet.hooks.snapshots import finish_snapshots
 
         finish_snapshots(llmdet, getattr(config, "_llmdet_workers", []))
     report_path = config.getoption("llmdet_report")
@@ -250,7 +250,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path, exit_status: int) -> None:
-    from pytest_llmdet.determinism_hooks import STATE_KEY
+    from pytest_llmdet.hooks.determinism import STATE_KEY
     from pytest_llmdet.json_report import build_report, write_report
 
     run, state = llmdet.snapshots, config.stash.get(STATE_KEY, None)
@@ -282,12 +282,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         data["loads"] += worker["loads"]
         data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
     if llmdet.snapshots_on:
-        from pytest_llmdet.golden_hooks import write_summary
+        from pytest_llmdet.hooks.snapshots import write_summary
 
         write_summary(terminalreporter, llmdet)
     if not data["loads"] and not data["generations"][0]:
         return
-    from pytest_llmdet.report import summary_lines
+    from pytest_llmdet.header import summary_lines
 
     lines = summary_lines(data["loads"], data["generations"])
     if lines:

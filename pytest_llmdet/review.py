@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from pytest_llmdet.golden_format import GoldenFileError
-from pytest_llmdet.pending import PendingFile, accept, entries, find_pending, read_pending, reject
+from pytest_llmdet.golden.format import GoldenFileError
+from pytest_llmdet.golden.pending import PendingFile, accept, entries, find_pending, read_pending, reject
 
 
 def _display(path: Path) -> str:

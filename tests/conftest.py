@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import pytest_llmdet
-from pytest_llmdet.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
 
 pytest_plugins = ["pytester"]
 
@@ -29,9 +29,9 @@ from transformers.models.qwen2 import modeling_qwen2, tokenization_qwen2  # noqa
 # The plugin imports most of its own modules lazily (see README, "Cheap when unused"). Import them all here
 # too, so that every in-process run and every test (monkeypatching one, say) sees the same module objects,
 # rather than a fresh copy per run that a test's `from pytest_llmdet import x` would not see.
-for _module in pkgutil.iter_modules(pytest_llmdet.__path__):
-    if _module.name != "__main__":
-        importlib.import_module(f"pytest_llmdet.{_module.name}")
+for _module in pkgutil.walk_packages(pytest_llmdet.__path__, "pytest_llmdet."):
+    if not _module.name.endswith("__main__"):
+        importlib.import_module(_module.name)
 
 
 def copy_model(destination: Path, generation_config: dict | None = None) -> Path:
@@ -56,7 +56,7 @@ def embedded_generation_config() -> dict:
 def golden_for(content: bytes, nodeid: str) -> bytes:
     """A golden file's bytes as test `nodeid` would have written them: what a renamed or removed test leaves
     behind (only a file that names the test its path belongs to counts as a golden file of the suite)."""
-    from pytest_llmdet.golden_format import dumps, loads
+    from pytest_llmdet.golden.format import dumps, loads
 
     golden = loads(content, "copy")
     golden.test = nodeid

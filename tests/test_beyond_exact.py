@@ -356,7 +356,7 @@ def test_a_float32_golden_with_a_bfloat16_variant_picks_the_right_one_in_each_dt
 
 
 def test_variants_are_chosen_exact_match_first_then_same_device_type_then_default():
-    from pytest_llmdet.variants import Environment, choose_variant
+    from pytest_llmdet.golden.variants import Environment, choose_variant
 
     keys = ["cuda:bfloat16", "cuda:float16:8.0", "cpu:bfloat16"]
     default = Environment("cpu", "float32")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmdet.golden_format import GoldenEntry
-from pytest_llmdet.greedy import GenerationArgumentError, plan_generation
-from pytest_llmdet.pending import PendingFile, write_pending
+from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.golden.format import GoldenEntry
+from pytest_llmdet.golden.pending import PendingFile, write_pending
 from pytest_llmdet.review import main
 from pytest_llmdet.settings import SEED_MAX, SettingsError, resolve_settings, threads_max
 
@@ -157,7 +157,7 @@ def test_max_new_tokens_of_one_and_a_none_override_are_accepted():
 def test_generate_refuses_a_bad_max_new_tokens_and_none_means_the_setting(pytester):
     pytester.makepyfile("""
         import pytest
-        from pytest_llmdet.greedy import GenerationArgumentError
+        from pytest_llmdet.engines.greedy import GenerationArgumentError
 
         @pytest.mark.parametrize("value", [0, 1.5, True])
         def test_refused(llm, value):

@@ -26,14 +26,14 @@ from filelock import FileLock
 from transformers import AutoTokenizer
 
 import pytest_llmdet
-from pytest_llmdet import store
-from pytest_llmdet.compare import compare_tokens, render_comparison
-from pytest_llmdet.fingerprint import fingerprint_changes
-from pytest_llmdet.golden_format import MAX_FILE_BYTES, GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.location import golden_path, is_inside, safe_file_stem
-from pytest_llmdet.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.fingerprint import fingerprint_changes
+from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.golden import store
+from pytest_llmdet.golden.compare import compare_tokens, render_comparison
+from pytest_llmdet.golden.format import MAX_FILE_BYTES, GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.golden.location import golden_path, is_inside, safe_file_stem
+from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, read_golden, temporary_target, write_golden
 from pytest_llmdet.settings import SettingsError, parse_snapshot_dir
-from pytest_llmdet.store import TMP_SUFFIX, clean_temporaries, read_golden, temporary_target, write_golden
 
 SNAPSHOTS = "__llm_snapshots__"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -825,8 +825,9 @@ def test_golden_files_are_parsed_as_data_only():
                          "torch"}
     forbidden_builtins = {"eval", "exec", "compile", "__import__"}
     package = Path(pytest_llmdet.__file__).parent
-    for module in ("golden_format", "store", "snapshot", "golden_session", "location"):
-        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+    for source in sorted((package / "golden").glob("*.py")):  # every golden-file module
+        module = source.stem
+        tree = ast.parse(source.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 assert not {a.name.split(".")[0] for a in node.names} & forbidden_modules, module

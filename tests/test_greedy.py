@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_llmdet.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
 
 QWEN_CHAT = {
     "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,

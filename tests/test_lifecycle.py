@@ -16,9 +16,9 @@ import pytest
 from conftest import golden_for
 
 from pytest_llmdet import review
-from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.pending import PendingConflict, PendingFile, accept, read_pending, write_pending
-from pytest_llmdet.store import delete_golden, read_golden, write_golden
+from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.golden.pending import PendingConflict, PendingFile, accept, read_pending, write_pending
+from pytest_llmdet.golden.store import delete_golden, read_golden, write_golden
 
 SNAPSHOTS = "__llm_snapshots__"
 
@@ -435,7 +435,7 @@ def test_a_partial_check_still_lists_the_unused_snapshots_of_the_tests_it_ran(py
 def test_golden_files_get_the_mode_the_umask_gives_and_keep_an_existing_mode(tmp_path):
     old_umask = os.umask(0o022)
     try:
-        from pytest_llmdet import store
+        from pytest_llmdet.golden import store
 
         store._new_file_mode.cache_clear()
         path = tmp_path / "test_x.json"

@@ -122,7 +122,7 @@ def test_chat_messages_use_the_chat_template(pytester):
 
         def test_bad_prompt(llm):
             import pytest
-            from pytest_llmdet.runner import PromptError
+            from pytest_llmdet.engines.llm import PromptError
             with pytest.raises(PromptError, match="a prompt is a string or a list of chat messages"):
                 llm.generate(42)
         """
@@ -134,7 +134,7 @@ def test_temperature_zero_is_greedy_and_sampling_needs_a_seed(pytester):
     pytester.makepyfile(
         """
         import pytest
-        from pytest_llmdet.greedy import GenerationArgumentError
+        from pytest_llmdet.engines.greedy import GenerationArgumentError
 
         def test_it(llm):
             assert llm.generate("Once", temperature=0).token_ids == llm.generate("Once").token_ids
@@ -237,7 +237,7 @@ def test_missing_model_errors_clearly_and_the_rest_runs(pytester, monkeypatch):
 
 
 def test_a_failed_load_is_remembered_not_retried(monkeypatch):
-    from pytest_llmdet import models
+    from pytest_llmdet.engines import models
 
     calls = []
 
@@ -364,8 +364,8 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
     result = pytester.runpytest_subprocess("-q", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "llmdet modules: pytest_llmdet pytest_llmdet.determinism pytest_llmdet.determinism_hooks "
-        "pytest_llmdet.plugin pytest_llmdet.session pytest_llmdet.settings",
+        "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.seeding pytest_llmdet.hooks "
+        "pytest_llmdet.hooks.determinism pytest_llmdet.hooks.state pytest_llmdet.plugin pytest_llmdet.settings",
     ])
 
 

@@ -3,10 +3,8 @@ helpers; no model and no pytest session involved."""
 
 import pytest
 
-from pytest_llmdet.batch import companions, left_pad, truncate_at_eos
-from pytest_llmdet.determinism_runs import CheckPlan, MarkerUsageError, check_plan
-from pytest_llmdet.generation import Generation
-from pytest_llmdet.nondeterminism import (
+from pytest_llmdet.determinism.probe import companions, left_pad, truncate_at_eos
+from pytest_llmdet.determinism.runs import (
     BatchedOutput,
     Verdict,
     compare_batch,
@@ -20,6 +18,8 @@ from pytest_llmdet.nondeterminism import (
     verdicts_from_data,
     verdicts_to_data,
 )
+from pytest_llmdet.generation import Generation
+from pytest_llmdet.hooks.rerun import CheckPlan, MarkerUsageError, check_plan
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 

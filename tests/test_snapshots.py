@@ -313,7 +313,7 @@ def test_collection_errors_make_an_update_partial(pytester):
 @pytest.fixture
 def hashed(monkeypatch, pytester):
     """The names of the weight files hashed so far, in order; and a one-snapshot test to run."""
-    from pytest_llmdet import fingerprint
+    from pytest_llmdet.engines import fingerprint
 
     names = []
     hash_file = fingerprint._hash_file

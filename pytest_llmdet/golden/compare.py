@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmdet.golden_format import GoldenEntry
+from pytest_llmdet.golden.format import GoldenEntry
 
 PREFIX_CHARS = 60
 DIFF_LINES = 12

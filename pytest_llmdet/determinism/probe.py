@@ -8,10 +8,10 @@ not reproducible there. torch and transformers are imported inside the functions
 
 from __future__ import annotations
 
+from pytest_llmdet.determinism.runs import BatchedOutput
+from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
+from pytest_llmdet.engines.llm import LLM, _known_generation_fields, _margins_and_logprobs, _only_generation_config
 from pytest_llmdet.generation import Generation
-from pytest_llmdet.greedy import GreedyPlan, plan_generation
-from pytest_llmdet.nondeterminism import BatchedOutput
-from pytest_llmdet.runner import LLM, _known_generation_fields, _margins_and_logprobs, _only_generation_config
 
 DEFAULT_BATCH_SIZE = 4
 LONGER_BY = 7  # tokens by which the longest companion exceeds the probed prompt, so that the prompt is padded
@@ -90,7 +90,7 @@ def generate_in_batch(llm: LLM, generation: Generation,
     import torch
     from transformers import GenerationConfig
 
-    from pytest_llmdet.determinism import seed_everything
+    from pytest_llmdet.engines.seeding import seed_everything
 
     if batch_size < 2:
         raise BatchProbeError(f"a batch holds at least 2 prompts, not {batch_size}")

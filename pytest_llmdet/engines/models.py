@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EMBEDDED_MODEL_DIR = Path(__file__).parent / "embedded_model"
+EMBEDDED_MODEL_DIR = Path(__file__).parent.parent / "embedded_model"  # pytest_llmdet/embedded_model
 EMBEDDED_MODEL_NAME = "pytest-llmdet/embedded-tiny-qwen2"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -16,8 +16,8 @@ import pytest
 from pytest_llmdet.plugin import LLM_KEY
 
 if TYPE_CHECKING:  # imported where used: a run that checks nothing does not pay for them
-    from pytest_llmdet.determinism_runs import ProbeResult
-    from pytest_llmdet.nondeterminism import Verdict
+    from pytest_llmdet.determinism.runs import Verdict
+    from pytest_llmdet.hooks.rerun import ProbeResult
 
 RUNS_DEFAULT = 3
 WORKER_OUTPUT = "llmdet_determinism"
@@ -69,7 +69,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     marker = item.get_closest_marker("llm_determinism")
     if marker is None and not (state.check_all and "llm" in item.fixturenames):
         return None  # not checked: pytest runs it as usual
-    from pytest_llmdet.determinism_runs import MarkerUsageError, check_plan, run_checked
+    from pytest_llmdet.hooks.rerun import MarkerUsageError, check_plan, run_checked
 
     try:
         plan = check_plan(marker.args if marker else None, marker.kwargs if marker else None,
@@ -100,7 +100,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     batch_size = item.stash.get(PROBE_KEY, 0)
     handle = item.stash.get(LLM_KEY, None)
     if batch_size and handle is not None and handle.calls:
-        from pytest_llmdet.determinism_runs import probe_in_batch
+        from pytest_llmdet.hooks.rerun import probe_in_batch
 
         # Probe while the test's fixtures are still set up: the model is in the state the calls saw.
         item.stash[PROBE_RESULT_KEY] = probe_in_batch(handle, list(handle.calls), batch_size)
@@ -112,7 +112,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     state = config.stash.get(STATE_KEY, None)
     workeroutput = getattr(config, "workeroutput", None)
     if state is not None and workeroutput is not None:  # an xdist worker: the controller reports
-        from pytest_llmdet.nondeterminism import verdicts_to_data
+        from pytest_llmdet.determinism.runs import verdicts_to_data
 
         workeroutput[WORKER_OUTPUT] = {"verdicts": verdicts_to_data(state.verdicts),
                                        "unchecked": state.unchecked}
@@ -123,7 +123,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
     state = node.config.stash.get(STATE_KEY, None)
     if data is not None and state is not None:
-        from pytest_llmdet.nondeterminism import verdicts_from_data
+        from pytest_llmdet.determinism.runs import verdicts_from_data
 
         state.verdicts += verdicts_from_data(data["verdicts"])
         state.unchecked += data["unchecked"]
@@ -133,7 +133,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(STATE_KEY, None)
     if state is None or not (state.verdicts or state.unchecked):
         return
-    from pytest_llmdet.nondeterminism import summary_lines
+    from pytest_llmdet.determinism.runs import summary_lines
 
     terminalreporter.write_sep("=", "llm determinism")
     for line in summary_lines(state.verdicts):

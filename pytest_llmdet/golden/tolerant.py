@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pytest_llmdet.compare import Comparison, Divergence, first_divergence
-from pytest_llmdet.golden_format import GoldenEntry
+from pytest_llmdet.golden.compare import Comparison, Divergence, first_divergence
+from pytest_llmdet.golden.format import GoldenEntry
 
 RULE = "tolerant comparison (vLLM check_logprobs_close rule, lengths checked)"
 

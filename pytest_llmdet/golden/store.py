@@ -17,9 +17,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from pytest_llmdet.golden_format import MAX_FILE_BYTES, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.location import SUFFIX as GOLDEN_SUFFIX
-from pytest_llmdet.location import pending_path
+from pytest_llmdet.golden.format import MAX_FILE_BYTES, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.golden.location import SUFFIX as GOLDEN_SUFFIX
+from pytest_llmdet.golden.location import pending_path
 
 TMP_SUFFIX = ".llmdet-tmp"
 LOCK_TIMEOUT_SECONDS = 120

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
-from pytest_llmdet.determinism_hooks import PROBE_KEY, PROBE_RESULT_KEY, DeterminismState
-from pytest_llmdet.nondeterminism import (
+from pytest_llmdet.determinism.runs import (
     BatchDifference,
     compare_batch,
     compare_runs,
     render_report,
     verdict_for,
 )
+from pytest_llmdet.hooks.determinism import PROBE_KEY, PROBE_RESULT_KEY, DeterminismState
 from pytest_llmdet.plugin import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any
     the test is not checked."""
     if marker_kwargs is None:
         return CheckPlan(default_runs) if check_all and uses_llm else None
-    from pytest_llmdet.batch import DEFAULT_BATCH_SIZE
+    from pytest_llmdet.determinism.probe import DEFAULT_BATCH_SIZE
 
     unknown = set(marker_kwargs) - {"runs", "batch"}
     if marker_args or unknown:
@@ -186,7 +186,7 @@ def _decoder(handle: Any) -> Callable[[list[int]], str] | None:
 
 def probe_in_batch(handle: Any, calls: list[Generation], batch_size: int) -> ProbeResult:
     """Generate each recorded call again inside a batch and compare it with its output alone."""
-    from pytest_llmdet.batch import probe_calls  # imports the model code: only when a probe runs
+    from pytest_llmdet.determinism.probe import probe_calls  # imports the model code: only when a probe runs
 
     try:
         outputs, notes = probe_calls(handle, calls, batch_size)

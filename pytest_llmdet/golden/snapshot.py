@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.compare import (
+from pytest_llmdet.engines.fingerprint import fingerprint_changes
+from pytest_llmdet.generation import Generation
+from pytest_llmdet.golden.compare import (
     Comparison,
     compare_text,
     compare_tokens,
@@ -19,13 +21,11 @@ from pytest_llmdet.compare import (
     render_comparison,
     smallest_margin,
 )
-from pytest_llmdet.fingerprint import fingerprint_changes
-from pytest_llmdet.generation import Generation
-from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
+from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
+from pytest_llmdet.golden.store import golden_digest, read_golden, write_golden
+from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
+from pytest_llmdet.golden.variants import Environment, choose_variant, describe, environment_of, is_exact
 from pytest_llmdet.settings import ComparePlan
-from pytest_llmdet.store import golden_digest, read_golden, write_golden
-from pytest_llmdet.tolerant import compare_tolerant, top_k_lines
-from pytest_llmdet.variants import Environment, choose_variant, describe, environment_of, is_exact
 
 CHECK, UPDATE = "check", "update"
 _COMPARED_FIELDS = ("token_ids", "text", "finish_reason", "prompt", "prompt_sha256", "settings")
@@ -331,7 +331,7 @@ class TestSnapshots:
         beside the golden file (never the golden file itself), or removes a stale one when all matched; an
         update removes it (the update supersedes it). Returns a note when the pending file could not be
         written."""
-        from pytest_llmdet.pending import PendingFile, pending_path, remove_pending, write_pending
+        from pytest_llmdet.golden.pending import PendingFile, pending_path, remove_pending, write_pending
 
         if self.passive or ci or self.mode not in (CHECK, UPDATE):
             return None

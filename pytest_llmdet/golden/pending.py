@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.golden_format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.location import PENDING_SUFFIX, pending_path
-from pytest_llmdet.store import golden_digest, read_file_bounded, read_golden, replace_atomically, write_golden
+from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
+from pytest_llmdet.golden.location import PENDING_SUFFIX, pending_path
+from pytest_llmdet.golden.store import golden_digest, read_file_bounded, read_golden, replace_atomically, write_golden
 
 CHANGED, NEW = "changed", "new"
 

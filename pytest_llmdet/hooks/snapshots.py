@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from pytest_llmdet.golden_format import GoldenFileError
+from pytest_llmdet.golden.format import GoldenFileError
+from pytest_llmdet.golden.snapshot import LLMSnapshot
+from pytest_llmdet.header import fragile_lines, snapshot_summary_lines
+from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.json_report import junit_properties
 from pytest_llmdet.plugin import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY, compare_plan_of, in_ci
-from pytest_llmdet.report import fragile_lines, snapshot_summary_lines
-from pytest_llmdet.session import LLMDetSession
 from pytest_llmdet.settings import SettingsError
-from pytest_llmdet.snapshot import LLMSnapshot
 
 CALL_RAN_KEY = pytest.StashKey[bool]()  # the test's call phase ran: only then may its end write or settle
 

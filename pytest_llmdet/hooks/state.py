@@ -23,10 +23,10 @@ from pytest_llmdet.settings import (
 )
 
 if TYPE_CHECKING:
-    from pytest_llmdet.golden_session import SnapshotRun
-    from pytest_llmdet.models import ModelPool, ModelSpec
-    from pytest_llmdet.runner import LLM, GenerationStats
-    from pytest_llmdet.snapshot import TestSnapshots
+    from pytest_llmdet.engines.llm import LLM, GenerationStats
+    from pytest_llmdet.engines.models import ModelPool, ModelSpec
+    from pytest_llmdet.golden.ledger import SnapshotRun
+    from pytest_llmdet.golden.snapshot import TestSnapshots
 
 
 class LLMDetSession:
@@ -48,21 +48,21 @@ class LLMDetSession:
     @cached_property
     def pool(self) -> ModelPool:
         """The models loaded so far."""
-        from pytest_llmdet.models import ModelPool
+        from pytest_llmdet.engines.models import ModelPool
 
         return ModelPool()
 
     @cached_property
     def stats(self) -> GenerationStats:
         """The number of generate calls and their time."""
-        from pytest_llmdet.runner import GenerationStats
+        from pytest_llmdet.engines.llm import GenerationStats
 
         return GenerationStats()
 
     @cached_property
     def snapshots(self) -> SnapshotRun:
         """The golden-file bookkeeping of this run."""
-        from pytest_llmdet.golden_session import SnapshotRun
+        from pytest_llmdet.golden.ledger import SnapshotRun
 
         return SnapshotRun()
 
@@ -79,7 +79,7 @@ class LLMDetSession:
     # -- models ------------------------------------------------------------------------------------------
 
     def default_spec(self) -> ModelSpec:
-        from pytest_llmdet.models import ModelSpec, resolve_source
+        from pytest_llmdet.engines.models import ModelSpec, resolve_source
 
         s = self.settings
         base_dirs = [s.model_base_dir] if s.model_base_dir else []
@@ -94,7 +94,7 @@ class LLMDetSession:
                 'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
                 + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else "")
             )
-        from pytest_llmdet.models import ModelSpec, resolve_source
+        from pytest_llmdet.engines.models import ModelSpec, resolve_source
 
         s = self.settings
         try:
@@ -109,8 +109,8 @@ class LLMDetSession:
 
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
-        from pytest_llmdet.determinism import configure_torch, seed_everything
-        from pytest_llmdet.runner import LLM
+        from pytest_llmdet.engines.llm import LLM
+        from pytest_llmdet.engines.seeding import configure_torch, seed_everything
 
         if not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
@@ -123,8 +123,8 @@ class LLMDetSession:
     def fingerprint_for(self, llm: LLM, weights: bool = True) -> dict[str, Any]:
         """The environment fingerprint of the model behind `llm` (computed once per model); `weights=False`
         leaves out a local model's weights hash."""
-        from pytest_llmdet.fingerprint import environment_fingerprint
-        from pytest_llmdet.greedy import plan_generation
+        from pytest_llmdet.engines.fingerprint import environment_fingerprint
+        from pytest_llmdet.engines.greedy import plan_generation
 
         loaded = llm._loaded
         key = (loaded.spec, weights)
@@ -153,8 +153,8 @@ class LLMDetSession:
 
     def register_collected(self, nodeid: str, test_path: Path, declared: bool) -> None:
         """Record a collected test (every one: a test may reach `llm_snapshot` through getfixturevalue)."""
-        from pytest_llmdet.golden_session import TestRecord
-        from pytest_llmdet.location import golden_path, module_folder
+        from pytest_llmdet.golden.ledger import TestRecord
+        from pytest_llmdet.golden.location import golden_path, module_folder
 
         folder = self.snapshot_settings.snapshot_dir
         self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
@@ -162,14 +162,14 @@ class LLMDetSession:
 
     def register_deselected(self, nodeid: str, test_path: Path) -> None:
         """A deselected test still owns its golden file: a partial run never calls it unused."""
-        from pytest_llmdet.location import golden_path
+        from pytest_llmdet.golden.location import golden_path
 
         self.snapshots.deselected[nodeid] = str(golden_path(test_path, nodeid, self.snapshot_settings.snapshot_dir))
 
     def register_partly_collected(self, test_path: Path) -> None:
         """A module named by node ids on the command line: its other tests were not collected, so no golden
         file in its folder can be called unused."""
-        from pytest_llmdet.location import module_folder
+        from pytest_llmdet.golden.location import module_folder
 
         self.snapshots.partly_collected.add(str(module_folder(test_path, self.snapshot_settings.snapshot_dir)))
 
@@ -179,8 +179,8 @@ class LLMDetSession:
 
         A check hashes a local model's weights only where the fingerprint is shown or kept: a failure report, a
         pending file, or (with `full_fingerprints`, for the JSON report) every outcome."""
-        from pytest_llmdet.location import golden_path
-        from pytest_llmdet.snapshot import TestSnapshots
+        from pytest_llmdet.golden.location import golden_path
+        from pytest_llmdet.golden.snapshot import TestSnapshots
 
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from pytest_llmdet.greedy import split_model_config
-from pytest_llmdet.models import ModelSource, read_local_generation_config
+from pytest_llmdet.engines.greedy import split_model_config
+from pytest_llmdet.engines.models import ModelSource, read_local_generation_config
 from pytest_llmdet.settings import Settings
 
 

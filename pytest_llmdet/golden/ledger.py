@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.golden_format import GoldenFile, GoldenFileError
-from pytest_llmdet.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
-from pytest_llmdet.snapshot import SnapshotOutcome
-from pytest_llmdet.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
+from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
+from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
+from pytest_llmdet.golden.snapshot import SnapshotOutcome
+from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
 
 STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
 PHASES = ("setup", "call", "teardown")

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmdet.determinism import seed_everything
+from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.engines.models import LoadedModel
+from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.generation import Generation, Prompt
-from pytest_llmdet.greedy import GenerationArgumentError, plan_generation
-from pytest_llmdet.models import LoadedModel
 
 
 @dataclass

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from pytest_llmdet.compare import first_divergence
 from pytest_llmdet.generation import Generation, Prompt
+from pytest_llmdet.golden.compare import first_divergence
 
 EXCERPT_CHARS = 40
 MAX_CALL_REPORTS = 8
