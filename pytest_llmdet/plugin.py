@@ -203,6 +203,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         register_collection(session, llmdet)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    llmdet = config.stash[SESSION_KEY]
+    if llmdet.snapshots_on:  # before other plugins and conftests filter (some drop items without deselecting)
+        from pytest_llmdet.hooks.snapshots import register_before_filtering
+
+        register_before_filtering(items, llmdet)
+
+
 def pytest_deselected(items: list[pytest.Item]) -> None:
     llmdet = items[0].config.stash[SESSION_KEY] if items else None
     if llmdet is not None and llmdet.snapshots_on:
@@ -236,7 +245,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if llmdet.snapshots_on:
         from pytest_llmdet.hooks.snapshots import finish_snapshots
 
-        finish_snapshots(llmdet, getattr(config, "_llmdet_workers", []))
+        finish_snapshots(llmdet, list(getattr(config, "_llmdet_workers", {}).values()))
     report_path = config.getoption("llmdet_report")
     if report_path:
         _write_json_report(config, llmdet, Path(report_path), session.exitstatus)
@@ -267,18 +276,21 @@ def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path,
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
+    config = node.config
+    llmdet = config.stash[SESSION_KEY]
+    if error is not None and llmdet.snapshots_on:  # its results are lost: what it ran is not known
+        llmdet.snapshots.partial_reasons.add("an xdist worker crashed")
     data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
     if data is not None:
-        config = node.config
-        if not hasattr(config, "_llmdet_workers"):
-            config._llmdet_workers = []
-        config._llmdet_workers.append(data)
+        # keyed by worker: xdist can report a node down twice (a KeyboardInterrupt), which must not count twice
+        workers = config.__dict__.setdefault("_llmdet_workers", {})
+        workers[getattr(getattr(node, "gateway", None), "id", id(node))] = data
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     llmdet = config.stash[SESSION_KEY]
     data = llmdet.worker_data()
-    for worker in getattr(config, "_llmdet_workers", []):
+    for worker in list(getattr(config, "_llmdet_workers", {}).values()):
         data["loads"] += worker["loads"]
         data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
     if llmdet.snapshots_on:

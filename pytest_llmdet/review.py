@@ -22,6 +22,20 @@ from pytest_llmdet.golden.format import GoldenFileError
 from pytest_llmdet.golden.pending import PendingFile, accept, entries, find_pending, read_pending, reject
 
 
+class _Printable:
+    """A text stream that never fails on what it is given: a lone surrogate (a hand-edited report, a file name
+    that is not UTF-8) is written as its escape."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def _display(path: Path) -> str:
     try:
         return os.path.relpath(path)
@@ -106,7 +120,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
 
     Problems (a pending file skipped as unreadable, a failed write) go to stderr, so that the stdout of
     `pending --json` is JSON and nothing else."""
-    out, inp, err = stdout or sys.stdout, stdin or sys.stdin, stderr or sys.stderr
+    out, err = _Printable(stdout or sys.stdout), _Printable(stderr or sys.stderr)
+    inp = stdin or sys.stdin
     parser = argparse.ArgumentParser(prog="python -m pytest_llmdet",
                                      description="review the pending snapshots of pytest-llmdet check runs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -122,7 +137,8 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
     try:
         if args.command == "pending":
             if args.json:
-                out.write(json.dumps(listing(pending), indent=2, ensure_ascii=False) + "\n")
+                # ASCII with escapes: valid JSON whatever the paths and reports hold (undecodable bytes too)
+                out.write(json.dumps(listing(pending), indent=2, ensure_ascii=True) + "\n")
             else:
                 for item in listing(pending):
                     for snapshot in item["snapshots"]:

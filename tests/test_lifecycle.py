@@ -465,3 +465,96 @@ def test_delete_golden_removes_only_the_golden_file_and_its_pending_file(tmp_pat
     path.with_name("test_y.json.llmdet-pending").write_text("{}", encoding="utf-8")
     assert delete_golden(path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["test_y.json.llmdet-pending"]
+
+
+# -- found by attacking the lifecycle --------------------------------------------------------------------------
+
+
+def test_tests_a_conftest_filters_out_without_deselecting_keep_their_golden_files(pytester):
+    before = recorded(pytester)
+    pytester.makeconftest("""
+        def pytest_collection_modifyitems(config, items):
+            items[:] = [item for item in items if "test_b" not in item.nodeid]  # a "fast mode"
+    """)
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert goldens(pytester.path) == before
+    pytester.makepyfile(test_mod=drop_two())
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["not deleted: this run is partial (tests filtered out during collection)"])
+    assert goldens(pytester.path) == before
+
+
+def test_a_repeated_run_deletes_nothing(pytester):
+    before = recorded(pytester)
+    # pytest-repeat's --count renames every test (test_a[1-2]); its option alone makes the run partial
+    pytester.makeconftest("""
+        def pytest_addoption(parser):
+            parser.addoption("--count", type=int, default=1)
+    """)
+    result = run(pytester, "--llm-snapshot-update", "--count", "2")
+    assert goldens(pytester.path) == before
+    pytester.makepyfile(test_mod=drop_two())
+    result = run(pytester, "--llm-snapshot-update", "--count", "2")
+    result.stdout.fnmatch_lines(["not deleted: this run is partial (--count (pytest-repeat))"])
+    assert goldens(pytester.path) == before
+
+
+def test_two_test_folders_sharing_one_snapshot_folder_through_a_link_delete_nothing_they_own(pytester):
+    pytester.makeini("[pytest]\naddopts = --import-mode=importlib\n")
+    for folder, name in (("unit", "test_u"), ("integ", "test_i")):
+        (pytester.path / folder).mkdir()
+        (pytester.path / folder / "test_x.py").write_text(f"def {name}(llm_snapshot):\n    assert '{name}' == "
+                                                           "llm_snapshot\n", encoding="utf-8")
+    (pytester.path / "integ" / SNAPSHOTS).mkdir()
+    (pytester.path / "unit" / SNAPSHOTS).symlink_to(Path("..") / "integ" / SNAPSHOTS)
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 2 written, 0 updated, 0 deleted, 0 unused"])
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=2)
+
+
+def test_pytest_exit_in_a_session_fixture_teardown_makes_the_run_partial(pytester):
+    before = recorded(pytester)
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture(scope="session", autouse=True)
+        def stopper():
+            yield
+            pytest.exit("bail", returncode=0)
+    """)
+    pytester.makepyfile(test_mod=drop_two())
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["*not deleted: this run is partial (the run stopped early)"])
+    assert goldens(pytester.path) == before
+
+
+def test_the_pending_file_of_a_removed_test_goes_on_a_whole_update_and_accept_brings_nothing_back(pytester):
+    recorded(pytester)
+    pytester.makepyfile(test_mod=SUITE + '\ndef test_new(llm_snapshot):\n    assert "new" == llm_snapshot\n')
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=2, failed=1)
+    pending = pytester.path / SNAPSHOTS / "test_mod" / "test_new.json.llmdet-pending"
+    assert pending.exists()
+    pytester.makepyfile(test_mod=SUITE)  # test_new is removed again, never recorded
+    run(pytester, "--llm-snapshot").stdout.fnmatch_lines(["*1 unused*", f"  {pending}"])
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["*1 deleted, 0 unused", f"  {pending}"])
+    assert not pending.exists()
+    out, err = io.StringIO(), io.StringIO()
+    assert review.main(["accept", str(pytester.path)], stdout=out, stderr=err) == 0
+    assert not pending.with_name("test_new.json").exists()
+
+
+def test_pending_json_stays_json_with_a_lone_surrogate_in_a_report(tmp_path):
+    golden, pending = _pending_for(tmp_path)
+    data = json.loads(pending.path.read_text(encoding="utf-8"))
+    data["pending"]["reports"]["0"] = "bad \ud800 text"
+    pending.path.write_text(json.dumps(data), encoding="utf-8")  # json.dumps escapes it: a valid file
+    out, err = io.StringIO(), io.StringIO()
+    assert review.main(["pending", "--json", str(tmp_path)], stdout=out, stderr=err) == 0
+    assert json.loads(out.getvalue())[0]["snapshots"][0]["report"] == "bad \ud800 text"
+    out = io.StringIO()
+    assert review.main(["review", str(tmp_path)], stdin=io.StringIO("s\n"), stdout=out, stderr=err) == 0
+    assert "bad \\ud800 text" in out.getvalue()

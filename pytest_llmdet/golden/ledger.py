@@ -24,6 +24,7 @@ from typing import Any
 
 from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
+from pytest_llmdet.golden.pending import read_pending
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
 
@@ -154,22 +155,34 @@ class SnapshotRun:
             reasons.add("skipped tests")
         if any(r.phases.get(p) == "failed" for r in records for p in ("setup", "teardown")):
             reasons.add("setup or teardown errors")
+        if any(r.ran and "teardown" not in r.phases for r in records):  # pytest.exit() in a fixture's teardown
+            reasons.add("the run stopped early")
         return sorted(reasons)
 
     def plan(self) -> CleanupPlan:
-        """Unused golden files and snapshots, and foreign files, of the folders this run looked at."""
-        owned = {Path(r.golden) for r in self.tests.values() if not (r.passed and not r.fixture)}
-        owned |= {Path(g) for g in self.deselected.values()}
+        """Unused golden files and snapshots, and foreign files, of the folders this run looked at. Paths are
+        compared resolved: two test folders may share one snapshot folder through a link."""
+        owned = {_resolved(r.golden) for r in self.tests.values() if not (r.passed and not r.fixture)}
+        owned |= {_resolved(g) for g in self.deselected.values()}
         plan = CleanupPlan()
         folders = [Path(f) for f in sorted(self.module_folders) if f not in self.partly_collected]
         for snapshot_dir in sorted({Path(f).parent for f in self.module_folders}):
             folders += sorted(p for p in _subfolders(snapshot_dir)
                               if str(p) not in self.module_folders and not _module_exists(snapshot_dir, p.name))
+        seen: set[Path] = set()
         for folder in folders:
             for path in _files(folder):
-                if path in owned or _ours_by_name(path):
+                resolved = _resolved(path)
+                if resolved in owned or resolved in seen or path.name.endswith(TMP_SUFFIX):
                     continue
-                (plan.files if path.name.endswith(SUFFIX) and _is_golden(path) else plan.foreign).append(path)
+                seen.add(resolved)
+                if path.name.endswith(PENDING_SUFFIX):
+                    if _orphan_pending(path, owned):
+                        plan.files.append(path)  # the pending file of a golden file that is gone with its test
+                elif path.name.endswith(SUFFIX) and _is_golden(path):
+                    plan.files.append(path)
+                else:
+                    plan.foreign.append(path)
         for record in self.tests.values():
             if not (record.passed and record.fixture):
                 continue
@@ -206,7 +219,10 @@ class SnapshotRun:
                 self.unused.append(str(path))
                 continue
             try:
-                if delete_golden(path):
+                if path.name.endswith(PENDING_SUFFIX):
+                    path.unlink()
+                    self.deleted.append(str(path))
+                elif delete_golden(path):
                     self.deleted.append(str(path))
             except OSError as error:
                 self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
@@ -267,15 +283,31 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _files(folder: Path) -> list[Path]:
+    # every entry but folders and hidden files: a pipe or a device named like a golden file is listed as foreign
     try:
-        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted(p for p in folder.iterdir() if not p.is_dir() and not p.name.startswith("."))
     except OSError:
         return []
 
 
-def _ours_by_name(path: Path) -> bool:
-    # Pending and temporary files are ours by name; they go with their golden file, never on their own here.
-    return path.name.endswith((PENDING_SUFFIX, TMP_SUFFIX))
+def _resolved(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a link loop: compared as written
+        return Path(path)
+
+
+def _orphan_pending(path: Path, owned: set[Path]) -> bool:
+    """A pending file whose golden file does not exist and whose test no test of this run owns: accepting it
+    would bring back the golden file of a test that is gone."""
+    golden = path.with_name(path.name.removesuffix(PENDING_SUFFIX))
+    if _resolved(golden) in owned or golden.exists() or golden.is_symlink():
+        return False
+    try:
+        pending = read_pending(path)
+    except GoldenFileError:
+        return False
+    return placed_as_named(golden, pending.test)
 
 
 def _is_golden(path: Path) -> bool:

@@ -140,8 +140,10 @@ def _create_temporary(path: Path) -> tuple[int, str]:
 def replace_atomically(path: Path, content: bytes) -> None:
     """Write `content` to a temporary file beside `path`, then move it into place: a reader sees the old file
     or the new one, never half of one. Unlocked and not fsynced: for files that are not golden files."""
+    mode = _mode_of(path)
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        _set_mode(handle, mode)
         with os.fdopen(handle, "wb") as stream:
             stream.write(content)
         os.replace(temporary, path)
@@ -176,10 +178,17 @@ def _kind(mode: int) -> str:
 
 
 def _mode_of(path: Path) -> int:
+    """The mode a replacement of `path` gets: the file's own, or for a new file what the umask gives."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return _new_file_mode()
+
+
+def _set_mode(handle: int, mode: int) -> None:
+    # mkstemp creates 0600: the replacement gets the mode of the file it replaces, like any editor's save
+    if hasattr(os, "fchmod"):
+        os.fchmod(handle, mode)
 
 
 @functools.cache
@@ -207,12 +216,10 @@ def write_golden(path: Path, golden: GoldenFile) -> bool:
         old_size = _existing_size(path)  # refuses a pipe, a device or a folder in its place
         if old_size == len(content) and read_file_bounded(path) == content:
             return False
-        mode = _mode_of(path) if old_size is not None else _new_file_mode()
+        mode = _mode_of(path)
         handle, temporary = _create_temporary(path)
         try:
-            # mkstemp creates 0600: an existing file keeps its mode, a new one gets what the umask gives
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle, mode)
+            _set_mode(handle, mode)
             with os.fdopen(handle, "wb") as stream:
                 stream.write(content)
                 stream.flush()
@@ -235,7 +242,10 @@ def delete_golden(path: Path) -> bool:
             path.unlink()
         except FileNotFoundError:
             return False
-        pending_path(path).unlink(missing_ok=True)
+        try:
+            pending_path(path).unlink(missing_ok=True)
+        except OSError:  # a folder of that name is not a pending file of ours: left alone
+            pass
     try:
         path.parent.rmdir()  # only if now empty; a concurrent writer may just have added a file
     except OSError:

@@ -31,6 +31,7 @@ class DeterminismState:
         self.check_all = check_all
         self.verdicts: list[Verdict] = []
         self.unchecked = 0  # failed or skipped before all runs completed, or the batch probe could not run
+        self.merged_workers: set[Any] = set()  # xdist workers whose verdicts were added
 
 
 STATE_KEY = pytest.StashKey[DeterminismState]()
@@ -122,9 +123,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def pytest_testnodedown(node: Any, error: Any) -> None:
     data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
     state = node.config.stash.get(STATE_KEY, None)
-    if data is not None and state is not None:
+    worker = getattr(getattr(node, "gateway", None), "id", id(node))
+    if data is not None and state is not None and worker not in state.merged_workers:
         from pytest_llmdet.determinism.runs import verdicts_from_data
 
+        state.merged_workers.add(worker)  # xdist can report a node down twice (a KeyboardInterrupt)
         state.verdicts += verdicts_from_data(data["verdicts"])
         state.unchecked += data["unchecked"]
 

@@ -28,24 +28,46 @@ CALL_RAN_KEY = pytest.StashKey[bool]()  # the test's call phase ran: only then m
 def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
     """Record every collected test and the module folders collected, and why the run is partial (a partial
     update deletes no unused snapshot)."""
+    kept = set()
     for item in session.items:
         path = getattr(item, "path", None)
         if path is not None and path.suffix == ".py":
             llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()))
+            kept.add(item.nodeid)
     config = session.config
     option = config.option
     reasons = llmdet.snapshots.partial_reasons
+    filtered = [(nodeid, path) for nodeid, path in session.stash.get(BEFORE_FILTERING_KEY, [])
+                if nodeid not in kept and nodeid not in llmdet.snapshots.deselected]
+    if filtered:  # dropped by a plugin or a conftest without pytest_deselected: they still own their files
+        reasons.add("tests filtered out during collection")
+        for nodeid, path in filtered:
+            llmdet.register_deselected(nodeid, path)
     for flag, reason in (("keyword", "-k"), ("markexpr", "-m"), ("lf", "--lf/--ff"), ("failedfirst", "--lf/--ff"),
                          ("stepwise", "--stepwise"), ("setuponly", "--setup-only"), ("setupplan", "--setup-plan"),
                          ("collectonly", "--collect-only")):
         if getattr(option, flag, None):
             reasons.add(reason)
+    if (getattr(option, "count", None) or 1) > 1:  # pytest-repeat: every id gets a [i-n] suffix
+        reasons.add("--count (pytest-repeat)")
     for arg in config.args:
         if "::" in arg:
             reasons.add("node ids on the command line")
             llmdet.register_partly_collected(config.invocation_params.dir / arg.split("::", 1)[0])
     if session.testsfailed:  # at this point only collection errors count here
         reasons.add("collection errors")
+
+
+BEFORE_FILTERING_KEY = pytest.StashKey[list]()  # (node id, path) of every item before any plugin filtered them
+
+
+def register_before_filtering(items: list[pytest.Item], llmdet: LLMDetSession) -> None:
+    """Remember every collected test before plugins and conftests filter the list: a test dropped without
+    pytest_deselected (a "fast mode" conftest, --lf) must keep its golden file."""
+    if items:
+        items[0].session.stash[BEFORE_FILTERING_KEY] = [
+            (item.nodeid, item.path) for item in items
+            if getattr(item, "path", None) is not None and item.path.suffix == ".py"]
 
 
 def register_deselected(items: list[pytest.Item], llmdet: LLMDetSession) -> None:
