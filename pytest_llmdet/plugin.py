@@ -16,30 +16,25 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmdet.engines.seeding import prepare_cuda_environment
+from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.settings import (
     NEAR_TIE_DEFAULT,
     OPTIONS,
     SNAPSHOT_DIR_DEFAULT,
     TOP_K_DEFAULT,
-    ComparePlan,
     SettingsError,
-    compare_plan,
-    parse_bool,
+    in_ci,
     resolve_settings,
     resolve_snapshot_settings,
 )
 
 if TYPE_CHECKING:
     from pytest_llmdet.engines.llm import LLM
-    from pytest_llmdet.golden.snapshot import LLMSnapshot, TestSnapshots
+    from pytest_llmdet.golden.snapshot import LLMSnapshot
 
 pytest_plugins = ["pytest_llmdet.hooks.determinism"]
 
-SESSION_KEY = pytest.StashKey[LLMDetSession]()
-LLM_KEY: pytest.StashKey[LLM] = pytest.StashKey()
-SNAPSHOTS_KEY: pytest.StashKey[TestSnapshots] = pytest.StashKey()
-PASSIVE_SNAPSHOTS_KEY = pytest.StashKey[bool]()  # set on the re-runs of the determinism check
 WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
 
@@ -132,19 +127,6 @@ def pytest_sessionstart(session: pytest.Session) -> None:
                             yellow=True, bold=True)
 
 
-def in_ci() -> bool:
-    """Whether the CI environment variable says this run is in CI."""
-    ci = os.environ.get("CI", "")
-    return bool(ci) and _truthy(ci)
-
-
-def _truthy(value: str) -> bool:
-    try:
-        return parse_bool(value)
-    except ValueError:
-        return True  # CI=github and the like
-
-
 @pytest.fixture
 def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test with forced greedy decoding and fixed seeds; loaded once per session."""
@@ -159,6 +141,8 @@ def llm(request: pytest.FixtureRequest) -> LLM:
             spec = session.spec_from_marker(marker.args, marker.kwargs, Path(str(request.node.path)).parent)
         handle = session.llm_for(spec)
         if "llm_snapshot" in request.fixturenames and session.snapshots_on:
+            from pytest_llmdet.hooks.snapshots import compare_plan_of
+
             handle.capture_top_k = compare_plan_of(request).capture_top_k  # top-k costs only when compared
     except (ModelLoadError, SettingsError) as error:
         pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
@@ -175,14 +159,6 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     from pytest_llmdet.hooks.snapshots import snapshot_fixture
 
     yield from snapshot_fixture(request, llmdet)
-
-
-def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
-    """How this test's snapshots are compared: the run's settings, overridden by its `llm_snapshot` marker."""
-    marker = request.node.get_closest_marker("llm_snapshot")
-    if marker is not None and marker.args:
-        raise SettingsError('usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)')
-    return compare_plan(request.config.stash[SESSION_KEY].snapshot_settings, marker.kwargs if marker else None)
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
@@ -259,10 +235,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path, exit_status: int) -> None:
-    from pytest_llmdet.hooks.determinism import STATE_KEY
     from pytest_llmdet.json_report import build_report, write_report
 
-    run, state = llmdet.snapshots, config.stash.get(STATE_KEY, None)
+    run, state = llmdet.snapshots, config.stash.get(DETERMINISM_KEY, None)
     report = build_report(
         mode=llmdet.snapshot_settings.mode, near_tie=llmdet.snapshot_settings.near_tie, exit_status=exit_status,
         counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted, foreign=run.foreign,

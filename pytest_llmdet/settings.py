@@ -276,3 +276,16 @@ def resolve_snapshot_settings(check: bool, update: bool, details: bool,
         except ValueError as error:
             raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
     return SnapshotSettings(mode, folder, near_tie, details, chosen["compare"], chosen["top_k"], variant)
+
+
+def in_ci() -> bool:
+    """Whether the CI environment variable says this run is in CI (any value but a false one: CI=github too)."""
+    import os
+
+    value = os.environ.get("CI", "")
+    if not value:
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError:
+        return True

@@ -9,8 +9,8 @@ not reproducible there. torch and transformers are imported inside the functions
 from __future__ import annotations
 
 from pytest_llmdet.determinism.runs import BatchedOutput
-from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
-from pytest_llmdet.engines.llm import LLM, _known_generation_fields, _margins_and_logprobs, _only_generation_config
+from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.llm import LLM, left_pad  # noqa: F401 - left_pad is part of the probe's layout
 from pytest_llmdet.generation import Generation
 
 DEFAULT_BATCH_SIZE = 4
@@ -32,14 +32,6 @@ _SEE_THE_PADDING = {
 
 class BatchProbeError(RuntimeError):
     """A recorded call cannot be generated inside a batch."""
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Pad token-ID rows on the left to the longest one: (input_ids, attention_mask)."""
-    width = max(len(row) for row in rows)
-    ids = [[pad_id] * (width - len(row)) + list(row) for row in rows]
-    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
-    return ids, mask
 
 
 def companions(target: list[int], encoded_texts: list[list[int]], size: int,
@@ -71,9 +63,7 @@ def _plan_for(llm: LLM, generation: Generation) -> GreedyPlan:
         raise BatchProbeError("a sampled call draws other random numbers inside a batch; "
                               "only greedy calls are probed")
     overrides = {k: v for k, v in settings.items() if k not in _NOT_FROM_SETTINGS}
-    plan = plan_generation(llm._loaded.generation_config, max_new_tokens=settings["max_new_tokens"],
-                           inherit_processors=llm.inherit_processors, overrides=overrides,
-                           known_fields=_known_generation_fields())
+    plan = llm.plan(max_new_tokens=settings["max_new_tokens"], overrides=overrides)
     if plan.settings != settings:
         raise BatchProbeError(f"could not rebuild the generation settings of the call: {settings}")
     for name, why in _SEE_THE_PADDING.items():
@@ -87,11 +77,6 @@ def generate_in_batch(llm: LLM, generation: Generation,
                       batch_size: int = DEFAULT_BATCH_SIZE) -> BatchedOutput:
     """Generate `generation`'s prompt again as row 0 of a left-padded batch of `batch_size` prompts, with the
     call's own settings; returns row 0's new tokens, margins and chosen-token log-probs."""
-    import torch
-    from transformers import GenerationConfig
-
-    from pytest_llmdet.engines.seeding import seed_everything
-
     if batch_size < 2:
         raise BatchProbeError(f"a batch holds at least 2 prompts, not {batch_size}")
     plan = _plan_for(llm, generation)
@@ -102,23 +87,8 @@ def generate_in_batch(llm: LLM, generation: Generation,
     rows = [target] + companions(target, [llm.encode(text) for text in COMPANION_TEXTS], batch_size, limit)
     # Pad with a token the prompt already holds: masked positions do not change the attention, and logits
     # processors that look at every input token (repetition_penalty) then see nothing new in row 0.
-    ids, mask = left_pad(rows, pad_id=target[0])
-    config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
-    if config.pad_token_id is None:
-        eos = config.eos_token_id
-        config.pad_token_id = eos[0] if isinstance(eos, list) else eos
-    device = llm._loaded.device
-    input_ids = torch.tensor(ids, dtype=torch.long, device=device)
-    attention_mask = torch.tensor(mask, dtype=torch.long, device=device)
-    seed_everything(llm.seed)
-    with torch.inference_mode(), _only_generation_config(llm.model, config):
-        output = llm.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                    generation_config=config)
-    new_ids = output.sequences[0, input_ids.shape[1]:]
-    margins, logprobs = _margins_and_logprobs(output.scores, new_ids)
-    eos = config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return truncate_at_eos(BatchedOutput(new_ids.tolist(), margins, logprobs), eos_ids)
+    row = llm.generate_rows(rows, plan, pad_id=target[0])[0]
+    return truncate_at_eos(BatchedOutput(row.token_ids, row.margins, row.logprobs), row.eos_ids)
 
 
 def probe_calls(llm: LLM, calls: list[Generation], batch_size: int = DEFAULT_BATCH_SIZE

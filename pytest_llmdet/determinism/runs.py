@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from pytest_llmdet.divergence import first_divergence, format_margin, value_at
 from pytest_llmdet.generation import Generation, Prompt
-from pytest_llmdet.golden.compare import first_divergence
 
 EXCERPT_CHARS = 40
 MAX_CALL_REPORTS = 8
@@ -117,10 +117,6 @@ class Verdict:
 # -- comparing ----------------------------------------------------------------------------------------------
 
 
-def _at(values: Sequence[Any], index: int) -> Any:
-    return values[index] if index < len(values) else None
-
-
 def compare_outputs(left: TokenOutput, right: TokenOutput) -> TokenDivergence | None:
     """Where the token IDs of two outputs first differ (None when they are equal), with both margins there and
     the largest log-prob difference of the chosen tokens before it."""
@@ -129,10 +125,10 @@ def compare_outputs(left: TokenOutput, right: TokenOutput) -> TokenDivergence | 
         return None
     return TokenDivergence(
         position=position,
-        left_token=_at(left.token_ids, position),
-        right_token=_at(right.token_ids, position),
-        left_margin=_at(left.margins, position),
-        right_margin=_at(right.margins, position),
+        left_token=value_at(left.token_ids, position),
+        right_token=value_at(right.token_ids, position),
+        left_margin=value_at(left.margins, position),
+        right_margin=value_at(right.margins, position),
         max_logprob_delta=max_logprob_delta([left, right], position),
     )
 
@@ -232,15 +228,11 @@ def _plural(count: int) -> str:
     return "" if count == 1 else "s"
 
 
-def _margin(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def _token(token: int | None, margin: float | None, decode: Decode | None) -> str:
     if token is None:
         return "(end of output)"
     text = f" {decode([token])!r}" if decode is not None else ""
-    return f"{token}{text} (margin {_margin(margin)})"
+    return f"{token}{text} (margin {format_margin(margin)})"
 
 
 def _divergence_lines(d: TokenDivergence, left: str, right: str, decode: Decode | None) -> list[str]:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan, plan_generation
 from pytest_llmdet.engines.models import LoadedModel
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.generation import Generation, Prompt
@@ -25,6 +25,19 @@ class GenerationStats:
 
 # Config fields that hold how many positions a model supports, by architecture family.
 _POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+@dataclass
+class RowOutput:
+    """What one row of a `generate` call gave: its new tokens and, per step, the margin, the chosen token's
+    log-prob and (with top-k) the candidates; `eos_ids` are the tokens that end a generation."""
+
+    token_ids: list[int]
+    margins: list[float]
+    logprobs: list[float]
+    top_k_ids: list[list[int]] | None
+    top_k_logprobs: list[list[float]] | None
+    eos_ids: frozenset[int]
 
 
 class PromptError(ValueError):
@@ -103,48 +116,70 @@ class LLM:
         GenerationConfig fields; `temperature=0` means greedy; sampling needs `do_sample=True` together with
         `seed=` (0 to 2**32 - 1).
         """
-        import torch
-        from transformers import GenerationConfig
-
         started = time.perf_counter()
-        plan = plan_generation(
-            self._loaded.generation_config,
-            max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
-            inherit_processors=self.inherit_processors,
-            overrides=overrides,
-            known_fields=_known_generation_fields(),
-        )
+        plan = self.plan(max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                         overrides=overrides)
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, plan.config["max_new_tokens"])
-        config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self._loaded.device)
-        seed_everything(plan.seed if plan.seed is not None else self.seed)
-        with torch.inference_mode(), _only_generation_config(self.model, config):
-            output = self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config
-            )
-        new_ids = output.sequences[0, len(prompt_ids):]
-        margins, logprobs, top_ids, top_logprobs = _token_statistics(output.scores, new_ids, self.capture_top_k)
-        token_ids = new_ids.tolist()
-        eos = config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        (row,) = self.generate_rows([prompt_ids], plan, top_k=self.capture_top_k)
+        token_ids = row.token_ids
         generation = Generation(
             prompt=prompt,
             text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
             token_ids=token_ids,
             prompt_token_ids=prompt_ids,
-            finish_reason="eos" if token_ids and token_ids[-1] in eos_ids else "length",
-            margins=margins,
-            logprobs=logprobs,
+            finish_reason="eos" if token_ids and token_ids[-1] in row.eos_ids else "length",
+            margins=row.margins,
+            logprobs=row.logprobs,
             settings=plan.settings,
             model=self.name,
-            top_k_ids=top_ids,
-            top_k_logprobs=top_logprobs,
+            top_k_ids=row.top_k_ids,
+            top_k_logprobs=row.top_k_logprobs,
         )
         self.calls.append(generation)
         self.stats.count += 1
         self.stats.seconds += time.perf_counter() - started
         return generation
+
+    def plan(self, max_new_tokens: int, overrides: dict[str, Any]) -> GreedyPlan:
+        """The forced-greedy plan of one call: the model's generation config, the settings and `overrides`."""
+        return plan_generation(self._loaded.generation_config, max_new_tokens=max_new_tokens,
+                               inherit_processors=self.inherit_processors, overrides=overrides,
+                               known_fields=_known_generation_fields())
+
+    @property
+    def device(self) -> str:
+        return self._loaded.device
+
+    def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
+                      pad_id: int | None = None) -> list[RowOutput]:
+        """Generate every row of prompt token IDs in one `generate` call with `plan` (left-padded with `pad_id`
+        when the rows differ in length, the padding masked) and return each row's new tokens, margins,
+        chosen-token log-probs and, with `top_k`, its top-k candidates. The one place that calls generate:
+        a single call and the batch probe share it."""
+        import torch
+        from transformers import GenerationConfig
+
+        longest = max(len(row) for row in rows)
+        ids, mask = left_pad(rows, rows[0][0] if pad_id is None else pad_id)
+        config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
+        eos_ids = _eos_ids(config.eos_token_id)
+        if config.pad_token_id is None and len(rows) > 1:
+            eos = config.eos_token_id
+            config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
+        seed_everything(plan.seed if plan.seed is not None else self.seed)
+        with torch.inference_mode(), _only_generation_config(self.model, config):
+            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                         generation_config=config)
+        outputs = []
+        for index in range(len(rows)):
+            new_ids = output.sequences[index, longest:]
+            scores = tuple(step[index:index + 1] for step in output.scores)
+            margins, logprobs, top_ids, top_logprobs = _token_statistics(scores, new_ids, top_k)
+            outputs.append(RowOutput(new_ids.tolist(), margins, logprobs, top_ids, top_logprobs, eos_ids))
+        return outputs
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
         limit = next((value for name in _POSITION_LIMITS
@@ -162,16 +197,22 @@ class LLM:
             )
 
 
-def _margins_and_logprobs(scores: tuple[Any, ...], new_ids: Any) -> tuple[list[float], list[float]]:
-    """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's
-    log-prob."""
-    margins, chosen, _, _ = _token_statistics(scores, new_ids, 0)
-    return margins, chosen
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Pad token-ID rows on the left to the longest one: (input_ids, attention_mask)."""
+    width = max(len(row) for row in rows)
+    ids = [[pad_id] * (width - len(row)) + list(row) for row in rows]
+    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
+    return ids, mask
+
+
+def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
+    return frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
 
 def _token_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int
                       ) -> tuple[list[float], list[float], list[list[int]] | None, list[list[float]] | None]:
-    """Margins and chosen log-probs as `_margins_and_logprobs`; with `top_k` > 0 also the top-k candidate IDs
+    """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob;
+    with `top_k` > 0 also the top-k candidate IDs
     and log-probs per step, taken from the same (single) topk call, so a tolerant comparison costs no more."""
     import torch
 

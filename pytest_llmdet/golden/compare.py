@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_llmdet.divergence import first_divergence, format_margin, value_at
 from pytest_llmdet.golden.format import GoldenEntry
 
 PREFIX_CHARS = 60
@@ -46,18 +47,6 @@ class Comparison:
     checked: str | None = None  # a tolerant comparison: what exactly it checked, in words
 
 
-def first_divergence(golden: list[int], current: list[int]) -> int | None:
-    """The first index where the sequences differ (or where the shorter one ends); None when equal."""
-    for index, (a, b) in enumerate(zip(golden, current, strict=False)):
-        if a != b:
-            return index
-    return None if len(golden) == len(current) else min(len(golden), len(current))
-
-
-def _at(values: list | None, index: int):
-    return values[index] if values is not None and index < len(values) else None
-
-
 def compare_tokens(golden: GoldenEntry, token_ids: list[int], margins: list[float], text: str,
                    finish_reason: str | None, near_tie: float) -> Comparison:
     """Compare a generation with a golden entry that has token IDs."""
@@ -67,15 +56,15 @@ def compare_tokens(golden: GoldenEntry, token_ids: list[int], margins: list[floa
                         golden_length=len(golden.token_ids), current_length=len(token_ids),
                         golden_finish=golden.finish_reason, current_finish=finish_reason)
     if index is not None:
-        golden_token, current_token = _at(golden.token_ids, index), _at(token_ids, index)
-        golden_margin = _at(golden.margins, index)
+        golden_token, current_token = value_at(golden.token_ids, index), value_at(token_ids, index)
+        golden_margin = value_at(golden.margins, index)
         if golden_token is None or current_token is None:
             label = "length"
         elif golden_margin is not None and golden_margin < near_tie:
             label = "near-tie"
         else:
             label = "regression"
-        result.divergence = Divergence(index, golden_token, current_token, golden_margin, _at(margins, index),
+        result.divergence = Divergence(index, golden_token, current_token, golden_margin, value_at(margins, index),
                                        label)
     elif result.text_changed:
         result.notes.append("token IDs match but the decoded text differs: the tokenizer's decoding changed")
@@ -133,10 +122,6 @@ def _shorten_left(text: str, limit: int = PREFIX_CHARS) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def _margin(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def text_diff(golden: str, current: str, limit: int = DIFF_LINES) -> list[str]:
     """A bounded unified diff of the two texts, line by line."""
     lines = list(difflib.unified_diff(golden.splitlines(), current.splitlines(), "golden", "current",
@@ -155,9 +140,9 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
     if d is not None:
         total = max(comparison.golden_length, comparison.current_length)
         if d.label == "near-tie":
-            why = f"near-tie: golden margin {_margin(d.golden_margin)} < llm_near_tie {near_tie}"
+            why = f"near-tie: golden margin {format_margin(d.golden_margin)} < llm_near_tie {near_tie}"
         elif d.label == "regression":
-            why = f"regression: golden margin {_margin(d.golden_margin)} >= llm_near_tie {near_tie}"
+            why = f"regression: golden margin {format_margin(d.golden_margin)} >= llm_near_tie {near_tie}"
         elif d.label == "outside-top-k":
             why = "outside top-k: a token is not among the other side's best candidates"
         elif d.label == "eos":
@@ -174,7 +159,7 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
             if token is None:
                 lines.append(f"  {side}: (end of output)")
             else:
-                lines.append(f"  {side}: {token} {show([token])!r}  margin {_margin(margin)}")
+                lines.append(f"  {side}: {token} {show([token])!r}  margin {format_margin(margin)}")
     if comparison.checked:
         lines.append(comparison.checked)
     for note in comparison.notes:

@@ -13,31 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmdet.plugin import LLM_KEY
+from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, MARKER_ERROR_KEY, PROBE_KEY, PROBE_RESULT_KEY
+from pytest_llmdet.hooks.state import DeterminismState
 
 if TYPE_CHECKING:  # imported where used: a run that checks nothing does not pay for them
-    from pytest_llmdet.determinism.runs import Verdict
-    from pytest_llmdet.hooks.rerun import ProbeResult
+    pass
 
 RUNS_DEFAULT = 3
 WORKER_OUTPUT = "llmdet_determinism"
 
 
-class DeterminismState:
-    """The check's state for one pytest process: its defaults and the verdicts of the tests it checked."""
-
-    def __init__(self, default_runs: int, check_all: bool) -> None:
-        self.default_runs = default_runs
-        self.check_all = check_all
-        self.verdicts: list[Verdict] = []
-        self.unchecked = 0  # failed or skipped before all runs completed, or the batch probe could not run
-        self.merged_workers: set[Any] = set()  # xdist workers whose verdicts were added
-
-
-STATE_KEY = pytest.StashKey[DeterminismState]()
-MARKER_ERROR_KEY = pytest.StashKey[str]()
-PROBE_KEY = pytest.StashKey[int]()  # the batch size to probe with at the end of this run's call
-PROBE_RESULT_KEY: pytest.StashKey[ProbeResult] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -59,12 +44,12 @@ def pytest_configure(config: pytest.Config) -> None:
     runs = config.getoption("llm_determinism_runs")
     if runs < 1:
         raise pytest.UsageError(f"--llm-determinism-runs must be at least 1, not {runs}")
-    config.stash[STATE_KEY] = DeterminismState(runs, config.getoption("llm_check_determinism"))
+    config.stash[DETERMINISM_KEY] = DeterminismState(runs, config.getoption("llm_check_determinism"))
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
-    state = item.config.stash.get(STATE_KEY, None)
+    state = item.config.stash.get(DETERMINISM_KEY, None)
     if state is None or not isinstance(item, pytest.Function) or _setup_only(item.config):
         return None
     marker = item.get_closest_marker("llm_determinism")
@@ -110,7 +95,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
-    state = config.stash.get(STATE_KEY, None)
+    state = config.stash.get(DETERMINISM_KEY, None)
     workeroutput = getattr(config, "workeroutput", None)
     if state is not None and workeroutput is not None:  # an xdist worker: the controller reports
         from pytest_llmdet.determinism.runs import verdicts_to_data
@@ -122,7 +107,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-    state = node.config.stash.get(STATE_KEY, None)
+    state = node.config.stash.get(DETERMINISM_KEY, None)
     worker = getattr(getattr(node, "gateway", None), "id", id(node))
     if data is not None and state is not None and worker not in state.merged_workers:
         from pytest_llmdet.determinism.runs import verdicts_from_data
@@ -133,7 +118,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    state = config.stash.get(STATE_KEY, None)
+    state = config.stash.get(DETERMINISM_KEY, None)
     if state is None or not (state.verdicts or state.unchecked):
         return
     from pytest_llmdet.determinism.runs import summary_lines

@@ -21,11 +21,11 @@ from pytest_llmdet.determinism.runs import (
     render_report,
     verdict_for,
 )
-from pytest_llmdet.hooks.determinism import PROBE_KEY, PROBE_RESULT_KEY, DeterminismState
-from pytest_llmdet.plugin import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SESSION_KEY
+from pytest_llmdet.hooks.keys import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, PROBE_KEY, PROBE_RESULT_KEY, SESSION_KEY
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation
+    from pytest_llmdet.hooks.state import DeterminismState
 
 MARKER_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
                 "batch=True or a batch size >= 2")

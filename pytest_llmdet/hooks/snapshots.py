@@ -17,12 +17,25 @@ import pytest
 from pytest_llmdet.golden.format import GoldenFileError
 from pytest_llmdet.golden.snapshot import LLMSnapshot
 from pytest_llmdet.header import fragile_lines, snapshot_summary_lines
+from pytest_llmdet.hooks.keys import (
+    BEFORE_FILTERING_KEY,
+    CALL_RAN_KEY,
+    LLM_KEY,
+    PASSIVE_SNAPSHOTS_KEY,
+    SESSION_KEY,
+    SNAPSHOTS_KEY,
+)
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.json_report import junit_properties
-from pytest_llmdet.plugin import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY, compare_plan_of, in_ci
-from pytest_llmdet.settings import SettingsError
+from pytest_llmdet.settings import ComparePlan, SettingsError, compare_plan, in_ci
 
-CALL_RAN_KEY = pytest.StashKey[bool]()  # the test's call phase ran: only then may its end write or settle
+
+def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
+    """How this test's snapshots are compared: the run's settings, overridden by its `llm_snapshot` marker."""
+    marker = request.node.get_closest_marker("llm_snapshot")
+    if marker is not None and marker.args:
+        raise SettingsError('usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)')
+    return compare_plan(request.config.stash[SESSION_KEY].snapshot_settings, marker.kwargs if marker else None)
 
 
 def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
@@ -58,7 +71,6 @@ def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
         reasons.add("collection errors")
 
 
-BEFORE_FILTERING_KEY = pytest.StashKey[list]()  # (node id, path) of every item before any plugin filtered them
 
 
 def register_before_filtering(items: list[pytest.Item], llmdet: LLMDetSession) -> None:

@@ -23,10 +23,22 @@ from pytest_llmdet.settings import (
 )
 
 if TYPE_CHECKING:
+    from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
     from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.golden.ledger import SnapshotRun
     from pytest_llmdet.golden.snapshot import TestSnapshots
+
+
+class DeterminismState:
+    """The check's state for one pytest process: its defaults and the verdicts of the tests it checked."""
+
+    def __init__(self, default_runs: int, check_all: bool) -> None:
+        self.default_runs = default_runs
+        self.check_all = check_all
+        self.verdicts: list[Verdict] = []
+        self.unchecked = 0  # failed or skipped before all runs completed, or the batch probe could not run
+        self.merged_workers: set[Any] = set()  # xdist workers whose verdicts were added
 
 
 class LLMDetSession:

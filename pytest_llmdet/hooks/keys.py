@@ -1,0 +1,29 @@
+"""Every stash key of the plugin, in one place that imports nothing of ours: the hook modules and plugin.py
+import them from here (downwards), so no module imports the entry module back."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from pytest_llmdet.engines.llm import LLM
+    from pytest_llmdet.golden.snapshot import TestSnapshots
+    from pytest_llmdet.hooks.state import LLMDetSession
+
+# config.stash
+SESSION_KEY: pytest.StashKey[LLMDetSession] = pytest.StashKey()
+DETERMINISM_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.determinism.DeterminismState
+
+# session.stash
+BEFORE_FILTERING_KEY: pytest.StashKey[list] = pytest.StashKey()  # (node id, path) of each item before filtering
+
+# item.stash
+LLM_KEY: pytest.StashKey[LLM] = pytest.StashKey()
+SNAPSHOTS_KEY: pytest.StashKey[TestSnapshots] = pytest.StashKey()
+PASSIVE_SNAPSHOTS_KEY: pytest.StashKey[bool] = pytest.StashKey()  # set on the re-runs of the determinism check
+CALL_RAN_KEY: pytest.StashKey[bool] = pytest.StashKey()  # the call phase ran: only then may its end write
+MARKER_ERROR_KEY: pytest.StashKey[str] = pytest.StashKey()  # a bad llm_determinism marker, reported at setup
+PROBE_KEY: pytest.StashKey[int] = pytest.StashKey()  # the batch size to probe with at the end of this run's call
+PROBE_RESULT_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.rerun.ProbeResult

@@ -1,0 +1,109 @@
+"""The layout: imports go one way between the layers, no module imports another in a circle (not even through
+an import inside a function), and every module imports alone in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pytest_llmdet
+
+PACKAGE = Path(pytest_llmdet.__file__).parent
+
+# A module may import modules of its own layer's package and of lower layers, never of a higher one; golden and
+# determinism are siblings that never import each other.
+LAYERS = {
+    "base": 0,  # settings, markers, generation, the package itself
+    "engines": 1,
+    "golden": 2,
+    "determinism": 2,
+    "top": 3,  # json_report, review, header, __main__
+    "hooks": 4,
+    "plugin": 5,
+}
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")[1:]
+    if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "__init__"):
+        return "base"
+    if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin"):
+        return parts[0]
+    return "top"
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE.parent).with_suffix("")
+        name = ".".join(relative.parts).removesuffix(".__init__")
+        found[name] = path
+    return found
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every pytest_llmdet module `path` imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pytest_llmdet"):
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("pytest_llmdet"))
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: {dep for dep in imports_of(path) if dep in known and dep != name} for name, path in known.items()}
+
+
+def test_imports_go_one_way_between_the_layers():
+    wrong = []
+    for module, deps in graph().items():
+        for dep in deps:
+            mine, theirs = layer_of(module), layer_of(dep)
+            if dep == "pytest_llmdet" or (mine == theirs):
+                continue
+            if LAYERS[theirs] >= LAYERS[mine]:
+                wrong.append(f"{module} ({mine}) imports {dep} ({theirs})")
+    assert wrong == []
+
+
+def test_no_module_imports_another_in_a_circle():
+    edges = graph()
+    circles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for dep in sorted(edges[module]):
+            if dep in path:
+                circles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(edges):
+        if module not in done:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_no_private_name_is_imported_across_modules():
+    private = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pytest_llmdet"):
+                private += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
+
+
+@pytest.mark.parametrize("module", sorted(m for m in modules() if not m.endswith("__main__")))
+def test_each_module_imports_alone_in_a_fresh_interpreter(module):
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
