@@ -101,7 +101,7 @@ def test_near_tie_and_regression_labels():
 def test_early_eos_is_reported():
     golden = GoldenEntry("abc", token_ids=[1, 2, 3], margins=[1, 1, 1], finish_reason="length")
     result = compare_tokens(golden, [1, 2], [1, 1], "ab", "eos", near_tie=0.01)
-    assert result.divergence.label == "length" and result.divergence.current_token is None
+    assert result.divergence.label == "length" and result.divergence.other_token is None
     lines = render_comparison(result, golden, "ab", [1, 2], None, 0.01)
     assert "length: golden 3 tokens (length), current 2 tokens (eos): early EOS" in lines
 

@@ -58,8 +58,8 @@ def test_a_diverging_call_names_the_call_position_tokens_margins_and_logprob_del
     (difference,) = comparison.differences
     assert difference.index == 1 and difference.distinct_outputs == 2 and difference.other_run == 3
     d = difference.divergence
-    assert (d.position, d.left_token, d.right_token) == (2, 4, 3)
-    assert (d.left_margin, d.right_margin) == (0.0031, 0.0042)
+    assert (d.index, d.reference_token, d.other_token) == (2, 4, 3)
+    assert (d.reference_margin, d.other_margin) == (0.0031, 0.0042)
     assert d.max_logprob_delta == pytest.approx(2.1e-06)
     lines = render_report(comparison, decode=decode)
     assert lines[0] == "pytest-llmdet: 3 runs of this test did not generate the same tokens"
@@ -74,20 +74,20 @@ def test_the_earliest_divergence_among_all_runs_is_reported():
     runs = [[gen([1, 2, 3, 4])], [gen([1, 2, 3, 5])], [gen([1, 9, 3, 4])], [gen([1, 2, 3, 4])]]
     (difference,) = compare_runs(runs).differences
     assert difference.distinct_outputs == 3
-    assert difference.other_run == 3 and difference.divergence.position == 1
+    assert difference.other_run == 3 and difference.divergence.index == 1
 
 
 def test_one_run_stopping_early_is_a_divergence_at_the_end_of_the_shorter_output():
     (difference,) = compare_runs([[gen([1, 2, 5])], [gen([1, 2])]]).differences
     d = difference.divergence
-    assert (d.position, d.left_token, d.right_token, d.right_margin) == (2, 5, None, None)
+    assert (d.index, d.reference_token, d.other_token, d.other_margin) == (2, 5, None, None)
     report = "\n".join(render_report(compare_runs([[gen([1, 2, 5])], [gen([1, 2])]])))
     assert "run 2 gave (end of output)" in report
 
 
 def test_a_divergence_at_the_first_token_has_no_logprob_delta():
     d = compare_outputs(gen([1, 2]), gen([3, 2]))
-    assert d.position == 0 and d.max_logprob_delta is None
+    assert d.index == 0 and d.max_logprob_delta is None
     lines = render_report(compare_runs([[gen([1])], [gen([3])]]))
     assert "  (the outputs differ from their first token)" in lines
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from pytest_llmdet.divergence import first_divergence, format_margin, value_at
+from pytest_llmdet.divergence import Divergence, divergence_of, format_margin
 from pytest_llmdet.generation import Generation, Prompt
 
 EXCERPT_CHARS = 40
@@ -40,18 +40,6 @@ class BatchedOutput:
 
 
 @dataclass
-class TokenDivergence:
-    """Where two outputs of the same call first differ, and how close the choice was there."""
-
-    position: int
-    left_token: int | None  # None: this output ended here
-    right_token: int | None
-    left_margin: float | None
-    right_margin: float | None
-    max_logprob_delta: float | None  # largest |Δ| of the chosen token's log-prob before `position`
-
-
-@dataclass
 class CallDifference:
     """One call whose outputs were not all the same across the runs."""
 
@@ -62,7 +50,7 @@ class CallDifference:
     changed_input: list[str] = field(default_factory=list)  # "prompt", "generation settings (...)"
     inputs: tuple[Any, Any] | None = None  # run 1's and the first different run's input, for the report
     other_run: int = 0  # 1-based number of the run compared with run 1
-    divergence: TokenDivergence | None = None
+    divergence: Divergence | None = None
 
 
 @dataclass
@@ -89,7 +77,7 @@ class BatchDifference:
     index: int
     prompt: Prompt
     batch_size: int
-    divergence: TokenDivergence
+    divergence: Divergence
 
 
 @dataclass
@@ -117,20 +105,13 @@ class Verdict:
 # -- comparing ----------------------------------------------------------------------------------------------
 
 
-def compare_outputs(left: TokenOutput, right: TokenOutput) -> TokenDivergence | None:
+def compare_outputs(left: TokenOutput, right: TokenOutput) -> Divergence | None:
     """Where the token IDs of two outputs first differ (None when they are equal), with both margins there and
     the largest log-prob difference of the chosen tokens before it."""
-    position = first_divergence(list(left.token_ids), list(right.token_ids))
-    if position is None:
-        return None
-    return TokenDivergence(
-        position=position,
-        left_token=value_at(left.token_ids, position),
-        right_token=value_at(right.token_ids, position),
-        left_margin=value_at(left.margins, position),
-        right_margin=value_at(right.margins, position),
-        max_logprob_delta=max_logprob_delta([left, right], position),
-    )
+    divergence = divergence_of(list(left.token_ids), list(right.token_ids), left.margins, right.margins)
+    if divergence is not None:
+        divergence.max_logprob_delta = max_logprob_delta([left, right], divergence.index)
+    return divergence
 
 
 def max_logprob_delta(outputs: Sequence[TokenOutput], before: int) -> float | None:
@@ -171,15 +152,15 @@ def compare_call(index: int, generations: Sequence[Generation]) -> CallDifferenc
                                   other_run=number)
     if distinct_outputs(generations) == 1:
         return None
-    earliest: tuple[int, TokenDivergence] | None = None
+    earliest: tuple[int, Divergence] | None = None
     for number, other in enumerate(generations[1:], start=2):
         divergence = compare_outputs(first, other)
-        if divergence is not None and (earliest is None or divergence.position < earliest[1].position):
+        if divergence is not None and (earliest is None or divergence.index < earliest[1].index):
             earliest = (number, divergence)
     assert earliest is not None
     number, divergence = earliest
     # every run agrees with run 1 before the earliest divergence, so all of them can be compared there
-    divergence.max_logprob_delta = max_logprob_delta(generations, divergence.position)
+    divergence.max_logprob_delta = max_logprob_delta(generations, divergence.index)
     return CallDifference(index, first.prompt, len(generations), distinct_outputs(generations),
                           other_run=number, divergence=divergence)
 
@@ -235,10 +216,10 @@ def _token(token: int | None, margin: float | None, decode: Decode | None) -> st
     return f"{token}{text} (margin {format_margin(margin)})"
 
 
-def _divergence_lines(d: TokenDivergence, left: str, right: str, decode: Decode | None) -> list[str]:
-    left_token = _token(d.left_token, d.left_margin, decode)
-    right_token = _token(d.right_token, d.right_margin, decode)
-    lines = [f"  first divergence at token {d.position}: {left} gave {left_token}, "
+def _divergence_lines(d: Divergence, left: str, right: str, decode: Decode | None) -> list[str]:
+    left_token = _token(d.reference_token, d.reference_margin, decode)
+    right_token = _token(d.other_token, d.other_margin, decode)
+    lines = [f"  first divergence at token {d.index}: {left} gave {left_token}, "
              f"{right} gave {right_token}"]
     if d.max_logprob_delta is None:
         lines.append("  (the outputs differ from their first token)")
@@ -324,16 +305,16 @@ def verdict_for(nodeid: str, comparison: RunComparison, batch: Sequence[BatchDif
         verdict.kind = "calls"
         verdict.detail = f"different numbers of calls per run ({', '.join(map(str, comparison.call_counts))})"
     elif diverged:
-        d = min(diverged, key=lambda d: d.divergence.position)  # type: ignore[union-attr]
+        d = min(diverged, key=lambda d: d.divergence.index)  # type: ignore[union-attr]
         assert d.divergence is not None
-        verdict.kind, verdict.position = "tokens", d.divergence.position
+        verdict.kind, verdict.position = "tokens", d.divergence.index
         verdict.distinct_outputs = max(x.distinct_outputs for x in diverged)
-        verdict.detail = (f"call {d.index + 1} diverges at token {d.divergence.position}; "
+        verdict.detail = (f"call {d.index + 1} diverges at token {d.divergence.index}; "
                           f"{d.distinct_outputs} distinct outputs in {d.runs} runs")
     else:
-        b = min(batch, key=lambda b: b.divergence.position)
-        verdict.kind, verdict.position, verdict.distinct_outputs = "batch", b.divergence.position, 2
-        verdict.detail = (f"batch-variant: call {b.index + 1} diverges at token {b.divergence.position} in a "
+        b = min(batch, key=lambda b: b.divergence.index)
+        verdict.kind, verdict.position, verdict.distinct_outputs = "batch", b.divergence.index, 2
+        verdict.detail = (f"batch-variant: call {b.index + 1} diverges at token {b.divergence.index} in a "
                           f"left-padded batch of {b.batch_size}")
     return verdict
 

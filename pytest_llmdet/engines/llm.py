@@ -12,6 +12,7 @@ from typing import Any
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan, plan_generation
 from pytest_llmdet.engines.models import LoadedModel
 from pytest_llmdet.engines.seeding import seed_everything
+from pytest_llmdet.engines.step_stats import generate_with_stats
 from pytest_llmdet.generation import Generation, Prompt
 
 
@@ -160,9 +161,8 @@ class LLM:
         import torch
         from transformers import GenerationConfig
 
-        longest = max(len(row) for row in rows)
         ids, mask = left_pad(rows, rows[0][0] if pad_id is None else pad_id)
-        config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
+        config = GenerationConfig(**plan.config)  # no output_scores: the statistics are recorded per step
         eos_ids = _eos_ids(config.eos_token_id)
         if config.pad_token_id is None and len(rows) > 1:
             eos = config.eos_token_id
@@ -171,14 +171,10 @@ class LLM:
         attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
         seed_everything(plan.seed if plan.seed is not None else self.seed)
         with torch.inference_mode(), _only_generation_config(self.model, config):
-            output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                         generation_config=config)
+            new_ids, stats = generate_with_stats(self.model, input_ids, attention_mask, config, top_k)
         outputs = []
-        for index in range(len(rows)):
-            new_ids = output.sequences[index, longest:]
-            scores = tuple(step[index:index + 1] for step in output.scores)
-            margins, logprobs, top_ids, top_logprobs = _token_statistics(scores, new_ids, top_k)
-            outputs.append(RowOutput(new_ids.tolist(), margins, logprobs, top_ids, top_logprobs, eos_ids))
+        for row_ids, row in zip(new_ids.tolist(), stats, strict=True):
+            outputs.append(RowOutput(row_ids, row.margins, row.logprobs, row.top_k_ids, row.top_k_logprobs, eos_ids))
         return outputs
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
@@ -211,7 +207,10 @@ def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
 
 def _token_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int
                       ) -> tuple[list[float], list[float], list[list[int]] | None, list[list[float]] | None]:
-    """Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob;
+    """Over scores kept by `generate(output_scores=True)`, which LLM.generate no longer asks for (step_stats.py
+    records the same figures step by step): the reference of tests/test_step_stats.py and the benchmarks.
+
+    Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob;
     with `top_k` > 0 also the top-k candidate IDs
     and log-probs per step, taken from the same (single) topk call, so a tolerant comparison costs no more."""
     import torch

@@ -13,23 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmdet.divergence import first_divergence, format_margin, value_at
+from pytest_llmdet.divergence import Divergence, divergence_of, first_divergence, format_margin
 from pytest_llmdet.golden.format import GoldenEntry
 
 PREFIX_CHARS = 60
 DIFF_LINES = 12
-
-
-@dataclass
-class Divergence:
-    """Where two token sequences first differ."""
-
-    index: int
-    golden_token: int | None  # None: the golden sequence ended here
-    current_token: int | None  # None: the current sequence ended here
-    golden_margin: float | None
-    current_margin: float | None
-    label: str  # "near-tie", "regression" or "length"; tolerant: "tolerated", "outside-top-k" or "eos"
 
 
 @dataclass
@@ -55,17 +43,15 @@ def compare_tokens(golden: GoldenEntry, token_ids: list[int], margins: list[floa
     result = Comparison(matched=index is None and text == golden.text, text_changed=text != golden.text,
                         golden_length=len(golden.token_ids), current_length=len(token_ids),
                         golden_finish=golden.finish_reason, current_finish=finish_reason)
-    if index is not None:
-        golden_token, current_token = value_at(golden.token_ids, index), value_at(token_ids, index)
-        golden_margin = value_at(golden.margins, index)
-        if golden_token is None or current_token is None:
-            label = "length"
-        elif golden_margin is not None and golden_margin < near_tie:
-            label = "near-tie"
+    d = divergence_of(golden.token_ids, token_ids, golden.margins, margins)
+    if d is not None:
+        if d.reference_token is None or d.other_token is None:
+            d.label = "length"
+        elif d.reference_margin is not None and d.reference_margin < near_tie:
+            d.label = "near-tie"
         else:
-            label = "regression"
-        result.divergence = Divergence(index, golden_token, current_token, golden_margin, value_at(margins, index),
-                                       label)
+            d.label = "regression"
+        result.divergence = d
     elif result.text_changed:
         result.notes.append("token IDs match but the decoded text differs: the tokenizer's decoding changed")
     return result
@@ -86,8 +72,8 @@ def divergence_summary(comparison: Comparison) -> dict[str, Any]:
     return {
         "matched": comparison.matched,
         "first_divergence": None if d is None else {
-            "index": d.index, "golden_token": d.golden_token, "current_token": d.current_token,
-            "golden_margin": _finite(d.golden_margin), "current_margin": _finite(d.current_margin),
+            "index": d.index, "golden_token": d.reference_token, "current_token": d.other_token,
+            "golden_margin": _finite(d.reference_margin), "current_margin": _finite(d.other_margin),
             "label": d.label,
         },
         "golden_length": comparison.golden_length, "current_length": comparison.current_length,
@@ -140,9 +126,9 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
     if d is not None:
         total = max(comparison.golden_length, comparison.current_length)
         if d.label == "near-tie":
-            why = f"near-tie: golden margin {format_margin(d.golden_margin)} < llm_near_tie {near_tie}"
+            why = f"near-tie: golden margin {format_margin(d.reference_margin)} < llm_near_tie {near_tie}"
         elif d.label == "regression":
-            why = f"regression: golden margin {format_margin(d.golden_margin)} >= llm_near_tie {near_tie}"
+            why = f"regression: golden margin {format_margin(d.reference_margin)} >= llm_near_tie {near_tie}"
         elif d.label == "outside-top-k":
             why = "outside top-k: a token is not among the other side's best candidates"
         elif d.label == "eos":
@@ -154,8 +140,8 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
         lines.append(f"first divergence at token {d.index} of {total} ({why})")
         prefix = show(current_ids[: d.index]) if decode else ""
         lines.append(f"matched prefix: {_shorten_left(prefix)!r}" if decode else f"matched tokens: {d.index}")
-        for side, token, margin in (("golden ", d.golden_token, d.golden_margin),
-                                    ("current", d.current_token, d.current_margin)):
+        for side, token, margin in (("golden ", d.reference_token, d.reference_margin),
+                                    ("current", d.other_token, d.other_margin)):
             if token is None:
                 lines.append(f"  {side}: (end of output)")
             else:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pytest_llmdet.golden.compare import Comparison, Divergence, first_divergence
+from pytest_llmdet.divergence import divergence_of, first_divergence, value_at
+from pytest_llmdet.golden.compare import Comparison
 from pytest_llmdet.golden.format import GoldenEntry
 
 RULE = "tolerant comparison (vLLM check_logprobs_close rule, lengths checked)"
@@ -42,12 +43,9 @@ def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[fl
             result.notes.append("token IDs match but the decoded text differs: the tokenizer's decoding changed")
         return result
 
-    def at(values: list | None, i: int):
-        return values[i] if values is not None and i < len(values) else None
-
-    golden_token, current_token = at(g_ids, index), at(token_ids, index)
-    divergence = Divergence(index, golden_token, current_token, at(golden.margins, index), at(margins, index),
-                            "length")
+    divergence = divergence_of(g_ids, token_ids, golden.margins, margins)
+    divergence.label = "length"
+    golden_token, current_token = divergence.reference_token, divergence.other_token
     result.divergence = divergence
     prefix = f"{RULE}, top-{top_k}: tokens 0..{index - 1} identical" if index else f"{RULE}, top-{top_k}:"
     if golden_token is None or current_token is None:
@@ -60,8 +58,8 @@ def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[fl
         result.checked = (f"{prefix}; at token {index} one output ends with EOS and the other goes on: an EOS "
                           "flip changes the length and is never tolerated")
         return result
-    golden_top = at(golden.top_k_ids, index)
-    current_top = at(top_k_ids, index)
+    golden_top = value_at(golden.top_k_ids, index)
+    current_top = value_at(top_k_ids, index)
     if golden_top is None or current_top is None:
         divergence.label = "outside-top-k"
         side = "golden snapshot" if golden_top is None else "current generation"

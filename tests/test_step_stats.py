@@ -1,0 +1,259 @@
+"""The per-step recorder gives exactly what the old path gave: `generate(output_scores=True)`, then the
+runner's `_token_statistics` over the kept scores (the reference below, batched over rows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from transformers import GenerationConfig
+
+from pytest_llmdet.determinism import probe as batch
+from pytest_llmdet.engines import llm as runner
+from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+from pytest_llmdet.engines.seeding import seed_everything
+from pytest_llmdet.engines.step_stats import (
+    StepRecorder,
+    StepRecordError,
+    appended_last,
+    can_record_steps,
+    generate_with_stats,
+)
+from pytest_llmdet.generation import Generation
+
+PROMPTS = [
+    "Once upon a time",
+    "The fox said to the crow",
+    [{"role": "user", "content": "Tell me a story about a fox."}],
+    [{"role": "user", "content": "Who is the Snow Queen?"}],
+]
+CASES = [  # (overrides, capture_top_k)
+    ({}, 0),
+    ({}, 5),
+    ({"do_sample": True, "seed": 7}, 0),
+    ({"do_sample": True, "seed": 123}, 5),
+    ({"do_sample": True, "seed": 3}, 30),  # more candidates than the model's top_k=20 keeps: -inf ties
+    ({"do_sample": True, "seed": 11, "temperature": 1.3, "top_k": 0, "top_p": 0.95}, 3),
+    ({"renormalize_logits": True}, 4),  # LogitNormalization comes after every other processor
+    ({"repetition_penalty": 1.5, "min_new_tokens": 6}, 2),
+]
+MAX_NEW_TOKENS = 20
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return ModelPool().get(ModelSpec(resolve_source(None, [])))
+
+
+def _llm(loaded, inherit_processors: bool = True) -> runner.LLM:
+    return runner.LLM(loaded, seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=inherit_processors)
+
+
+def reference_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int, row: int) -> tuple[list, ...]:
+    """The old runner's `_token_statistics`, for one row of a batch."""
+    logprobs = torch.log_softmax(torch.stack(scores)[:, row, :].float(), dim=-1)
+    top = torch.topk(logprobs, k=min(max(2, top_k), logprobs.shape[-1]), dim=-1)
+    best = top.values
+    margins = (best[:, 0] - best[:, 1]) if best.shape[-1] >= 2 else torch.full_like(best[:, 0], float("inf"))
+    chosen = logprobs.gather(1, new_ids[: logprobs.shape[0]].unsqueeze(1)).squeeze(1)
+    if not top_k:
+        return margins.tolist(), chosen.tolist(), None, None
+    return margins.tolist(), chosen.tolist(), top.indices[:, :top_k].tolist(), best[:, :top_k].tolist()
+
+
+def old_generate(llm: runner.LLM, prompt: Any, capture: int, **overrides: Any) -> dict[str, Any]:
+    """What `LLM.generate` recorded before: the scores of every step kept, then the statistics over them."""
+    plan = runner.plan_generation(llm._loaded.generation_config, max_new_tokens=llm.max_new_tokens,
+                                  inherit_processors=llm.inherit_processors, overrides=overrides,
+                                  known_fields=runner._known_generation_fields())
+    prompt_ids = llm.encode(prompt)
+    config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
+    seed_everything(plan.seed if plan.seed is not None else llm.seed)
+    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+        output = llm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                    generation_config=config)
+    new_ids = output.sequences[0, len(prompt_ids):]
+    margins, logprobs, top_ids, top_logprobs = reference_statistics(output.scores, new_ids, capture, 0)
+    # The runner's own function, kept for the benchmarks, still agrees with this reference.
+    assert runner._token_statistics(output.scores, new_ids, capture) == (margins, logprobs, top_ids, top_logprobs)
+    return {"token_ids": new_ids.tolist(), "margins": margins, "logprobs": logprobs, "top_k_ids": top_ids,
+            "top_k_logprobs": top_logprobs}
+
+
+def assert_same(new: dict[str, Any], old: dict[str, Any]) -> None:
+    assert new["token_ids"] == old["token_ids"]
+    for name in ("margins", "logprobs"):
+        assert len(new[name]) == len(old[name]) == len(old["token_ids"])
+        assert new[name] == pytest.approx(old[name], abs=1e-6, rel=0), name
+    assert (new["top_k_ids"] is None) == (old["top_k_ids"] is None)
+    if old["top_k_ids"] is not None:
+        assert new["top_k_ids"] == old["top_k_ids"]
+        for got, want in zip(new["top_k_logprobs"], old["top_k_logprobs"], strict=True):
+            assert got == pytest.approx(want, abs=1e-6, rel=0)
+
+
+def _fields(generation: Generation) -> dict[str, Any]:
+    return {"token_ids": generation.token_ids, "margins": generation.margins, "logprobs": generation.logprobs,
+            "top_k_ids": generation.top_k_ids, "top_k_logprobs": generation.top_k_logprobs}
+
+
+@pytest.mark.parametrize(("overrides", "capture"), CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_llm_generate_records_what_the_kept_scores_gave(loaded, overrides, capture):
+    llm = _llm(loaded)
+    llm.capture_top_k = capture
+    for prompt in PROMPTS:
+        old = old_generate(llm, prompt, capture, **overrides)
+        new = _fields(llm.generate(prompt, **overrides))
+        assert_same(new, old)
+        assert new == old  # on CPU the very same floats, not just close ones (same ops on the same rows)
+
+
+def test_without_inherited_processors_too(loaded):
+    llm = _llm(loaded, inherit_processors=False)
+    for prompt in PROMPTS[:2]:
+        assert_same(_fields(llm.generate(prompt)), old_generate(llm, prompt, 0))
+
+
+def test_the_chat_prompts_end_with_eos_and_still_agree(loaded):
+    llm = _llm(loaded)
+    llm.max_new_tokens = 60
+    generation = llm.generate(PROMPTS[2])
+    assert generation.finish_reason == "eos" and len(generation.margins) == len(generation.token_ids)
+    assert_same(_fields(generation), old_generate(llm, PROMPTS[2], 0))
+
+
+def test_every_row_of_a_padded_batch_agrees(loaded):
+    llm = _llm(loaded)
+    rows = [llm.encode(prompt) for prompt in PROMPTS]
+    ids, mask = batch.left_pad(rows, pad_id=0)
+    input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)
+    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
+    config = GenerationConfig(**plan.config)
+    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+        new_ids, stats = generate_with_stats(llm.model, input_ids, attention_mask, config, top_k=3)
+        old = llm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                 output_scores=True, return_dict_in_generate=True)
+    old_ids = old.sequences[:, input_ids.shape[1]:]
+    assert torch.equal(new_ids, old_ids)
+    assert (old_ids == 0).any()  # some rows ended early and were padded: their figures agree too
+    for row, row_stats in enumerate(stats):
+        margins, logprobs, top_ids, top_logprobs = reference_statistics(old.scores, old_ids[row], 3, row)
+        assert row_stats.margins == pytest.approx(margins, abs=1e-6, rel=0)
+        assert row_stats.logprobs == pytest.approx(logprobs, abs=1e-6, rel=0)
+        assert row_stats.top_k_ids == top_ids
+        assert [v for step in row_stats.top_k_logprobs for v in step] == pytest.approx(
+            [v for step in top_logprobs for v in step], abs=1e-6, rel=0)
+
+
+def test_the_batch_probe_records_what_it_did_with_the_scores(loaded):
+    llm = _llm(loaded)
+    generation = llm.generate(PROMPTS[0])
+    probed = batch.generate_in_batch(llm, generation)
+    assert probed.token_ids == generation.token_ids  # the embedded model is not batch-dependent
+    assert probed.margins == pytest.approx(generation.margins, abs=1e-4)
+
+
+def test_a_mode_the_recorder_cannot_follow_keeps_the_scores_and_agrees(loaded):
+    llm = _llm(loaded)
+    overrides = {"prompt_lookup_num_tokens": 3}  # assisted generation: several positions per forward
+    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, overrides=overrides)
+    assert not can_record_steps(llm.model, GenerationConfig(**plan.config))
+    assert can_record_steps(llm.model, GenerationConfig(**{**plan.config, "prompt_lookup_num_tokens": None}))
+    assert_same(_fields(llm.generate(PROMPTS[1], **overrides)), old_generate(llm, PROMPTS[1], 0, **overrides))
+
+
+def test_a_processor_passed_to_generate_would_see_the_scores_before_the_sampling_warpers(loaded):
+    """Why the recorder is appended to transformers' own list rather than passed as `logits_processor=`:
+    there it would run before temperature/top-k/top-p and record other figures than output_scores held."""
+    from transformers import LogitsProcessorList
+
+    llm = _llm(loaded)
+    old = old_generate(llm, PROMPTS[0], 0, do_sample=True, seed=7)
+    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS,
+                                  overrides={"do_sample": True, "seed": 7})
+    config = GenerationConfig(**plan.config)
+    input_ids = torch.tensor([llm.encode(PROMPTS[0])])
+    recorder = StepRecorder()
+    seed_everything(7)
+    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+        sequences = llm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                       generation_config=config, logits_processor=LogitsProcessorList([recorder]))
+    (early,) = recorder.finish(sequences[:, input_ids.shape[1]:])
+    assert sequences[0, input_ids.shape[1]:].tolist() == old["token_ids"]
+    assert early.logprobs != pytest.approx(old["logprobs"], abs=1e-3)
+
+
+def test_generate_no_longer_keeps_the_scores(loaded, monkeypatch):
+    llm = _llm(loaded)
+    seen = []
+    original = type(llm.model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["generation_config"].output_scores, kwargs.get("output_scores")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(llm.model), "generate", spy)
+    llm.generate("Hi", max_new_tokens=3)
+    assert len(seen) == 1 and not any(seen[0])
+    assert "_get_logits_processor" not in vars(llm.model)  # the patch is gone after the call
+
+
+# -- the recorder alone ---------------------------------------------------------------------------------------
+
+
+def _steps(vocab: int, count: int, rows: int = 1) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(rows, vocab, generator=generator) for _ in range(count)]
+
+
+def test_steps_beyond_the_output_are_dropped_and_too_few_are_an_error():
+    scores = _steps(50, 4)
+    chosen = [int(s.argmax()) for s in scores]
+    prompt = torch.tensor([[1, 2]])
+    recorder = StepRecorder(top_k=2)
+    for step, step_scores in enumerate(scores):  # a deferred stop check ran one step more than it kept
+        recorder(torch.cat([prompt, torch.tensor([chosen[:step]])], dim=1), step_scores)
+    stats = recorder.finish(torch.tensor([chosen[:3]]))
+    (reference,) = [reference_statistics(tuple(scores[:3]), torch.tensor(chosen[:3]), 2, 0)]
+    assert (stats[0].margins, stats[0].logprobs, stats[0].top_k_ids, stats[0].top_k_logprobs) == reference
+
+    short = StepRecorder()
+    short(prompt, scores[0])
+    with pytest.raises(StepRecordError, match="saw 1 steps"):
+        short.finish(torch.tensor([chosen[:2]]))
+
+
+def test_a_chosen_token_that_is_not_in_the_output_is_an_error():
+    scores = _steps(10, 2)
+    recorder = StepRecorder()
+    recorder(torch.tensor([[1]]), scores[0])
+    recorder(torch.tensor([[1, 4]]), scores[1])
+    with pytest.raises(StepRecordError, match="differ"):
+        recorder.finish(torch.tensor([[5, 6]]))
+
+
+def test_a_vocabulary_of_one_has_an_infinite_margin_and_no_steps_give_empty_lists():
+    recorder = StepRecorder(top_k=3)
+    recorder(torch.tensor([[0]]), torch.zeros(1, 1))
+    (stats,) = recorder.finish(torch.tensor([[0]]))
+    assert stats.margins == [float("inf")] and stats.logprobs == [0.0] and stats.top_k_ids == [[0]]
+    assert StepRecorder(top_k=2).finish(torch.zeros(2, 0, dtype=torch.long))[1].top_k_ids == []
+    assert StepRecorder().finish(torch.zeros(1, 0, dtype=torch.long))[0].top_k_ids is None
+
+
+def test_appended_last_restores_the_method_and_appends_once():
+    class Model:
+        def _get_logits_processor(self):
+            return ["own"]
+
+    model = Model()
+    with appended_last(model, "recorder"):
+        assert model._get_logits_processor() == ["own", "recorder"]
+        assert model._get_logits_processor() == ["own"]
+    assert "_get_logits_processor" not in vars(model) and model._get_logits_processor() == ["own"]
+    with pytest.raises(KeyError), appended_last(model, "recorder"):
+        raise KeyError
+    assert "_get_logits_processor" not in vars(model)
+    assert not can_record_steps(object(), GenerationConfig())
