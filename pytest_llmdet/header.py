@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from importlib import metadata
 from typing import Any
 
 from pytest_llmdet.engines.greedy import split_model_config
 from pytest_llmdet.engines.models import ModelSource, read_local_generation_config
 from pytest_llmdet.settings import Settings
-
-
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
+from pytest_llmdet.versions import package_version
 
 
 def _pairs(values: dict[str, Any]) -> str:
@@ -43,7 +36,8 @@ def header_lines(settings: Settings, source: ModelSource | None) -> list[str]:
         f"llmdet: dtype {settings.dtype}, device {settings.device}, seed {settings.seed}, "
         f"max_new_tokens {settings.max_new_tokens}, deterministic algorithms {settings.deterministic_algorithms}"
         + (f", threads {settings.threads}" if settings.threads else ""),
-        f"llmdet: torch {_version('torch')}, transformers {_version('transformers')}",
+        f"llmdet: torch {package_version('torch', 'not installed')}, "
+        f"transformers {package_version('transformers', 'not installed')}",
         "llmdet: " + generation_config_line(config, settings.inherit_processors),
     ]
 

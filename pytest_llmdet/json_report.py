@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from pytest_llmdet.determinism.runs import Verdict
 from pytest_llmdet.golden.compare import summary_line
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 from pytest_llmdet.golden.store import replace_atomically
+from pytest_llmdet.versions import package_version
 
 REPORT_VERSION = 1
 
@@ -56,10 +56,7 @@ def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[s
                  outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
                  verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
-    try:
-        version = metadata.version("pytest-llmdet")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
+    version = package_version("pytest-llmdet")
     return {
         "report_version": REPORT_VERSION,
         "pytest_llmdet": version,

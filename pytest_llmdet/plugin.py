@@ -8,7 +8,6 @@ inside the fixtures and hooks that need them (benchmarks/bench_import.py measure
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,17 +16,9 @@ import pytest
 
 from pytest_llmdet.engines.seeding import prepare_cuda_environment
 from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY
-from pytest_llmdet.hooks.state import LLMDetSession
-from pytest_llmdet.settings import (
-    NEAR_TIE_DEFAULT,
-    OPTIONS,
-    SNAPSHOT_DIR_DEFAULT,
-    TOP_K_DEFAULT,
-    SettingsError,
-    in_ci,
-    resolve_settings,
-    resolve_snapshot_settings,
-)
+from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession, add_worker_data, workers_data
+from pytest_llmdet.markers import MARKERS
+from pytest_llmdet.settings import OPTIONS, SettingsError, in_ci, resolve
 
 if TYPE_CHECKING:
     from pytest_llmdet.engines.llm import LLM
@@ -41,65 +32,37 @@ WEIGHTS_CACHE = "llmdet/weights-sha256"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmdet", "language-model regression testing (pytest-llmdet)")
-    for option in OPTIONS:
-        group.addoption(option.flag, dest=f"llmdet_{option.name}", default=None, metavar="VALUE",
-                        help=f"{option.help}; ini: {option.ini}")
-        parser.addini(option.ini, option.help, default="")
-    group.addoption("--llm-snapshot", action="store_true", default=False,
-                    help="compare outputs with the golden files (the CI gate)")
-    group.addoption("--llm-snapshot-update", action="store_true", default=False,
-                    help="record missing and changed golden snapshots, delete unused ones (implies --llm-snapshot)")
-    group.addoption("--llm-snapshot-details", action="store_true", default=False,
-                    help="list every snapshot and its outcome in the summary")
-    group.addoption("--llm-snapshot-variant", action="store_true", default=False,
-                    help="with --llm-snapshot-update: record changed outputs as a variant for this environment "
-                         "(device type, dtype, GPU compute capability) instead of overwriting the default")
-    group.addoption("--llm-compare", dest="llmdet_compare", default=None, metavar="MODE",
-                    help="how snapshots are compared: exact (default) or tolerant (each side's token among the "
-                         "other's top-k at the first divergence); ini: llm_compare")
-    group.addoption("--llm-top-k", dest="llmdet_top_k", default=None, metavar="K",
-                    help=f"candidates per step for --llm-compare tolerant (default {TOP_K_DEFAULT}); ini: llm_top_k")
-    group.addoption("--llm-report", dest="llmdet_report", default=None, metavar="PATH",
-                    help="write every snapshot and determinism result as JSON to PATH "
-                         "(schema: docs/llm-report.schema.json)")
-    parser.addini("llm_snapshot_dir", f"folder beside each test module for golden files "
-                  f"(default {SNAPSHOT_DIR_DEFAULT})", default="")
-    parser.addini("llm_compare", "how snapshots are compared: exact (default) or tolerant", default="")
-    parser.addini("llm_top_k", f"candidates per step for tolerant comparison (default {TOP_K_DEFAULT})", default="")
-    parser.addini("llm_near_tie", f"a golden margin below this labels a flip near-tie, not regression "
-                  f"(default {NEAR_TIE_DEFAULT})", default="")
+    for option in OPTIONS:  # the one table of every flag and ini option (settings.py)
+        where = f"; ini: {option.ini}" if option.has_ini else ""
+        if option.has_flag and option.switch:
+            group.addoption(option.flag, dest=option.dest, action="store_true", default=False, help=option.help)
+        elif option.has_flag:
+            group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar,
+                            help=option.help + where)
+        if option.has_ini:
+            parser.addini(option.ini, option.help, default="")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
-        "another model (a hub id or a local directory); each distinct model loads once per session",
-    )
-    config.addinivalue_line(
-        "markers",
-        'llm_snapshot(compare="exact" or "tolerant", top_k=N): how this test\'s golden snapshots are compared',
-    )
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
     prepare_cuda_environment()
     try:
-        settings = resolve_settings(
-            {o.name: config.getoption(f"llmdet_{o.name}") for o in OPTIONS},
-            {o.name: str(config.getini(o.ini)) for o in OPTIONS},
-            config.inipath,
-            config.invocation_params.dir,
-        )
-        snapshot_settings = resolve_snapshot_settings(
-            config.getoption("llm_snapshot"), config.getoption("llm_snapshot_update"),
-            config.getoption("llm_snapshot_details"),
-            {name: str(config.getini(f"llm_{name}")) for name in ("snapshot_dir", "near_tie", "compare", "top_k")},
-            {"compare": config.getoption("llmdet_compare"), "top_k": config.getoption("llmdet_top_k"),
-             "variant": config.getoption("llm_snapshot_variant")},
+        settings, snapshot_settings = resolve(
+            {o.name: config.getoption(o.dest) for o in OPTIONS if o.has_flag},
+            {o.name: str(config.getini(o.ini)) for o in OPTIONS if o.has_ini},
+            config.inipath, config.invocation_params.dir,
         )
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
-    session = LLMDetSession(settings, config.rootpath, config.invocation_params.dir, snapshot_settings)
-    config.stash[SESSION_KEY] = session
+    config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
+                                              snapshot_settings)
+    config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism)
+    if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files
+        from pytest_llmdet.hooks.snapshots import SnapshotPlugin
+
+        config.pluginmanager.register(SnapshotPlugin(config.stash[SESSION_KEY]), "llmdet-snapshots")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -121,7 +84,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if getattr(config, "cache", None) is not None:  # not yet set during our (tryfirst) pytest_configure
         config.stash[SESSION_KEY].weights_cache.update(config.cache.get(WEIGHTS_CACHE, {}))
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if config.getoption("llm_snapshot_update") and in_ci() and reporter is not None:
+    if config.stash[SESSION_KEY].snapshot_settings.mode == "update" and in_ci() and reporter is not None:
         reporter.write_line(f"llmdet: WARNING: --llm-snapshot-update in CI (CI={os.environ['CI']}): golden files "
                             "will be rewritten here; CI normally checks them with --llm-snapshot",
                             yellow=True, bold=True)
@@ -161,67 +124,15 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     yield from snapshot_fixture(request, llmdet)
 
 
-def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
-    snapshot = sys.modules.get("pytest_llmdet.golden.snapshot")  # not imported yet: no LLMSnapshot exists
-    if op != "==" or snapshot is None:
-        return None
-    for side in (right, left):
-        if isinstance(side, snapshot.LLMSnapshot) and side.failure:
-            return side.failure
-    return None
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    llmdet = session.config.stash[SESSION_KEY]
-    if llmdet.snapshots_on:  # otherwise golden files are neither compared nor recorded
-        from pytest_llmdet.hooks.snapshots import register_collection
-
-        register_collection(session, llmdet)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    llmdet = config.stash[SESSION_KEY]
-    if llmdet.snapshots_on:  # before other plugins and conftests filter (some drop items without deselecting)
-        from pytest_llmdet.hooks.snapshots import register_before_filtering
-
-        register_before_filtering(items, llmdet)
-
-
-def pytest_deselected(items: list[pytest.Item]) -> None:
-    llmdet = items[0].config.stash[SESSION_KEY] if items else None
-    if llmdet is not None and llmdet.snapshots_on:
-        from pytest_llmdet.hooks.snapshots import register_deselected
-
-        register_deselected(items, llmdet)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
-    outcome = yield
-    llmdet = item.config.stash[SESSION_KEY]
-    if llmdet.snapshots_on:  # every test: a test may reach llm_snapshot through request.getfixturevalue
-        from pytest_llmdet.hooks.snapshots import take_report
-
-        take_report(item, outcome.get_result(), llmdet)
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     llmdet = config.stash[SESSION_KEY]
     if getattr(config, "cache", None) is not None and llmdet.weights_cache:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
-    stopped = session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED
-    if stopped and llmdet.snapshots_on:
-        llmdet.snapshots.partial_reasons.add("the run stopped early")
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller decides and reports
         workeroutput[WORKER_OUTPUT] = llmdet.worker_data()
         return
-    if llmdet.snapshots_on:
-        from pytest_llmdet.hooks.snapshots import finish_snapshots
-
-        finish_snapshots(llmdet, list(getattr(config, "_llmdet_workers", {}).values()))
     report_path = config.getoption("llmdet_report")
     if report_path:
         _write_json_report(config, llmdet, Path(report_path), session.exitstatus)
@@ -252,26 +163,18 @@ def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path,
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     config = node.config
-    llmdet = config.stash[SESSION_KEY]
-    if error is not None and llmdet.snapshots_on:  # its results are lost: what it ran is not known
-        llmdet.snapshots.partial_reasons.add("an xdist worker crashed")
     data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
     if data is not None:
-        # keyed by worker: xdist can report a node down twice (a KeyboardInterrupt), which must not count twice
-        workers = config.__dict__.setdefault("_llmdet_workers", {})
-        workers[getattr(getattr(node, "gateway", None), "id", id(node))] = data
+        add_worker_data(config, node, data)
 
 
+@pytest.hookimpl(trylast=True)  # after llm determinism and llm snapshots
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     llmdet = config.stash[SESSION_KEY]
     data = llmdet.worker_data()
-    for worker in list(getattr(config, "_llmdet_workers", {}).values()):
+    for worker in workers_data(config):
         data["loads"] += worker["loads"]
         data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
-    if llmdet.snapshots_on:
-        from pytest_llmdet.hooks.snapshots import write_summary
-
-        write_summary(terminalreporter, llmdet)
     if not data["loads"] and not data["generations"][0]:
         return
     from pytest_llmdet.header import summary_lines

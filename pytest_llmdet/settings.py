@@ -8,6 +8,11 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NamedTuple
 
+SNAPSHOT_DIR_DEFAULT = "__llm_snapshots__"
+NEAR_TIE_DEFAULT = 0.01
+COMPARE_MODES = ("exact", "tolerant")
+TOP_K_DEFAULT = 5
+RUNS_DEFAULT = 3
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
 _DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
@@ -15,11 +20,17 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
-def parse_dtype(value: str) -> str:
-    """Accept one of DTYPES."""
-    if value not in DTYPES:
-        raise ValueError(f"allowed values: {', '.join(DTYPES)}")
-    return value
+def _choice(values: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser that accepts one of `values` and names them all otherwise."""
+    def parse(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"allowed values: {', '.join(values)}")
+        return value
+
+    return parse
+
+
+parse_dtype = _choice(DTYPES)
 
 
 def parse_device(value: str) -> str:
@@ -79,15 +90,50 @@ def _parse_int(minimum: int, maximum: Callable[[], int] | None = None,
     return parse
 
 
-def parse_deterministic_algorithms(value: str) -> str:
-    """Accept warn, strict or off."""
-    if value not in DETERMINISTIC_ALGORITHMS:
-        raise ValueError(f"allowed values: {', '.join(DETERMINISTIC_ALGORITHMS)}")
-    return value
+parse_deterministic_algorithms = _choice(DETERMINISTIC_ALGORITHMS)
+
+
+parse_compare = _choice(COMPARE_MODES)
+
+
+def parse_top_k(value: str) -> int:
+    """Accept an integer >= 1."""
+    return _parse_int(1)(value)
+
+
+def parse_near_tie(value: str) -> float:
+    """Accept a number >= 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # NaN too
+        raise ValueError("allowed values: a number >= 0")
+    return number
+
+
+def parse_snapshot_dir(folder: str) -> str:
+    """Accept a relative folder name below each test module's folder; refuse anything that could put golden
+    files outside the project (absolute, `~`, `..`, a drive), on POSIX and Windows alike, or that is the test
+    folder itself (every `*.json` in the snapshot folder belongs to pytest-llmdet)."""
+    posix, windows = PurePosixPath(folder), PureWindowsPath(folder)
+    if posix.is_absolute() or windows.anchor or folder.startswith("~") or ".." in posix.parts \
+            or ".." in windows.parts:
+        raise SettingsError(
+            f"pytest-llmdet: llm_snapshot_dir = {folder!r} would put golden files outside the project root; "
+            "use a relative folder name such as __llm_snapshots__ (it is created beside each test module)"
+        )
+    if not windows.parts:
+        raise SettingsError(
+            f"pytest-llmdet: llm_snapshot_dir = {folder!r} is the test folder itself; name a folder that "
+            "holds only golden files, such as __llm_snapshots__"
+        )
+    return folder
 
 
 class Option(NamedTuple):
-    """One setting: its ini name, its flag, its default and how its text is parsed.
+    """One option of the plugin: its name, help, default and parser, and whether it is a flag (`--llm-...`),
+    an ini option (`llm_...`) or both (the flag wins). A switch is a flag without a value.
 
     The value types that pytest needs at startup are named tuples, not dataclasses: a dataclass costs about
     0.5 ms to define, and every pytest run in a project with the plugin installed pays it."""
@@ -96,6 +142,10 @@ class Option(NamedTuple):
     help: str
     default: Any
     parse: Callable[[str], Any]
+    has_flag: bool = True
+    has_ini: bool = True
+    switch: bool = False
+    metavar: str = "VALUE"
 
     @property
     def ini(self) -> str:
@@ -104,6 +154,10 @@ class Option(NamedTuple):
     @property
     def flag(self) -> str:
         return "--llm-" + self.name.replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        return f"llmdet_{self.name}"
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -125,11 +179,38 @@ OPTIONS: tuple[Option, ...] = (
     Option("deterministic_algorithms",
            "torch.use_deterministic_algorithms: warn, strict or off (default warn)", "warn",
            parse_deterministic_algorithms),
+    # golden files
+    Option("snapshot", "compare outputs with the golden files (the CI gate)", False, parse_bool,
+           has_ini=False, switch=True),
+    Option("snapshot_update", "record missing and changed golden snapshots, delete unused ones (implies "
+           "--llm-snapshot)", False, parse_bool, has_ini=False, switch=True),
+    Option("snapshot_details", "list every snapshot and its outcome in the summary", False, parse_bool,
+           has_ini=False, switch=True),
+    Option("snapshot_variant", "with --llm-snapshot-update: record changed outputs as a variant for this "
+           "environment (device type, dtype, GPU compute capability) instead of overwriting the default",
+           False, parse_bool, has_ini=False, switch=True),
+    Option("snapshot_dir", f"folder beside each test module for golden files (default {SNAPSHOT_DIR_DEFAULT})",
+           SNAPSHOT_DIR_DEFAULT, parse_snapshot_dir, has_flag=False),
+    Option("near_tie", f"a golden margin below this labels a flip near-tie, not regression (default "
+           f"{NEAR_TIE_DEFAULT})", NEAR_TIE_DEFAULT, parse_near_tie, has_flag=False),
+    Option("compare", "how snapshots are compared: exact (default) or tolerant (each side's token among the "
+           "other's top-k at the first divergence)", "exact", parse_compare, metavar="MODE"),
+    Option("top_k", f"candidates per step for --llm-compare tolerant (default {TOP_K_DEFAULT})", TOP_K_DEFAULT,
+           parse_top_k, metavar="K"),
+    Option("report", "write every snapshot and determinism result as JSON to PATH (schema: "
+           "docs/llm-report.schema.json)", None, str, has_ini=False, metavar="PATH"),
+    # nondeterminism detection
+    Option("determinism_runs", f"runs of each determinism-checked test (default {RUNS_DEFAULT})", RUNS_DEFAULT,
+           _parse_int(1), metavar="N"),
+    Option("check_determinism", "run every test that uses `llm` N times and fail it when the token IDs differ "
+           "(as if marked @pytest.mark.llm_determinism)", False, parse_bool, has_ini=False, switch=True),
 )
+MODEL_SETTINGS = ("model", "dtype", "device", "seed", "max_new_tokens", "trust_remote_code", "threads",
+                  "inherit_processors", "deterministic_algorithms")
 
 
 class Settings(NamedTuple):
-    """The resolved settings of one pytest run."""
+    """The resolved model and determinism settings of one pytest run."""
 
     model: str | None = None
     dtype: str = "float32"
@@ -141,40 +222,8 @@ class Settings(NamedTuple):
     inherit_processors: bool = True
     deterministic_algorithms: str = "warn"
     model_base_dir: Path | None = None  # where a relative llm_model path is resolved from
-
-
-class SettingsError(ValueError):
-    """A setting has a value outside what it allows."""
-
-
-def resolve_settings(
-    flags: dict[str, str | None], ini: dict[str, str], inipath: Path | None, invocation_dir: Path
-) -> Settings:
-    """Resolve each setting from its flag, else its ini option, else its default; validate each."""
-    values: dict[str, Any] = {}
-    base_dir = invocation_dir
-    for option in OPTIONS:
-        raw = flags.get(option.name)
-        source = option.flag
-        if raw is None and ini.get(option.name, "").strip():
-            raw = ini[option.name].strip()
-            source = f"{option.ini} in {inipath}" if inipath else option.ini
-            if option.name == "model" and inipath is not None:
-                base_dir = inipath.parent
-        if raw is None:
-            values[option.name] = option.default
-            continue
-        try:
-            values[option.name] = option.parse(raw)
-        except ValueError as error:
-            raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
-    return Settings(**values, model_base_dir=base_dir)
-
-
-SNAPSHOT_DIR_DEFAULT = "__llm_snapshots__"
-NEAR_TIE_DEFAULT = 0.01
-COMPARE_MODES = ("exact", "tolerant")
-TOP_K_DEFAULT = 5
+    determinism_runs: int = RUNS_DEFAULT
+    check_determinism: bool = False
 
 
 class SnapshotSettings(NamedTuple):
@@ -201,81 +250,58 @@ class ComparePlan(NamedTuple):
         return self.top_k if self.mode == "tolerant" else 0
 
 
-def parse_compare(value: str) -> str:
-    """Accept exact or tolerant."""
-    if value not in COMPARE_MODES:
-        raise ValueError(f"allowed values: {', '.join(COMPARE_MODES)}")
-    return value
+class SettingsError(ValueError):
+    """A setting has a value outside what it allows."""
 
 
-def parse_top_k(value: str) -> int:
-    """Accept an integer >= 1."""
-    return _parse_int(1)(value)
+def resolve_values(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None) -> dict[str, Any]:
+    """Every option's value from its flag, else its ini option, else its default, each validated; a bad value
+    is a SettingsError naming where it came from (the flag, or the ini option and its file). `flags` hold
+    None for a flag not given (a switch: False)."""
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = flags.get(option.name) if option.has_flag else None
+        if option.switch:
+            values[option.name] = bool(raw)
+            continue
+        source = option.flag
+        if raw is None and option.has_ini and ini.get(option.name, "").strip():
+            raw = ini[option.name].strip()
+            source = f"{option.ini} in {inipath}" if inipath else option.ini
+        if raw is None:
+            values[option.name] = option.default
+            continue
+        try:
+            values[option.name] = option.parse(raw)
+        except ValueError as error:
+            if isinstance(error, SettingsError):
+                raise
+            raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
+    return values
 
 
-def compare_plan(default: SnapshotSettings, marker_kwargs: dict[str, Any] | None) -> ComparePlan:
-    """The comparison of one test: the run's, overridden by `@pytest.mark.llm_snapshot(compare=..., top_k=...)`."""
-    kwargs = dict(marker_kwargs or {})
-    unknown = set(kwargs) - {"compare", "top_k"}
-    usage = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
-    if unknown:
-        raise SettingsError(f"{usage}; unknown argument(s): {', '.join(sorted(unknown))}")
-    try:
-        mode = parse_compare(str(kwargs.get("compare", default.compare)))
-        top_k = kwargs.get("top_k", default.top_k)
-        top_k = parse_top_k(str(top_k)) if not isinstance(top_k, bool) else parse_top_k("")
-    except ValueError as error:
-        raise SettingsError(f"bad argument to @pytest.mark.llm_snapshot: {error}; {usage}") from None
-    return ComparePlan(mode, top_k)
-
-
-def parse_snapshot_dir(folder: str) -> str:
-    """Accept a relative folder name below each test module's folder; refuse anything that could put golden
-    files outside the project (absolute, `~`, `..`, a drive), on POSIX and Windows alike, or that is the test
-    folder itself (every `*.json` in the snapshot folder belongs to pytest-llmdet)."""
-    posix, windows = PurePosixPath(folder), PureWindowsPath(folder)
-    if posix.is_absolute() or windows.anchor or folder.startswith("~") or ".." in posix.parts \
-            or ".." in windows.parts:
-        raise SettingsError(
-            f"pytest-llmdet: llm_snapshot_dir = {folder!r} would put golden files outside the project root; "
-            "use a relative folder name such as __llm_snapshots__ (it is created beside each test module)"
-        )
-    if not windows.parts:
-        raise SettingsError(
-            f"pytest-llmdet: llm_snapshot_dir = {folder!r} is the test folder itself; name a folder that "
-            "holds only golden files, such as __llm_snapshots__"
-        )
-    return folder
-
-
-def resolve_snapshot_settings(check: bool, update: bool, details: bool,
-                              ini: dict[str, str], flags: dict[str, str | None] | None = None) -> SnapshotSettings:
-    """The snapshot mode from the flags, the folder and near-tie threshold from the ini file, and the comparison
-    (`compare`, `top_k`) from its flag, else its ini option."""
-    folder = parse_snapshot_dir(ini.get("snapshot_dir", "").strip() or SNAPSHOT_DIR_DEFAULT)
-    raw = ini.get("near_tie", "").strip()
-    try:
-        near_tie = float(raw) if raw else NEAR_TIE_DEFAULT
-        if not near_tie >= 0:
-            raise ValueError
-    except ValueError:
-        raise SettingsError(f"pytest-llmdet: bad value {raw!r} for llm_near_tie; "
-                            "allowed values: a number >= 0") from None
-    mode = "update" if update else "check" if check else "off"
-    variant = bool((flags or {}).get("variant"))
-    if variant and mode != "update":
+def resolve(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None,
+            invocation_dir: Path) -> tuple[Settings, SnapshotSettings]:
+    """The run's settings and snapshot settings from the one option table."""
+    values = resolve_values(flags, ini, inipath)
+    model_from_ini = flags.get("model") is None and ini.get("model", "").strip() and inipath is not None
+    base_dir = inipath.parent if model_from_ini else invocation_dir
+    settings = Settings(**{name: values[name] for name in MODEL_SETTINGS}, model_base_dir=base_dir,
+                        determinism_runs=values["determinism_runs"],
+                        check_determinism=values["check_determinism"])
+    mode = "update" if values["snapshot_update"] else "check" if values["snapshot"] else "off"
+    if values["snapshot_variant"] and mode != "update":
         raise SettingsError("pytest-llmdet: --llm-snapshot-variant records a variant, so it needs "
                             "--llm-snapshot-update (a check run picks the best variant by itself)")
-    chosen: dict[str, Any] = {}
-    for name, parse, default in (("compare", parse_compare, "exact"), ("top_k", parse_top_k, TOP_K_DEFAULT)):
-        raw, source = (flags or {}).get(name), "--llm-" + name.replace("_", "-")
-        if raw is None and ini.get(name, "").strip():
-            raw, source = ini[name].strip(), f"llm_{name}"
-        try:
-            chosen[name] = default if raw is None else parse(raw)
-        except ValueError as error:
-            raise SettingsError(f"pytest-llmdet: bad value {raw!r} for {source}; {error}") from None
-    return SnapshotSettings(mode, folder, near_tie, details, chosen["compare"], chosen["top_k"], variant)
+    snapshots = SnapshotSettings(mode, values["snapshot_dir"], values["near_tie"], values["snapshot_details"],
+                                 values["compare"], values["top_k"], values["snapshot_variant"])
+    return settings, snapshots
+
+
+def resolve_settings(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None,
+                     invocation_dir: Path) -> Settings:
+    """The model and determinism settings alone (see `resolve`)."""
+    return resolve(flags, ini, inipath, invocation_dir)[0]
 
 
 def in_ci() -> bool:

@@ -29,7 +29,7 @@ LAYERS = {
 
 def layer_of(module: str) -> str:
     parts = module.split(".")[1:]
-    if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "__init__"):
+    if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "__init__"):
         return "base"
     if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin"):
         return parts[0]

@@ -219,7 +219,7 @@ def test_the_marker_is_registered_and_bad_arguments_error_that_test(pytester):
     result = pytester.runpytest("--markers")
     result.stdout.fnmatch_lines(["@pytest.mark.llm_determinism(runs=None, batch=False): run this test*"])
     result = pytester.runpytest("--llm-determinism-runs", "0")
-    result.stderr.fnmatch_lines(["*--llm-determinism-runs must be at least 1, not 0"])
+    result.stderr.fnmatch_lines(["*bad value '0' for --llm-determinism-runs; allowed values: an integer >= 1"])
     result = pytester.runpytest("-p", "no:llmdet", "--llm-check-determinism")
     result.stderr.fnmatch_lines(["*unrecognized arguments: --llm-check-determinism*"])
 

@@ -19,7 +19,7 @@ from pytest_llmdet.determinism.runs import (
     verdicts_to_data,
 )
 from pytest_llmdet.generation import Generation
-from pytest_llmdet.hooks.rerun import CheckPlan, MarkerUsageError, check_plan
+from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 

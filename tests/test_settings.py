@@ -54,12 +54,36 @@ def test_a_bad_value_names_the_option_and_the_allowed_values(name, value, allowe
     assert f"llm_{name} in /project/pytest.ini" in str(ini_error.value)
 
 
-def test_every_setting_has_a_flag_and_an_ini_option():
-    assert {o.ini for o in OPTIONS} == {
+def test_every_option_comes_from_one_table_with_names_that_match():
+    both = {o.ini for o in OPTIONS if o.has_flag and o.has_ini}
+    assert both == {
         "llm_model", "llm_dtype", "llm_device", "llm_seed", "llm_max_new_tokens", "llm_trust_remote_code",
-        "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms",
+        "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
+        "llm_determinism_runs",
+    }
+    assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}
+    assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {
+        "--llm-snapshot", "--llm-snapshot-update", "--llm-snapshot-details", "--llm-snapshot-variant",
+        "--llm-report", "--llm-check-determinism",
     }
     assert all(o.flag == "--" + o.ini.replace("_", "-") for o in OPTIONS)
+
+
+def test_the_determinism_runs_come_from_the_ini_file_too(pytester):
+    pytester.makeini("[pytest]\nllm_determinism_runs = 2\n")
+    pytester.makepyfile("""
+        import pytest
+
+        RUNS = []
+
+        @pytest.mark.llm_determinism
+        def test_counted():
+            RUNS.append(1)
+
+        def test_after():
+            assert len(RUNS) == 2
+    """)
+    pytester.runpytest().assert_outcomes(passed=2)
 
 
 def test_bad_flag_is_a_usage_error_at_startup(pytester):

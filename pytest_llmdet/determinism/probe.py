@@ -12,8 +12,8 @@ from pytest_llmdet.determinism.runs import BatchedOutput
 from pytest_llmdet.engines.greedy import GreedyPlan
 from pytest_llmdet.engines.llm import LLM, left_pad  # noqa: F401 - left_pad is part of the probe's layout
 from pytest_llmdet.generation import Generation
+from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
 
-DEFAULT_BATCH_SIZE = 4
 LONGER_BY = 7  # tokens by which the longest companion exceeds the probed prompt, so that the prompt is padded
 COMPANION_TEXTS = (
     "The quick brown fox jumps over the lazy dog, and the dog does not even look up.",

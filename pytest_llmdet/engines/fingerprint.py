@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import MutableMapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pytest_llmdet.versions import package_version
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 
@@ -43,13 +44,6 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def environment_fingerprint(
     *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
@@ -68,8 +62,8 @@ def environment_fingerprint(
         **identity,
         "dtype": dtype,
         "device_type": device.split(":")[0],
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
+        "torch": package_version("torch"),
+        "transformers": package_version("transformers"),
         "generation": generation,
     }
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it

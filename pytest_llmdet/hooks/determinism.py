@@ -14,37 +14,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, MARKER_ERROR_KEY, PROBE_KEY, PROBE_RESULT_KEY
-from pytest_llmdet.hooks.state import DeterminismState
 
 if TYPE_CHECKING:  # imported where used: a run that checks nothing does not pay for them
     pass
 
-RUNS_DEFAULT = 3
 WORKER_OUTPUT = "llmdet_determinism"
 
 
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("llmdet")
-    group.addoption("--llm-determinism-runs", dest="llm_determinism_runs", type=int, default=RUNS_DEFAULT,
-                    metavar="N", help=f"runs of each determinism-checked test (default {RUNS_DEFAULT})")
-    group.addoption("--llm-check-determinism", action="store_true", default=False,
-                    help="run every test that uses `llm` N times and fail it when the token IDs differ "
-                         "(as if marked @pytest.mark.llm_determinism)")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "llm_determinism(runs=None, batch=False): run this test `runs` times (default "
-        "--llm-determinism-runs) and fail it if any llm.generate call gives other token IDs in another run; "
-        "batch=True (or a batch size) also generates each prompt inside a left-padded batch and compares",
-    )
-    runs = config.getoption("llm_determinism_runs")
-    if runs < 1:
-        raise pytest.UsageError(f"--llm-determinism-runs must be at least 1, not {runs}")
-    config.stash[DETERMINISM_KEY] = DeterminismState(runs, config.getoption("llm_check_determinism"))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -55,7 +31,8 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     marker = item.get_closest_marker("llm_determinism")
     if marker is None and not (state.check_all and "llm" in item.fixturenames):
         return None  # not checked: pytest runs it as usual
-    from pytest_llmdet.hooks.rerun import MarkerUsageError, check_plan, run_checked
+    from pytest_llmdet.hooks.rerun import run_checked
+    from pytest_llmdet.markers import MarkerUsageError, check_plan
 
     try:
         plan = check_plan(marker.args if marker else None, marker.kwargs if marker else None,
@@ -117,6 +94,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.unchecked += data["unchecked"]
 
 
+@pytest.hookimpl(tryfirst=True)  # the sections: llm determinism, llm snapshots, llm (costs)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = config.stash.get(DETERMINISM_KEY, None)
     if state is None or not (state.verdicts or state.unchecked):

@@ -22,28 +22,14 @@ from pytest_llmdet.determinism.runs import (
     verdict_for,
 )
 from pytest_llmdet.hooks.keys import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, PROBE_KEY, PROBE_RESULT_KEY, SESSION_KEY
+from pytest_llmdet.markers import CheckPlan
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation
     from pytest_llmdet.hooks.state import DeterminismState
 
-MARKER_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
-                "batch=True or a batch size >= 2")
-
-
 class LLMDetWarning(UserWarning):
     """Something pytest-llmdet could not check, though the test passed (a call the batch probe skipped)."""
-
-
-class MarkerUsageError(ValueError):
-    """`@pytest.mark.llm_determinism` was given arguments it does not take."""
-
-
-class CheckPlan(NamedTuple):
-    """How one test is checked: how many runs, and the batch size of the batch probe (0: no probe)."""
-
-    runs: int
-    batch_size: int = 0
 
 
 class ProbeResult(NamedTuple):
@@ -53,34 +39,6 @@ class ProbeResult(NamedTuple):
     differences: tuple[BatchDifference, ...] = ()
     notes: tuple[str, ...] = ()
     error: str | None = None
-
-
-def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any] | None, default_runs: int,
-               check_all: bool, uses_llm: bool) -> CheckPlan | None:
-    """The check of one test, from its `llm_determinism` marker (None: unmarked) and the options; None when
-    the test is not checked."""
-    if marker_kwargs is None:
-        return CheckPlan(default_runs) if check_all and uses_llm else None
-    from pytest_llmdet.determinism.probe import DEFAULT_BATCH_SIZE
-
-    unknown = set(marker_kwargs) - {"runs", "batch"}
-    if marker_args or unknown:
-        raise MarkerUsageError(MARKER_USAGE + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
-    runs = marker_kwargs.get("runs", default_runs)
-    if runs is None:
-        runs = default_runs
-    batch = marker_kwargs.get("batch", False)
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise MarkerUsageError(f"{MARKER_USAGE}; got runs={runs!r}")
-    if batch is True:
-        batch_size = DEFAULT_BATCH_SIZE
-    elif batch is False or batch is None:
-        batch_size = 0
-    elif isinstance(batch, int) and batch >= 2:
-        batch_size = batch
-    else:
-        raise MarkerUsageError(f"{MARKER_USAGE}; got batch={batch!r}")
-    return CheckPlan(runs, batch_size)
 
 
 def run_checked(item: pytest.Function, nextitem: pytest.Item | None, state: DeterminismState, plan: CheckPlan

@@ -25,17 +25,17 @@ from pytest_llmdet.hooks.keys import (
     SESSION_KEY,
     SNAPSHOTS_KEY,
 )
-from pytest_llmdet.hooks.state import LLMDetSession
+from pytest_llmdet.hooks.state import LLMDetSession, workers_data
 from pytest_llmdet.json_report import junit_properties
-from pytest_llmdet.settings import ComparePlan, SettingsError, compare_plan, in_ci
+from pytest_llmdet.markers import compare_plan
+from pytest_llmdet.settings import ComparePlan, SettingsError, in_ci
 
 
 def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
     """How this test's snapshots are compared: the run's settings, overridden by its `llm_snapshot` marker."""
     marker = request.node.get_closest_marker("llm_snapshot")
-    if marker is not None and marker.args:
-        raise SettingsError('usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)')
-    return compare_plan(request.config.stash[SESSION_KEY].snapshot_settings, marker.kwargs if marker else None)
+    return compare_plan(request.config.stash[SESSION_KEY].snapshot_settings, marker.args if marker else None,
+                        marker.kwargs if marker else None)
 
 
 def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
@@ -177,3 +177,49 @@ def write_summary(terminalreporter: Any, llmdet: LLMDetSession) -> None:
                for o in run.fragile()]
     for line in fragile_lines(fragile, s.near_tie):
         terminalreporter.write_line(line)
+
+
+class SnapshotPlugin:
+    """The golden-file hooks, registered by plugin.py only when --llm-snapshot or --llm-snapshot-update is on
+    (as pytest registers its LFPlugin only with --lf), so no other run tests a flag or pays for them."""
+
+    def __init__(self, llmdet: LLMDetSession) -> None:
+        self.llmdet = llmdet
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, session: pytest.Session, items: list[pytest.Item]) -> None:
+        register_before_filtering(items, self.llmdet)  # before others filter (some drop without deselecting)
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        register_deselected(items, self.llmdet)
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        register_collection(session, self.llmdet)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Iterator[None]:
+        outcome = yield
+        take_report(item, outcome.get_result(), self.llmdet)  # every test: getfixturevalue reaches it too
+
+    def pytest_assertrepr_compare(self, op: str, left: Any, right: Any) -> list[str] | None:
+        if op != "==":
+            return None
+        for side in (right, left):
+            if isinstance(side, LLMSnapshot) and side.failure:
+                return side.failure
+        return None
+
+    @pytest.hookimpl(tryfirst=True)  # before plugin.py's: it sends this worker's ledger to the controller
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if session.shouldstop or session.shouldfail or exitstatus == pytest.ExitCode.INTERRUPTED:
+            self.llmdet.snapshots.partial_reasons.add("the run stopped early")
+        if getattr(session.config, "workeroutput", None) is None:  # the controller, or a run without xdist
+            finish_snapshots(self.llmdet, workers_data(session.config))
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        if error is not None:  # its results are lost: what it ran is not known
+            self.llmdet.snapshots.partial_reasons.add("an xdist worker crashed")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        write_summary(terminalreporter, self.llmdet)

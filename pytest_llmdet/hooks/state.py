@@ -15,11 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmdet.settings import (
     ComparePlan,
     Settings,
-    SettingsError,
     SnapshotSettings,
-    parse_bool,
-    parse_device,
-    parse_dtype,
 )
 
 if TYPE_CHECKING:
@@ -100,24 +96,12 @@ class LLMDetSession:
 
     def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
         """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
-        unknown = set(kwargs) - {"dtype", "device", "trust_remote_code"}
-        if len(args) != 1 or not isinstance(args[0], str) or unknown:
-            raise SettingsError(
-                'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
-                + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else "")
-            )
         from pytest_llmdet.engines.models import ModelSpec, resolve_source
+        from pytest_llmdet.markers import model_choice
 
-        s = self.settings
-        try:
-            dtype = parse_dtype(str(kwargs.get("dtype", s.dtype)))
-            device = parse_device(str(kwargs.get("device", s.device)))
-            trust = kwargs.get("trust_remote_code", s.trust_remote_code)
-            trust = parse_bool(str(trust)) if not isinstance(trust, bool) else trust
-        except ValueError as error:
-            raise SettingsError(f"bad argument to @pytest.mark.llm_model: {error}") from None
-        source = resolve_source(args[0], [test_dir, self.rootdir, Path.cwd()])
-        return ModelSpec(source, dtype, device, trust)
+        choice = model_choice(args, kwargs, self.settings)
+        source = resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
+        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code)
 
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
@@ -228,6 +212,20 @@ class LLMDetSession:
             "generations": [stats.count, stats.seconds] if stats is not None else [0, 0.0],
             "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
+
+
+_WORKERS = "_llmdet_workers"  # on the controller's config: what each xdist worker sent, by worker id
+
+
+def add_worker_data(config: Any, node: Any, data: dict[str, Any]) -> None:
+    """Keep what one xdist worker sent, keyed by worker: xdist can report a node down twice (a
+    KeyboardInterrupt), which must not count twice."""
+    config.__dict__.setdefault(_WORKERS, {})[getattr(getattr(node, "gateway", None), "id", id(node))] = data
+
+
+def workers_data(config: Any) -> list[dict[str, Any]]:
+    """What each xdist worker sent (on the controller; empty elsewhere)."""
+    return list(getattr(config, _WORKERS, {}).values())
 
 
 def _compute_capability(device: str) -> str | None:

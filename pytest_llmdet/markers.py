@@ -1,0 +1,113 @@
+"""The plugin's three markers: their help text (registered in one place, plugin.py) and the pure parsers of
+their arguments. Each parser raises an error that says how the marker is used."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from pytest_llmdet.settings import (
+    ComparePlan,
+    Settings,
+    SettingsError,
+    SnapshotSettings,
+    parse_bool,
+    parse_compare,
+    parse_device,
+    parse_dtype,
+    parse_top_k,
+)
+
+DEFAULT_BATCH_SIZE = 4  # the batch probe's batch with `batch=True`
+
+MARKERS = (
+    "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
+    "another model (a hub id or a local directory); each distinct model loads once per session",
+    'llm_snapshot(compare="exact" or "tolerant", top_k=N): how this test\'s golden snapshots are compared',
+    "llm_determinism(runs=None, batch=False): run this test `runs` times (default --llm-determinism-runs) and "
+    "fail it if any llm.generate call gives other token IDs in another run; batch=True (or a batch size) also "
+    "generates each prompt inside a left-padded batch and compares",
+)
+
+MODEL_USAGE = 'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
+SNAPSHOT_USAGE = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
+DETERMINISM_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
+                     "batch=True or a batch size >= 2")
+
+
+class MarkerUsageError(ValueError):
+    """`@pytest.mark.llm_determinism` was given arguments it does not take."""
+
+
+class ModelChoice(NamedTuple):
+    """What `@pytest.mark.llm_model` asks for: the model (as written) and its dtype, device and trust."""
+
+    name: str
+    dtype: str
+    device: str
+    trust_remote_code: bool
+
+
+class CheckPlan(NamedTuple):
+    """How one test is checked: how many runs, and the batch size of the batch probe (0: no probe)."""
+
+    runs: int
+    batch_size: int = 0
+
+
+def model_choice(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: Settings) -> ModelChoice:
+    """The arguments of `@pytest.mark.llm_model(...)`, the run's settings filling in what it leaves out."""
+    unknown = set(kwargs) - {"dtype", "device", "trust_remote_code"}
+    if len(args) != 1 or not isinstance(args[0], str) or unknown:
+        raise SettingsError(MODEL_USAGE + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else ""))
+    try:
+        dtype = parse_dtype(str(kwargs.get("dtype", defaults.dtype)))
+        device = parse_device(str(kwargs.get("device", defaults.device)))
+        trust = kwargs.get("trust_remote_code", defaults.trust_remote_code)
+        trust = parse_bool(str(trust)) if not isinstance(trust, bool) else trust
+    except ValueError as error:
+        raise SettingsError(f"bad argument to @pytest.mark.llm_model: {error}") from None
+    return ModelChoice(args[0], dtype, device, trust)
+
+
+def compare_plan(default: SnapshotSettings, marker_args: tuple[Any, ...] | None,
+                 marker_kwargs: dict[str, Any] | None) -> ComparePlan:
+    """The comparison of one test: the run's, overridden by `@pytest.mark.llm_snapshot(compare=..., top_k=...)`."""
+    kwargs = dict(marker_kwargs or {})
+    unknown = set(kwargs) - {"compare", "top_k"}
+    if marker_args:
+        raise SettingsError(SNAPSHOT_USAGE)
+    if unknown:
+        raise SettingsError(f"{SNAPSHOT_USAGE}; unknown argument(s): {', '.join(sorted(unknown))}")
+    try:
+        mode = parse_compare(str(kwargs.get("compare", default.compare)))
+        top_k = kwargs.get("top_k", default.top_k)
+        top_k = parse_top_k(str(top_k)) if not isinstance(top_k, bool) else parse_top_k("")
+    except ValueError as error:
+        raise SettingsError(f"bad argument to @pytest.mark.llm_snapshot: {error}; {SNAPSHOT_USAGE}") from None
+    return ComparePlan(mode, top_k)
+
+
+def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any] | None, default_runs: int,
+               check_all: bool, uses_llm: bool) -> CheckPlan | None:
+    """The check of one test, from its `llm_determinism` marker (None: unmarked) and the options; None when
+    the test is not checked."""
+    if marker_kwargs is None:
+        return CheckPlan(default_runs) if check_all and uses_llm else None
+    unknown = set(marker_kwargs) - {"runs", "batch"}
+    if marker_args or unknown:
+        raise MarkerUsageError(DETERMINISM_USAGE + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    runs = marker_kwargs.get("runs", default_runs)
+    if runs is None:
+        runs = default_runs
+    batch = marker_kwargs.get("batch", False)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise MarkerUsageError(f"{DETERMINISM_USAGE}; got runs={runs!r}")
+    if batch is True:
+        batch_size = DEFAULT_BATCH_SIZE
+    elif batch is False or batch is None:
+        batch_size = 0
+    elif isinstance(batch, int) and batch >= 2:
+        batch_size = batch
+    else:
+        raise MarkerUsageError(f"{DETERMINISM_USAGE}; got batch={batch!r}")
+    return CheckPlan(runs, batch_size)
