@@ -64,13 +64,14 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
     from transformers import GenerationConfig
 
     from pytest_llmdet.engines import llm as runner
+    from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.greedy import plan_generation
     from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
     from pytest_llmdet.engines.seeding import configure_torch
 
     configure_torch("warn", common.TORCH_THREADS)  # as the plugin does on first use of a model
     loaded = ModelPool().get(ModelSpec(resolve_source(str(copy_embedded_model(work / "model")), [])))
-    llm = runner.LLM(loaded, seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
+    llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
     model = loaded.model
     plan = plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
     prompts = chat_prompts(prompt_count)
@@ -80,13 +81,13 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
         scores = {"output_scores": True, "return_dict_in_generate": True} if margins else {}
         config = GenerationConfig(**plan.config, **scores)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=loaded.device)
-        with torch.inference_mode(), runner._only_generation_config(model, config):
+        with torch.inference_mode(), hf._only_generation_config(model, config):
             output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     generation_config=config)
         if not margins:
             return output[0, len(prompt_ids):].tolist()
         new_ids = output.sequences[0, len(prompt_ids):]
-        runner._token_statistics(output.scores, new_ids, 0)
+        hf._token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
     ways = {

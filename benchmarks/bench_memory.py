@@ -104,27 +104,28 @@ def child(variant: str, model_dir: str, new_tokens: int) -> None:
     from transformers import GenerationConfig
 
     from pytest_llmdet.engines import llm as runner
+    from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
     from pytest_llmdet.engines.seeding import configure_torch
 
     configure_torch("warn", common.TORCH_THREADS)
     loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, [])))
-    llm = runner.LLM(loaded, seed=0, max_new_tokens=new_tokens, inherit_processors=True)
+    llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=new_tokens, inherit_processors=True)
     llm.capture_top_k = 5 if variant == "plugin-topk" else 0
     model = loaded.model
 
     def direct(count: int, scores: bool) -> list[int]:
-        plan = runner.plan_generation(loaded.generation_config, max_new_tokens=count)
+        plan = hf.plan_generation(loaded.generation_config, max_new_tokens=count)
         extra = {"output_scores": True, "return_dict_in_generate": True} if scores else {}
         config = GenerationConfig(**plan.config, **extra)
         input_ids = torch.tensor([llm.encode(PROMPT)], dtype=torch.long)
-        with torch.inference_mode(), runner._only_generation_config(model, config):
+        with torch.inference_mode(), hf._only_generation_config(model, config):
             output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     generation_config=config)
         if not scores:
             return output[0, input_ids.shape[1]:].tolist()
         new_ids = output.sequences[0, input_ids.shape[1]:]
-        runner._token_statistics(output.scores, new_ids, 0)
+        hf._token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
     def call(count: int) -> list[int]:

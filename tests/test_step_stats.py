@@ -11,6 +11,7 @@ from transformers import GenerationConfig
 
 from pytest_llmdet.determinism import probe as batch
 from pytest_llmdet.engines import llm as runner
+from pytest_llmdet.engines import transformers as hf
 from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import (
@@ -47,7 +48,8 @@ def loaded():
 
 
 def _llm(loaded, inherit_processors: bool = True) -> runner.LLM:
-    return runner.LLM(loaded, seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=inherit_processors)
+    return runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=MAX_NEW_TOKENS,
+                      inherit_processors=inherit_processors)
 
 
 def reference_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int, row: int) -> tuple[list, ...]:
@@ -64,20 +66,20 @@ def reference_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int, row:
 
 def old_generate(llm: runner.LLM, prompt: Any, capture: int, **overrides: Any) -> dict[str, Any]:
     """What `LLM.generate` recorded before: the scores of every step kept, then the statistics over them."""
-    plan = runner.plan_generation(llm._loaded.generation_config, max_new_tokens=llm.max_new_tokens,
+    plan = hf.plan_generation(llm.engine.generation_config, max_new_tokens=llm.max_new_tokens,
                                   inherit_processors=llm.inherit_processors, overrides=overrides,
-                                  known_fields=runner._known_generation_fields())
+                                  known_fields=hf._known_generation_fields())
     prompt_ids = llm.encode(prompt)
     config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
     input_ids = torch.tensor([prompt_ids], dtype=torch.long)
     seed_everything(plan.seed if plan.seed is not None else llm.seed)
-    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+    with torch.inference_mode(), hf._only_generation_config(llm.model, config):
         output = llm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     generation_config=config)
     new_ids = output.sequences[0, len(prompt_ids):]
     margins, logprobs, top_ids, top_logprobs = reference_statistics(output.scores, new_ids, capture, 0)
     # The runner's own function, kept for the benchmarks, still agrees with this reference.
-    assert runner._token_statistics(output.scores, new_ids, capture) == (margins, logprobs, top_ids, top_logprobs)
+    assert hf._token_statistics(output.scores, new_ids, capture) == (margins, logprobs, top_ids, top_logprobs)
     return {"token_ids": new_ids.tolist(), "margins": margins, "logprobs": logprobs, "top_k_ids": top_ids,
             "top_k_logprobs": top_logprobs}
 
@@ -129,9 +131,9 @@ def test_every_row_of_a_padded_batch_agrees(loaded):
     rows = [llm.encode(prompt) for prompt in PROMPTS]
     ids, mask = batch.left_pad(rows, pad_id=0)
     input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)
-    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
+    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
     config = GenerationConfig(**plan.config)
-    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+    with torch.inference_mode(), hf._only_generation_config(llm.model, config):
         new_ids, stats = generate_with_stats(llm.model, input_ids, attention_mask, config, top_k=3)
         old = llm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                  output_scores=True, return_dict_in_generate=True)
@@ -158,7 +160,7 @@ def test_the_batch_probe_records_what_it_did_with_the_scores(loaded):
 def test_a_mode_the_recorder_cannot_follow_keeps_the_scores_and_agrees(loaded):
     llm = _llm(loaded)
     overrides = {"prompt_lookup_num_tokens": 3}  # assisted generation: several positions per forward
-    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, overrides=overrides)
+    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, overrides=overrides)
     assert not can_record_steps(llm.model, GenerationConfig(**plan.config))
     assert can_record_steps(llm.model, GenerationConfig(**{**plan.config, "prompt_lookup_num_tokens": None}))
     assert_same(_fields(llm.generate(PROMPTS[1], **overrides)), old_generate(llm, PROMPTS[1], 0, **overrides))
@@ -171,13 +173,13 @@ def test_a_processor_passed_to_generate_would_see_the_scores_before_the_sampling
 
     llm = _llm(loaded)
     old = old_generate(llm, PROMPTS[0], 0, do_sample=True, seed=7)
-    plan = runner.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS,
+    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS,
                                   overrides={"do_sample": True, "seed": 7})
     config = GenerationConfig(**plan.config)
     input_ids = torch.tensor([llm.encode(PROMPTS[0])])
     recorder = StepRecorder()
     seed_everything(7)
-    with torch.inference_mode(), runner._only_generation_config(llm.model, config):
+    with torch.inference_mode(), hf._only_generation_config(llm.model, config):
         sequences = llm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                        generation_config=config, logits_processor=LogitsProcessorList([recorder]))
     (early,) = recorder.finish(sequences[:, input_ids.shape[1]:])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pytest_llmdet.determinism.runs import BatchedOutput
 from pytest_llmdet.engines.greedy import GreedyPlan
-from pytest_llmdet.engines.llm import LLM, left_pad  # noqa: F401 - left_pad is part of the probe's layout
+from pytest_llmdet.engines.llm import LLM
+from pytest_llmdet.engines.transformers import left_pad  # noqa: F401 - the probe's layout helpers
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
 
@@ -82,7 +83,7 @@ def generate_in_batch(llm: LLM, generation: Generation,
     plan = _plan_for(llm, generation)
     max_new_tokens = plan.config["max_new_tokens"]
     target = list(generation.prompt_token_ids)
-    positions = getattr(llm.model.config, "max_position_embeddings", None)
+    positions = llm.engine.max_positions
     limit = None if positions is None else positions - max_new_tokens
     rows = [target] + companions(target, [llm.encode(text) for text in COMPANION_TEXTS], batch_size, limit)
     # Pad with a token the prompt already holds: masked positions do not change the attention, and logits

@@ -1,0 +1,47 @@
+"""The model under test, without pytest: an engine loads a model and generates with a forced-greedy plan;
+`engines.llm.LLM` (the `llm` fixture's object) and the batch probe talk to it only through the verbs below.
+
+    engines/transformers.py  the transformers engine (from_pretrained, generate, per-step statistics)
+    engines/models.py        which model, from where; loading once per session with clear errors
+    engines/greedy.py        the forced-greedy plan: kept, dropped and refused generation-config fields
+    engines/seeding.py       seeds, deterministic algorithms, the CUDA environment
+    engines/step_stats.py    margins, chosen log-probs and top-k recorded step by step
+    engines/fingerprint.py   the environment fingerprint of a golden file
+
+A new engine (vLLM, an OpenAI-compatible server) is a new module with the same verbs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pytest_llmdet.engines.greedy import GreedyPlan
+    from pytest_llmdet.engines.transformers import RowOutput
+    from pytest_llmdet.generation import Prompt
+
+
+class Engine(Protocol):
+    """What the plugin needs of the model under test."""
+
+    kind: str  # "transformers", ...
+
+    @property
+    def name(self) -> str: ...  # the model's name, as golden files and reports show it
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def max_positions(self) -> int | None: ...  # prompt plus new tokens the model supports, if known
+
+    def encode(self, prompt: Prompt) -> list[int]: ...  # always local: the same prompt IDs on every engine
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str: ...
+
+    def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan: ...
+
+    def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0, pad_id: int | None = None,
+                      seed: int = 0) -> list[RowOutput]: ...  # one call alone, or a batch (the batch probe)
+
+    def describe(self) -> dict[str, Any]: ...  # what the environment fingerprint records of it

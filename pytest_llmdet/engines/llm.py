@@ -1,18 +1,15 @@
-"""The model runner: encode a prompt, generate with the forced-greedy config, record tokens and margins."""
+"""The `llm` fixture's object: encode a prompt, plan forced-greedy decoding, generate through an engine, and
+record each call (tokens, margins, settings) for the golden files and the re-run check."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan, plan_generation
-from pytest_llmdet.engines.models import LoadedModel
-from pytest_llmdet.engines.seeding import seed_everything
-from pytest_llmdet.engines.step_stats import generate_with_stats
+from pytest_llmdet.engines import Engine
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
+from pytest_llmdet.engines.transformers import PromptError, RowOutput
 from pytest_llmdet.generation import Generation, Prompt
 
 
@@ -24,53 +21,12 @@ class GenerationStats:
     seconds: float = 0.0
 
 
-# Config fields that hold how many positions a model supports, by architecture family.
-_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-@dataclass
-class RowOutput:
-    """What one row of a `generate` call gave: its new tokens and, per step, the margin, the chosen token's
-    log-prob and (with top-k) the candidates; `eos_ids` are the tokens that end a generation."""
-
-    token_ids: list[int]
-    margins: list[float]
-    logprobs: list[float]
-    top_k_ids: list[list[int]] | None
-    top_k_logprobs: list[list[float]] | None
-    eos_ids: frozenset[int]
-
-
-class PromptError(ValueError):
-    """A prompt is not a string or a list of chat messages, or does not fit the model."""
-
-
-@contextlib.contextmanager
-def _only_generation_config(model: Any, config: Any) -> Iterator[None]:
-    # generate() fills every unset field from model.generation_config; while our complete config stands in
-    # for it, nothing of the model's own sampling settings can leak in.
-    original = model.generation_config
-    model.generation_config = config
-    try:
-        yield
-    finally:
-        model.generation_config = original
-
-
-@functools.cache
-def _known_generation_fields() -> frozenset[str]:
-    # Built once: constructing and validating a GenerationConfig on every generate call is wasted work.
-    from transformers import GenerationConfig
-
-    return frozenset(vars(GenerationConfig()))
-
-
 class LLM:
-    """What the `llm` fixture gives a test: the model, its tokenizer, and `generate`."""
+    """What the `llm` fixture gives a test: `generate`, and the model and tokenizer behind it."""
 
-    def __init__(self, loaded: LoadedModel, *, seed: int, max_new_tokens: int, inherit_processors: bool,
+    def __init__(self, engine: Engine, *, seed: int, max_new_tokens: int, inherit_processors: bool,
                  stats: GenerationStats | None = None) -> None:
-        self._loaded = loaded
+        self.engine = engine
         self.seed = seed
         self.max_new_tokens = max_new_tokens
         self.inherit_processors = inherit_processors
@@ -80,35 +36,24 @@ class LLM:
 
     @property
     def model(self) -> Any:
-        return self._loaded.model
+        return self.engine.model
 
     @property
     def tokenizer(self) -> Any:
-        return self._loaded.tokenizer
+        return self.engine.tokenizer
 
     @property
     def name(self) -> str:
-        return self._loaded.spec.source.name
+        return self.engine.name
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token IDs of a prompt: a string as the tokenizer encodes it, or chat messages rendered with the
         tokenizer's chat template and the generation prompt."""
-        tokenizer = self.tokenizer
-        if isinstance(prompt, str):
-            return list(tokenizer(prompt)["input_ids"])
-        if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
-            if not prompt:
-                raise PromptError("a chat prompt needs at least one message, "
-                                  "like [{'role': 'user', 'content': 'Hi'}]")
-            if not getattr(tokenizer, "chat_template", None):
-                raise PromptError(f"model {self.name!r} has no chat template; pass the prompt as a string")
-            encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True)
-            return list(encoded["input_ids"])
-        raise PromptError(
-            "a prompt is a string or a list of chat messages like [{'role': 'user', 'content': 'Hi'}], "
-            f"not {type(prompt).__name__}"
-        )
+        return self.engine.encode(prompt)
 
     def generate(self, prompt: Prompt, max_new_tokens: int | None = None, **overrides: Any) -> Generation:
         """Generate greedily (whatever the model's generation config says) and record the result.
@@ -126,7 +71,7 @@ class LLM:
         token_ids = row.token_ids
         generation = Generation(
             prompt=prompt,
-            text=self.tokenizer.decode(token_ids, skip_special_tokens=True),
+            text=self.engine.decode(token_ids, skip_special_tokens=True),
             token_ids=token_ids,
             prompt_token_ids=prompt_ids,
             finish_reason="eos" if token_ids and token_ids[-1] in row.eos_ids else "length",
@@ -143,43 +88,16 @@ class LLM:
         return generation
 
     def plan(self, max_new_tokens: int, overrides: dict[str, Any]) -> GreedyPlan:
-        """The forced-greedy plan of one call: the model's generation config, the settings and `overrides`."""
-        return plan_generation(self._loaded.generation_config, max_new_tokens=max_new_tokens,
-                               inherit_processors=self.inherit_processors, overrides=overrides,
-                               known_fields=_known_generation_fields())
-
-    @property
-    def device(self) -> str:
-        return self._loaded.device
+        """The forced-greedy plan of one call with this run's settings."""
+        return self.engine.plan(max_new_tokens, overrides, self.inherit_processors)
 
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None) -> list[RowOutput]:
-        """Generate every row of prompt token IDs in one `generate` call with `plan` (left-padded with `pad_id`
-        when the rows differ in length, the padding masked) and return each row's new tokens, margins,
-        chosen-token log-probs and, with `top_k`, its top-k candidates. The one place that calls generate:
-        a single call and the batch probe share it."""
-        import torch
-        from transformers import GenerationConfig
-
-        ids, mask = left_pad(rows, rows[0][0] if pad_id is None else pad_id)
-        config = GenerationConfig(**plan.config)  # no output_scores: the statistics are recorded per step
-        eos_ids = _eos_ids(config.eos_token_id)
-        if config.pad_token_id is None and len(rows) > 1:
-            eos = config.eos_token_id
-            config.pad_token_id = eos[0] if isinstance(eos, list) else eos
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
-        seed_everything(plan.seed if plan.seed is not None else self.seed)
-        with torch.inference_mode(), _only_generation_config(self.model, config):
-            new_ids, stats = generate_with_stats(self.model, input_ids, attention_mask, config, top_k)
-        outputs = []
-        for row_ids, row in zip(new_ids.tolist(), stats, strict=True):
-            outputs.append(RowOutput(row_ids, row.margins, row.logprobs, row.top_k_ids, row.top_k_logprobs, eos_ids))
-        return outputs
+        """Every row of prompt token IDs generated in one batch (engines.Engine.generate_rows), seeded."""
+        return self.engine.generate_rows(rows, plan, top_k=top_k, pad_id=pad_id, seed=self.seed)
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:
-        limit = next((value for name in _POSITION_LIMITS
-                      if isinstance(value := getattr(self.model.config, name, None), int)), None)
+        limit = self.engine.max_positions
         if limit is not None and len(prompt_ids) + max_new_tokens > limit:
             raise PromptError(
                 f"the prompt has {len(prompt_ids)} tokens; with max_new_tokens={max_new_tokens} that exceeds "
@@ -193,38 +111,6 @@ class LLM:
             )
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
-    """Pad token-ID rows on the left to the longest one: (input_ids, attention_mask)."""
-    width = max(len(row) for row in rows)
-    ids = [[pad_id] * (width - len(row)) + list(row) for row in rows]
-    mask = [[0] * (width - len(row)) + [1] * len(row) for row in rows]
-    return ids, mask
-
-
-def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
-    return frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-
-def _token_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int
-                      ) -> tuple[list[float], list[float], list[list[int]] | None, list[list[float]] | None]:
-    """Over scores kept by `generate(output_scores=True)`, which LLM.generate no longer asks for (step_stats.py
-    records the same figures step by step): the reference of tests/test_step_stats.py and the benchmarks.
-
-    Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob;
-    with `top_k` > 0 also the top-k candidate IDs
-    and log-probs per step, taken from the same (single) topk call, so a tolerant comparison costs no more."""
-    import torch
-
-    if not scores:
-        return [], [], ([] if top_k else None), ([] if top_k else None)
-    logprobs = torch.log_softmax(torch.stack(scores)[:, 0, :].float(), dim=-1)
-    top = torch.topk(logprobs, k=min(max(2, top_k), logprobs.shape[-1]), dim=-1)
-    best = top.values
-    margins = (best[:, 0] - best[:, 1]) if best.shape[-1] >= 2 else torch.full_like(best[:, 0], float("inf"))
-    chosen = logprobs.gather(1, new_ids[: logprobs.shape[0]].unsqueeze(1)).squeeze(1)
-    if not top_k:
-        return margins.tolist(), chosen.tolist(), None, None
-    return (margins.tolist(), chosen.tolist(), top.indices[:, :top_k].tolist(), best[:, :top_k].tolist())
 
 
 __all__ = ["LLM", "GenerationArgumentError", "GenerationStats", "PromptError"]

@@ -138,8 +138,8 @@ def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Gen
 def _decoder(handle: Any) -> Callable[[list[int]], str] | None:
     if handle is None:
         return None
-    tokenizer = handle.tokenizer
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+    engine = handle.engine
+    return lambda ids: engine.decode(ids, skip_special_tokens=False)
 
 
 def probe_in_batch(handle: Any, calls: list[Generation], batch_size: int) -> ProbeResult:

@@ -107,34 +107,27 @@ class LLMDetSession:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
         from pytest_llmdet.engines.llm import LLM
         from pytest_llmdet.engines.seeding import configure_torch, seed_everything
+        from pytest_llmdet.engines.transformers import TransformersEngine
 
         if not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
             self._torch_configured = True
         loaded = self.pool.get(spec)
         seed_everything(self.settings.seed)
-        return LLM(loaded, seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
+        return LLM(TransformersEngine(loaded), seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
                    inherit_processors=self.settings.inherit_processors, stats=self.stats)
 
     def fingerprint_for(self, llm: LLM, weights: bool = True) -> dict[str, Any]:
         """The environment fingerprint of the model behind `llm` (computed once per model); `weights=False`
         leaves out a local model's weights hash."""
         from pytest_llmdet.engines.fingerprint import environment_fingerprint
-        from pytest_llmdet.engines.greedy import plan_generation
 
-        loaded = llm._loaded
-        key = (loaded.spec, weights)
+        engine = llm.engine
+        key = (engine.spec, weights)
         if key not in self._fingerprints:
-            base = plan_generation(loaded.generation_config, max_new_tokens=self.settings.max_new_tokens,
-                                   inherit_processors=self.settings.inherit_processors)
-            source = loaded.spec.source
+            base = engine.plan(self.settings.max_new_tokens, {}, self.settings.inherit_processors)
             self._fingerprints[key] = environment_fingerprint(
-                model=source.name, source_kind=source.kind, location=source.location,
-                revision=getattr(loaded.model.config, "_commit_hash", None),
-                dtype=str(loaded.model.dtype).removeprefix("torch."), device=loaded.device,
-                generation=base.settings, cache=self.weights_cache,
-                compute_capability=_compute_capability(loaded.device), weights=weights,
-            )
+                **engine.describe(), generation=base.settings, cache=self.weights_cache, weights=weights)
         return self._fingerprints[key]
 
     # -- snapshots ---------------------------------------------------------------------------------------
@@ -185,7 +178,7 @@ class LLMDetSession:
             handle = llm()
             if handle is None:
                 return None
-            return lambda ids: handle.tokenizer.decode(ids, skip_special_tokens=False)
+            return lambda ids: handle.engine.decode(ids, skip_special_tokens=False)
 
         def fingerprint(weights: bool = True):
             handle = llm()
@@ -226,15 +219,6 @@ def add_worker_data(config: Any, node: Any, data: dict[str, Any]) -> None:
 def workers_data(config: Any) -> list[dict[str, Any]]:
     """What each xdist worker sent (on the controller; empty elsewhere)."""
     return list(getattr(config, _WORKERS, {}).values())
-
-
-def _compute_capability(device: str) -> str | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(device)
-    return f"{major}.{minor}"
 
 
 def describe_spec(spec: ModelSpec) -> str:
