@@ -78,7 +78,7 @@ for module in (pytest_llmdet.plugin, pytest_llmdet.hooks.determinism):
 register = PytestPluginManager.register
 outermost = timed(register, 1)
 
-def register_timed(self, plugin, name=None):  # the plugin registers determinism_hooks: count that once
+def register_timed(self, plugin, name=None):  # the plugin registers hooks.determinism: count that once
     ours = getattr(plugin, '__name__', '').startswith('pytest_llmdet') and not spent[2]
     if not ours:
         return register(self, plugin, name)

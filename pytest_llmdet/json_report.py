@@ -29,13 +29,14 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
         "name": outcome.name,
         "status": outcome.status,
         "file": outcome.file,
-        "variant": details.get("variant"),
-        "compare": details.get("compare", "exact"),
-        "checked": details.get("checked"),
-        "fingerprint": details.get("fingerprint"),
-        "divergence": details.get("divergence"),
-        "fragile": details.get("fragile"),
-        "error": details.get("error"),
+        "variant": details.variant,
+        "compare": details.compare,
+        "checked": details.checked,
+        "fingerprint": details.fingerprint,
+        "divergence": details.divergence,
+        "fragile": None if details.fragile is None else {"position": details.fragile.position,
+                                                          "margin": details.fragile.margin},
+        "error": details.error,
     }
 
 
@@ -87,14 +88,14 @@ def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str
     for outcome in outcomes:
         details = outcome.details
         parts = [outcome.status]
-        if details.get("variant"):
-            parts.append(f"variant {details['variant']}")
-        if details.get("compare", "exact") != "exact":
-            parts.append(f"compare {details['compare']}")
-        if details.get("divergence") is not None:
-            parts.append(summary_line(details["divergence"]))
-        if details.get("fragile") is not None:
-            fragile = details["fragile"]
-            parts.append(f"fragile: token {fragile['position']} margin {fragile['margin']:.4f}")
+        if details.variant:
+            parts.append(f"variant {details.variant}")
+        if details.compare != "exact":
+            parts.append(f"compare {details.compare}")
+        if details.divergence is not None:
+            parts.append(summary_line(details.divergence))
+        if details.fragile is not None:
+            fragile = details.fragile
+            parts.append(f"fragile: token {fragile.position} margin {fragile.margin:.4f}")
         properties.append((f"llm_snapshot[{outcome.name}]", "; ".join(parts)))
     return properties

@@ -131,7 +131,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller decides and reports
-        workeroutput[WORKER_OUTPUT] = llmdet.worker_data()
+        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=getattr(config, "workerinput", {}).get("workerid"))
         return
     report_path = config.getoption("llmdet_report")
     if report_path:
@@ -174,8 +174,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     data = llmdet.worker_data()
     for worker in workers_data(config):
         data["loads"] += worker["loads"]
-        data["generations"] = [a + b for a, b in zip(data["generations"], worker["generations"], strict=True)]
-    if not data["loads"] and not data["generations"][0]:
+        for key in ("count", "seconds"):
+            data["generations"][key] += worker["generations"][key]
+    if not data["loads"] and not data["generations"]["count"]:
         return
     from pytest_llmdet.header import summary_lines
 

@@ -513,7 +513,7 @@ def test_corrupt_golden_files_fail_only_their_test_with_one_clear_message(pytest
         assert text.count("Re-record it with:") == 1, (name, text)
         assert f'Re-record it with: pytest --llm-snapshot-update "test_corrupt.py::test_{name}"' in text
         assert "Traceback" not in text and "During handling" not in text, (name, text)
-        assert "golden_format.py" not in text and text.count(f"test_{name}.json") == 1, (name, text)
+        assert "format.py" not in text and text.count(f"test_{name}.json") == 1, (name, text)
 
     # Re-recording replaces every unusable file with its original content (a directory is reported, kept).
     result = run(pytester, "--llm-snapshot-update")

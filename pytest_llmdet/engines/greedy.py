@@ -2,7 +2,7 @@
 
 transformers fills every unset field of a `GenerationConfig` from the model's own config, so a plain
 `generate(do_sample=False)` still carries the model's temperature/top_p/top_k and logs about them. We build
-the complete effective config ourselves instead, and let generate see only that (see runner.py).
+the complete effective config ourselves instead, and let generate see only that (see engines/transformers.py).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Deleting is decided in one place, `SnapshotRun.finish`, from what ran, never fro
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,12 @@ class TestRecord:
     def skipped(self) -> bool:
         return "skipped" in self.phases.values()
 
-    def to_data(self) -> list[Any]:
-        return [self.golden, self.declared, self.fixture, self.phases, self.used, self.failed]
+    def to_data(self) -> dict[str, Any]:
+        return asdict(self)
 
     @classmethod
-    def from_data(cls, data: list[Any]) -> TestRecord:
-        golden, declared, fixture, phases, used, failed = data
-        return cls(golden, declared, fixture, dict(phases), list(used), failed)
+    def from_data(cls, data: dict[str, Any]) -> TestRecord:
+        return cls(**data)
 
     def merge(self, other: TestRecord) -> None:
         """Add what another worker saw of the same test (every worker collects every test, one runs it)."""
@@ -110,7 +109,7 @@ class SnapshotRun:
             "deselected": self.deselected,
             "module_folders": sorted(self.module_folders),
             "partly_collected": sorted(self.partly_collected),
-            "outcomes": [[o.nodeid, o.name, o.status, o.file, o.details] for o in self.outcomes],
+            "outcomes": [o.to_data() for o in self.outcomes],
             "partial_reasons": sorted(self.partial_reasons),
         }
 
@@ -125,7 +124,7 @@ class SnapshotRun:
         self.deselected.update(data["deselected"])
         self.module_folders.update(data["module_folders"])
         self.partly_collected.update(data["partly_collected"])
-        self.outcomes += [SnapshotOutcome(*row) for row in data["outcomes"]]
+        self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
 
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
@@ -252,7 +251,7 @@ class SnapshotRun:
 
     def fragile(self) -> list[SnapshotOutcome]:
         """Snapshots recorded with a margin below llm_near_tie, by test and name."""
-        return sorted((o for o in self.outcomes if "fragile" in o.details), key=lambda o: (o.nodeid, o.name))
+        return sorted((o for o in self.outcomes if o.details.fragile is not None), key=lambda o: (o.nodeid, o.name))
 
     def failed_tests(self) -> list[str]:
         return sorted({o.nodeid for o in self.outcomes if o.status in ("failed", "missing")})

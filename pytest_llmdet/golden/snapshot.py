@@ -7,7 +7,7 @@ queues new content (update mode), and writes the file atomically when the test e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,37 @@ class SnapshotUsageError(TypeError):
 
 
 @dataclass
+class Fragile:
+    """At record time: the step whose margin is below llm_near_tie (another machine may flip it)."""
+
+    position: int
+    margin: float
+
+
+@dataclass
+class OutcomeDetails:
+    """What the summary, the JSON report and the JUnit properties show of one snapshot's outcome."""
+
+    compare: str = "exact"  # how it was compared: exact or tolerant
+    fingerprint: dict[str, Any] | None = None  # the current environment (None: a text-only snapshot)
+    variant: str | None = None  # the environment variant compared (None: the default)
+    compared_with: str | None = None  # in words, when the snapshot has variants
+    divergence: dict[str, Any] | None = None  # compare.divergence_summary: plain data for the JSON report
+    checked: str | None = None  # a tolerant comparison: what it checked, in words
+    fragile: Fragile | None = None
+    error: str | None = None  # why the golden file could not be read (a check) or written (an update)
+
+    def to_data(self) -> dict[str, Any]:
+        """As plain data (an xdist worker sends it to the controller)."""
+        return asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> OutcomeDetails:
+        fragile = data.get("fragile")
+        return cls(**{**data, "fragile": Fragile(**fragile) if fragile else None})
+
+
+@dataclass
 class SnapshotOutcome:
     """What happened to one snapshot in this run."""
 
@@ -43,9 +74,16 @@ class SnapshotOutcome:
     name: str
     status: str  # passed, failed, missing, written, updated, or error (a write that failed)
     file: str
-    # plain data for the summary and the JSON report: "divergence" (compare.divergence_summary), "fragile"
-    # ({"position", "margin"} at record time), "fingerprint" (the current environment)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: OutcomeDetails = field(default_factory=OutcomeDetails)
+
+    def to_data(self) -> dict[str, Any]:
+        return {"nodeid": self.nodeid, "name": self.name, "status": self.status, "file": self.file,
+                "details": self.details.to_data()}
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> SnapshotOutcome:
+        return cls(data["nodeid"], data["name"], data["status"], data["file"],
+                   OutcomeDetails.from_data(data["details"]))
 
 
 def entry_from(value: Any) -> GoldenEntry:
@@ -164,7 +202,7 @@ class TestSnapshots:
                 import pytest
 
                 if name is not None:
-                    self._outcome(name, "failed", {"error": failure})
+                    self._outcome(name, "failed", OutcomeDetails(error=failure))
                 pytest.fail(failure, pytrace=False)  # outside the except block: one message, not a chain
             self._loaded = True
         return self._golden
@@ -181,19 +219,19 @@ class TestSnapshots:
         if stored is None or golden_file is None:
             return self._missing(name, current, details)
         default_env = environment_of(golden_file.fingerprint)
-        current_env = environment_of(details.get("fingerprint"))
+        current_env = environment_of(details.fingerprint)
         variant = choose_variant(list(stored.variants), default_env, current_env) \
             if isinstance(value, Generation) else None
         golden = stored if variant is None else stored.variants[variant]
-        details["variant"] = variant
+        details.variant = variant
         if stored.variants:
-            details["compared_with"] = describe(variant, default_env)
+            details.compared_with = describe(variant, default_env)
         target = self._target(variant, default_env, current_env)
         comparison = self._compare(golden, value)
         if isinstance(value, Generation):
-            details["divergence"] = divergence_summary(comparison)
+            details.divergence = divergence_summary(comparison)
             if comparison.checked:
-                details["checked"] = comparison.checked
+                details.checked = comparison.checked
         if comparison.matched:
             if self.mode == UPDATE and isinstance(value, Generation) and not _same_output(golden, current):
                 # same tokens, but the prompt or settings changed
@@ -220,17 +258,16 @@ class TestSnapshots:
             return None
         return current_env.key
 
-    def _details(self, current: GoldenEntry) -> dict[str, Any]:
+    def _details(self, current: GoldenEntry) -> OutcomeDetails:
         # At record time, the step with the smallest margin below llm_near_tie makes the snapshot fragile:
         # another machine, kernel or dtype may flip it.
-        details: dict[str, Any] = {"compare": self.compare.mode}
+        details = OutcomeDetails(compare=self.compare.mode)
         cheap = self.environment is not None and self.mode != UPDATE
         fingerprint = (self.environment if cheap else self.fingerprint)() if current.token_ids is not None else None
-        if fingerprint is not None:
-            details["fingerprint"] = fingerprint
+        details.fingerprint = fingerprint
         smallest = smallest_margin(current.margins) if self.mode == UPDATE else None
         if smallest is not None and smallest[1] < self.near_tie:
-            details["fragile"] = {"position": smallest[0], "margin": round(smallest[1], 6)}
+            details.fragile = Fragile(smallest[0], round(smallest[1], 6))
         return details
 
     def _compare(self, golden: GoldenEntry, value: Any) -> Comparison:
@@ -247,7 +284,7 @@ class TestSnapshots:
             comparison.notes.append("the golden snapshot holds text only; re-record it to store token IDs")
         return comparison
 
-    def _missing(self, name: str, current: GoldenEntry, details: dict[str, Any]) -> tuple[bool, list[str]]:
+    def _missing(self, name: str, current: GoldenEntry, details: OutcomeDetails) -> tuple[bool, list[str]]:
         if self.mode == UPDATE:  # the first recording is the default, with or without --llm-snapshot-variant
             self._queue(name, current, current, "written", details)
             return True, []
@@ -260,7 +297,7 @@ class TestSnapshots:
         return False, lines
 
     def _queue(self, name: str, entry: GoldenEntry, current: GoldenEntry, status: str,
-               details: dict[str, Any]) -> None:
+               details: OutcomeDetails) -> None:
         queued = self._queued.get(name)
         if queued is not None and not _same_output(queued, current):
             raise SnapshotUsageError(
@@ -271,8 +308,8 @@ class TestSnapshots:
         self._queued[name] = current
         self._outcome(name, status, details)
 
-    def _outcome(self, name: str, status: str, details: dict[str, Any] | None = None) -> None:
-        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details or {})
+    def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
+        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details or OutcomeDetails())
         self.outcomes.append(outcome)
         self.record(outcome)
 
@@ -306,7 +343,7 @@ class TestSnapshots:
         """At the end of the test, in update mode: write the queued snapshots (atomically); True if written.
 
         Snapshots the test did not compare stay in the file: whether they are unused is decided once, at the
-        end of a whole run (golden_session.SnapshotRun.finish)."""
+        end of a whole run (golden.ledger.SnapshotRun.finish)."""
         if self.passive or self.mode != UPDATE or not self.updates:
             return False
         existing = self.golden()
@@ -324,7 +361,7 @@ class TestSnapshots:
         for outcome in self.outcomes:
             if outcome.status in ("written", "updated"):
                 outcome.status = "error"
-                outcome.details["error"] = reason
+                outcome.details.error = reason
 
     def settle_pending(self, ci: bool) -> str | None:
         """At the end of the test, outside CI: a check run writes its changed or new outputs as a pending file

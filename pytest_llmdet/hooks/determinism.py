@@ -1,9 +1,10 @@
-"""The re-run check for nondeterminism, pytest side: the `llm_determinism` marker and its options, the hook
-that runs a checked test N times and reports once, and the `llm determinism` summary (xdist included).
+"""The re-run check for nondeterminism, pytest side: the hook that runs a checked test N times and reports
+once, and the `llm determinism` summary (xdist included). Its marker and options are declared with the others
+(markers.py, settings.OPTIONS).
 
 pytest imports this module on every run, so it holds the hooks only: running a checked test N times and judging
-it is in determinism_runs.py, imported when a test is checked; the comparison and its report are in
-nondeterminism.py, the batch probe in batch.py. Loaded through `pytest_plugins` in plugin.py, so
+it is in hooks/rerun.py, imported when a test is checked; the comparison and its report are in
+determinism/runs.py, the batch probe in determinism/probe.py. Loaded through `pytest_plugins` in plugin.py, so
 `-p no:llmdet` disables it too.
 """
 

@@ -2,8 +2,8 @@
 protocol (function fixtures torn down between runs), the batch probe, and the verdict that fails the test when
 the runs disagree.
 
-The hooks that call this live in determinism_hooks.py, which pytest imports on every run; this module is
-imported only when a test is checked. The comparison and its report are in nondeterminism.py.
+The hooks that call this live in hooks/determinism.py, which pytest imports on every run; this module is
+imported only when a test is checked. The comparison and its report are in determinism/runs.py.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def run_repeatedly(item: pytest.Function, nextitem: pytest.Item | None, runs: in
     generations; stop at the first run that does not pass and return its reports, and None, instead.
 
     With a `batch_size`, the last run's call ends with the batch probe (see `pytest_runtest_call` in
-    determinism_hooks.py)."""
+    hooks/determinism.py)."""
     from _pytest.runner import runtestprotocol
 
     recordings: list[list[Generation]] = []

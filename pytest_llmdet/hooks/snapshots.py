@@ -1,9 +1,7 @@
-"""What the plugin's hooks and the `llm_snapshot` fixture do for golden files, when a run compares or records
-them (--llm-snapshot, --llm-snapshot-update): register the collected tests, run one test's snapshots, take each
-test's outcome, finish the run (unused snapshots, the JSON report) and write the `llm snapshots` summary.
-
-plugin.py holds the hooks themselves and imports this module only when it has golden-file work to do, so a run
-without snapshots pays nothing for it.
+"""The golden-file side of a run, pytest side: `SnapshotPlugin` (registered by plugin.py only with
+--llm-snapshot or --llm-snapshot-update) records every test that was collected, what each one ran and which
+snapshots it compared, finishes the run (the deletions, decided once) and writes the `llm snapshots` summary;
+`snapshot_fixture` is the body of the `llm_snapshot` fixture. A run without golden files never imports it.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import pytest
 
 from pytest_llmdet.golden.format import GoldenFileError
 from pytest_llmdet.golden.snapshot import LLMSnapshot
-from pytest_llmdet.header import fragile_lines, snapshot_summary_lines
+from pytest_llmdet.golden.summary import fragile_lines, summary_lines
 from pytest_llmdet.hooks.keys import (
     BEFORE_FILTERING_KEY,
     CALL_RAN_KEY,
@@ -156,26 +154,14 @@ def finish_snapshots(llmdet: LLMDetSession, workers: list[dict[str, Any]]) -> No
         llmdet.snapshots.errors.append(f"could not finish the golden-file cleanup: {error}")
 
 
-def _compared_with(details: dict[str, Any]) -> str:
-    return f"  (compared with {details['compared_with']})" if details.get("compared_with") else ""
-
-
 def write_summary(terminalreporter: Any, llmdet: LLMDetSession) -> None:
     """The `llm snapshots` section of the terminal summary, when any snapshot or golden file was seen."""
     s, run = llmdet.snapshot_settings, llmdet.snapshots
     uses = any(r.declared or r.fixture for r in run.tests.values())
     if not (uses or run.outcomes or run.unused or run.deleted or run.foreign):
         return
-    details = sorted((o.status, o.nodeid, o.name, o.file + _compared_with(o.details)) for o in run.outcomes) \
-        if s.details else None
     terminalreporter.write_sep("=", "llm snapshots")
-    for line in snapshot_summary_lines(run.counts(), run.failed_tests(), run.whole_run_reasons(),
-                                       run.unused, run.deleted, s.mode == "update", details, run.foreign,
-                                       run.errored_tests()):
-        terminalreporter.write_line(line)
-    fragile = [(o.nodeid, o.name, o.details["fragile"]["position"], o.details["fragile"]["margin"], o.file)
-               for o in run.fragile()]
-    for line in fragile_lines(fragile, s.near_tie):
+    for line in summary_lines(run, s.mode == "update", s.details) + fragile_lines(run, s.near_tie):
         terminalreporter.write_line(line)
 
 

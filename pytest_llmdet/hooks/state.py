@@ -196,13 +196,13 @@ class LLMDetSession:
         if self.snapshots_on:
             self.snapshots.finish(update=self.snapshot_settings.mode == "update", rootdir=self.rootdir)
 
-    def worker_data(self) -> dict[str, Any]:
-        """What an xdist worker sends to the controller."""
+    def worker_data(self, worker: str | None = None) -> dict[str, Any]:
+        """What this process loaded and generated (and, as an xdist worker `worker`, sends the controller)."""
         loaded = self.pool.loaded.values() if "pool" in self.__dict__ else ()
         stats = self.stats if "stats" in self.__dict__ else None
         return {
-            "loads": [[describe_spec(m.spec), m.load_seconds] for m in loaded],
-            "generations": [stats.count, stats.seconds] if stats is not None else [0, 0.0],
+            "loads": [{"model": describe_spec(m.spec), "seconds": m.load_seconds, "worker": worker} for m in loaded],
+            "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
             "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
 

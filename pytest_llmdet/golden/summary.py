@@ -1,0 +1,62 @@
+"""The `llm snapshots` section of the terminal summary: counts, what to run, unused, deleted and foreign files,
+fragile snapshots, and (with --llm-snapshot-details) every snapshot. Built from the run's ledger."""
+
+from __future__ import annotations
+
+from pytest_llmdet.golden.ledger import SnapshotRun
+
+LIST_LIMIT = 20
+
+
+def _listed(paths: list[str], limit: int = LIST_LIMIT) -> list[str]:
+    return [f"  {p}" for p in paths[:limit]] + ([f"  ... {len(paths) - limit} more"] if len(paths) > limit else [])
+
+
+def _quoted(nodeids: list[str], limit: int = 5) -> str:
+    return " ".join(f'"{t}"' for t in nodeids[:limit]) + (" ..." if len(nodeids) > limit else "")
+
+
+def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
+    """The section's lines. The error count is shown only when a write failed."""
+    counts = run.counts()
+    lines = [", ".join(f"{counts[k]} {k}" for k in counts if k != "error" or counts[k])]
+    failed, errored, reasons = run.failed_tests(), run.errored_tests(), run.whole_run_reasons()
+    if failed:
+        lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
+                     f"re-record with: pytest --llm-snapshot-update {_quoted(failed)}")
+    if errored:
+        lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
+                     + _quoted(errored))
+    if run.unused:
+        lines.append(f"{len(run.unused)} unused golden file(s) or snapshot(s) no test asked for:")
+        lines += _listed(run.unused)
+        if update and reasons:
+            lines.append(f"not deleted: this run is partial ({'; '.join(sorted(reasons))})")
+        elif not update:
+            lines.append("a full run with --llm-snapshot-update deletes them")
+    if run.deleted:
+        lines.append(f"deleted {len(run.deleted)} unused golden file(s) or snapshot(s):")
+        lines += [f"  {d}" for d in run.deleted]
+    if run.foreign:
+        lines.append(f"{len(run.foreign)} file(s) in snapshot folders that are not golden files of this suite "
+                     "(never deleted):")
+        lines += _listed(run.foreign)
+    if details:
+        for o in sorted(run.outcomes, key=lambda o: (o.status, o.nodeid, o.name, o.file)):
+            compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
+            lines.append(f"{o.status:>8}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+    return lines
+
+
+def fragile_lines(run: SnapshotRun, near_tie: float, limit: int = LIST_LIMIT) -> list[str]:
+    """Snapshots recorded with a margin below llm_near_tie."""
+    fragile = run.fragile()
+    if not fragile:
+        return []
+    lines = [f"{len(fragile)} fragile snapshot(s): a margin below llm_near_tie {near_tie} may flip on other "
+             "hardware, kernels or dtypes:"]
+    lines += [f"  {o.nodeid} [{o.name}]  token {o.details.fragile.position} margin {o.details.fragile.margin:.4f}  "
+              f"{o.file}" for o in fragile[:limit]]
+    if len(fragile) > limit:
+        lines.append(f"  ... {len(fragile) - limit} more")
+    return lines
