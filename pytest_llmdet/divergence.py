@@ -3,7 +3,7 @@ comparison and the re-run comparison, which must agree on both."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,13 @@ def first_divergence(golden: Sequence[int], current: Sequence[int]) -> int | Non
 def value_at(values: Sequence[Any] | None, index: int) -> Any:
     """`values[index]`, or None when there are no values or the index is past their end."""
     return values[index] if values is not None and index < len(values) else None
+
+
+def token_label(token: int | None, decode: Callable[[list[int]], str] | None) -> str:
+    """A token as both reports show it: its ID and, with a decoder, its text; or (end of output)."""
+    if token is None:
+        return "(end of output)"
+    return f"{token} {decode([token])!r}" if decode is not None else str(token)
 
 
 def format_margin(value: float | None) -> str:

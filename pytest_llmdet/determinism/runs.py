@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from pytest_llmdet.divergence import Divergence, divergence_of, format_margin
+from pytest_llmdet.divergence import Divergence, divergence_of, format_margin, token_label
 from pytest_llmdet.generation import Generation, Prompt
 
 EXCERPT_CHARS = 40
@@ -210,10 +210,8 @@ def _plural(count: int) -> str:
 
 
 def _token(token: int | None, margin: float | None, decode: Decode | None) -> str:
-    if token is None:
-        return "(end of output)"
-    text = f" {decode([token])!r}" if decode is not None else ""
-    return f"{token}{text} (margin {format_margin(margin)})"
+    label = token_label(token, decode)
+    return label if token is None else f"{label} (margin {format_margin(margin)})"
 
 
 def _divergence_lines(d: Divergence, left: str, right: str, decode: Decode | None) -> list[str]:

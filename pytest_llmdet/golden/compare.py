@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_llmdet.divergence import Divergence, divergence_of, first_divergence, format_margin
+from pytest_llmdet.divergence import Divergence, divergence_of, first_divergence, format_margin, token_label
 from pytest_llmdet.golden.format import GoldenEntry
 
 PREFIX_CHARS = 60
@@ -142,10 +142,8 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
         lines.append(f"matched prefix: {_shorten_left(prefix)!r}" if decode else f"matched tokens: {d.index}")
         for side, token, margin in (("golden ", d.reference_token, d.reference_margin),
                                     ("current", d.other_token, d.other_margin)):
-            if token is None:
-                lines.append(f"  {side}: (end of output)")
-            else:
-                lines.append(f"  {side}: {token} {show([token])!r}  margin {format_margin(margin)}")
+            margin_text = "" if token is None else f"  margin {format_margin(margin)}"
+            lines.append(f"  {side}: {token_label(token, show)}{margin_text}")
     if comparison.checked:
         lines.append(comparison.checked)
     for note in comparison.notes:
