@@ -474,3 +474,51 @@ def test_pending_json_from_the_command_line(pytester, monkeypatch):
     assert "output differs from snapshot 'a'" in item["snapshots"][0]["report"]
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)  # an update supersedes the pending file
     assert pending_files(pytester.path) == []
+
+
+# -- what a user sees: reasons, counts that add up, the next command ------------------------------------------
+
+
+def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_and_a_command_that_works(
+        pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")  # no pending files: this test is about the failure report
+    pytester.makepyfile(test_story=STORY)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)  # exact mode stores no candidates
+    entry = _flip(pytester, 5, json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]["token_ids"][5] + 1)
+    token, margin = entry["token_ids"][5], entry["margins"][5]
+    kind, op = ("a near-tie", "<") if margin < 0.01 else ("a regression", ">=")
+    command = 'pytest --llm-snapshot-update --llm-compare tolerant "test_story.py::test_story"'
+
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report=report.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"E       assert output differs from snapshot '0' in {GOLDEN}",
+        "E         first divergence at token 5 of 12 (cannot be judged tolerantly: the golden snapshot has no top-k "
+        "candidates, it was recorded without --llm-compare tolerant)",
+        "E         matched prefix: *",
+        f"E           golden : {token + 1} * margin {margin:.4f}",
+        f"E           current: {token} *",
+        "E         tolerant comparison (vLLM check_logprobs_close rule, lengths checked), top-5: tokens 0..4 "
+        "identical; at token 5 the golden snapshot has no top-k candidates to compare with; exact mode calls this "
+        f"flip {kind} (golden margin {margin:.4f} {op} llm_near_tie 0.01)",
+        f"E         if the change is intended, re-record with: {command}",
+    ])
+    result.stdout.fnmatch_lines([
+        "*= llm snapshots =*",
+        "0 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) could not be compared tolerantly: their golden snapshot has no top-k candidates (it was "
+        "recorded without --llm-compare tolerant)",
+        f"1 test(s) with changed or missing snapshots. If the change is intended, re-record with: {command}",
+    ], consecutive=True)
+    assert "outside top-k" not in result.stdout.str()
+    assert 'pytest --llm-snapshot-update "' not in result.stdout.str()  # no command that records no candidates
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert report["snapshots"][0]["divergence"]["first_divergence"]["label"] == "no-top-k"
+
+    # the command given works: it stores the candidates, and the next tolerant check can judge a flip
+    run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant", "test_story.py::test_story")
+    recorded = json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]
+    assert [len(step) for step in recorded["top_k_ids"]] == [5] * 12
+    run(pytester, "--llm-snapshot", "--llm-compare", "tolerant").assert_outcomes(passed=1)
+

@@ -55,6 +55,7 @@ class OutcomeDetails:
     checked: str | None = None  # a tolerant comparison: what it checked, in words
     fragile: Fragile | None = None
     error: str | None = None  # why the golden file could not be read (a check) or written (an update)
+    update_flags: str = ""  # what an update of this snapshot needs besides --llm-snapshot-update (ComparePlan)
 
     def to_data(self) -> dict[str, Any]:
         """As plain data (an xdist worker sends it to the controller)."""
@@ -273,7 +274,7 @@ class TestSnapshots:
     def _compare(self, golden: GoldenEntry, value: Any) -> Comparison:
         if isinstance(value, Generation) and golden.token_ids is not None and self.compare.mode == "tolerant":
             return compare_tolerant(golden, value.token_ids, value.margins, value.text, value.finish_reason,
-                                    value.top_k_ids, self.compare.top_k)
+                                    value.top_k_ids, self.compare.top_k, self.near_tie)
         if isinstance(value, Generation) and golden.token_ids is not None:
             return compare_tokens(golden, value.token_ids, value.margins, value.text, value.finish_reason,
                                   self.near_tie)
@@ -309,7 +310,9 @@ class TestSnapshots:
         self._outcome(name, status, details)
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
-        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details or OutcomeDetails())
+        details = details or OutcomeDetails()
+        details.update_flags = self.compare.update_flags
+        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details)
         self.outcomes.append(outcome)
         self.record(outcome)
 

@@ -4,6 +4,7 @@ fragile snapshots, and (with --llm-snapshot-details) every snapshot. Built from 
 from __future__ import annotations
 
 from pytest_llmdet.golden.ledger import SnapshotRun
+from pytest_llmdet.golden.snapshot import SnapshotOutcome
 
 LIST_LIMIT = 20
 
@@ -16,14 +17,31 @@ def _quoted(nodeids: list[str], limit: int = 5) -> str:
     return " ".join(f'"{t}"' for t in nodeids[:limit]) + (" ..." if len(nodeids) > limit else "")
 
 
+def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
+    # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
+    # stores the top-k candidates that comparison uses (a plain update would store none).
+    by_flags: dict[str, list[str]] = {}
+    for o in sorted(failed, key=lambda o: (o.details.update_flags, o.nodeid)):
+        tests = by_flags.setdefault(o.details.update_flags, [])
+        if o.nodeid not in tests:
+            tests.append(o.nodeid)
+    return "; ".join(f"pytest --llm-snapshot-update {flags + ' ' if flags else ''}{_quoted(tests)}"
+                     for flags, tests in by_flags.items())
+
+
 def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     """The section's lines. The error count is shown only when a write failed."""
     counts = run.counts()
     lines = [", ".join(f"{counts[k]} {k}" for k in counts if k != "error" or counts[k])]
     failed, errored, reasons = run.failed_tests(), run.errored_tests(), run.whole_run_reasons()
+    failed_outcomes = [o for o in run.outcomes if o.status in ("failed", "missing")]
+    no_top_k = [o for o in failed_outcomes if _label(o) == "no-top-k"]
+    if no_top_k:  # the real reason first: re-recording without --llm-compare tolerant would not help
+        lines.append(f"{len(no_top_k)} snapshot(s) could not be compared tolerantly: their golden snapshot has no "
+                     "top-k candidates (it was recorded without --llm-compare tolerant)")
     if failed:
         lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
-                     f"re-record with: pytest --llm-snapshot-update {_quoted(failed)}")
+                     f"re-record with: {_rerecord_commands(failed_outcomes)}")
     if errored:
         lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
                      + _quoted(errored))
@@ -46,6 +64,11 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
             compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
             lines.append(f"{o.status:>8}  {o.nodeid} [{o.name}]  {o.file}{compared}")
     return lines
+
+
+def _label(outcome: SnapshotOutcome) -> str | None:
+    first = (outcome.details.divergence or {}).get("first_divergence") or {}
+    return first.get("label")
 
 
 def fragile_lines(run: SnapshotRun, near_tie: float, limit: int = LIST_LIMIT) -> list[str]:
