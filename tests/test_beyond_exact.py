@@ -522,3 +522,84 @@ def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_an
     assert [len(step) for step in recorded["top_k_ids"]] == [5] * 12
     run(pytester, "--llm-snapshot", "--llm-compare", "tolerant").assert_outcomes(passed=1)
 
+def test_a_tolerant_pass_that_diverged_is_counted_in_the_summary_and_shown_in_the_details(pytester):
+    pytester.makepyfile(test_story=STORY)
+    run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant").assert_outcomes(passed=1)
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant")
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])  # no divergence
+    assert "tolerated" not in result.stdout.str()
+
+    entry = json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]
+    _flip(pytester, 5, entry["top_k_ids"][5][1])  # the runner-up: within top-k on both sides
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report=report.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "1 passed (1 tolerated), 0 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) passed tolerantly although their tokens diverged (each side's token among the other side's "
+        "top-k):",
+        f"  test_story.py::test_story [[]0[]]  token 5  {GOLDEN}",
+    ], consecutive=True)
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert (report["summary"]["passed"], report["summary"]["tolerated"]) == (1, 1)
+
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-snapshot-details")
+    result.stdout.fnmatch_lines([
+        "1 passed (1 tolerated), 0 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) passed tolerantly although their tokens diverged (each side's token among the other side's "
+        "top-k); listed below:",
+        f"  passed (tolerant: diverged at token 5, within top-k)  test_story.py::test_story [[]0[]]  {GOLDEN}",
+    ], consecutive=True)
+
+
+THREE = """
+def test_three(llm_snapshot):
+    assert "first" == llm_snapshot(name="a")
+    assert "second" == llm_snapshot(name="b")
+    assert "third" == llm_snapshot(name="c")
+
+def test_other(llm_snapshot):
+    assert "other" == llm_snapshot
+"""
+THREE_GOLDEN = "__llm_snapshots__/test_three/test_three.json"
+
+
+def test_snapshots_a_failed_test_never_compared_are_counted_and_listed_as_not_compared(pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_three=THREE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    pytester.makepyfile(test_three=THREE.replace('"first"', '"first!"'))
+
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "1 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 2 not compared",  # 4 snapshots, 4 counted
+        '1 test(s) with changed or missing snapshots. If the change is intended, re-record with: pytest '
+        '--llm-snapshot-update "test_three.py::test_three"',
+        "2 snapshot(s) not compared: their test failed before comparing them:",
+        f"  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
+        f"  test_three.py::test_three [[]c[]]  {THREE_GOLDEN}",
+    ], consecutive=True)
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert report["summary"]["not_compared"] == 2
+    assert report["not_compared"] == [{"test": "test_three.py::test_three", "name": name, "file": THREE_GOLDEN}
+                                      for name in ("b", "c")]
+
+    pytester.makepyfile(test_three=THREE.replace('"second"', '"second!"'))  # fails at b: only c is left
+    result = run(pytester, "--llm-snapshot", "--llm-snapshot-details")
+    result.stdout.fnmatch_lines([
+        "2 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 1 not compared",
+        "*re-record with*",
+        "1 snapshot(s) not compared: their test failed before comparing them; listed below:",
+        f"  failed  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
+        "  passed  test_three.py::test_other [[]0[]]  *",
+        f"  passed  test_three.py::test_three [[]a[]]  {THREE_GOLDEN}",
+        f"not compared  test_three.py::test_three [[]c[]]  {THREE_GOLDEN}",
+    ], consecutive=True)
+
+    pytester.makepyfile(test_three=THREE)
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert json.loads((pytester.path / "report.json").read_text())["not_compared"] == []
+

@@ -142,3 +142,14 @@ def test_the_re_record_command_groups_the_failed_tests_by_the_flags_their_compar
     assert summary_lines(run, update=False, details=False)[1] == (
         '2 test(s) with changed or missing snapshots. If the change is intended, re-record with: pytest '
         '--llm-snapshot-update "t.py::test_a"; pytest --llm-snapshot-update --llm-compare tolerant "t.py::test_b"')
+
+def test_the_count_line_is_unchanged_unless_snapshots_were_tolerated_or_not_compared():
+    from pytest_llmdet.golden.summary import count_line
+
+    counts = {"passed": 2, "failed": 4, "written": 0, "updated": 0, "deleted": 0, "unused": 0, "error": 0,
+              "tolerated": 0, "not_compared": 0}
+    assert count_line(counts) == "2 passed, 4 failed, 0 written, 0 updated, 0 deleted, 0 unused"
+    counts.update(tolerated=1, not_compared=2, error=1)
+    assert count_line(counts) == ("2 passed (1 tolerated), 4 failed, 0 written, 0 updated, 0 deleted, 0 unused, "
+                                  "1 error, 2 not compared")
+

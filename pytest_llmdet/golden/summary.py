@@ -3,7 +3,7 @@ fragile snapshots, and (with --llm-snapshot-details) every snapshot. Built from 
 
 from __future__ import annotations
 
-from pytest_llmdet.golden.ledger import SnapshotRun
+from pytest_llmdet.golden.ledger import SnapshotRun, tolerated_at
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 
 LIST_LIMIT = 20
@@ -17,6 +17,20 @@ def _quoted(nodeids: list[str], limit: int = 5) -> str:
     return " ".join(f'"{t}"' for t in nodeids[:limit]) + (" ..." if len(nodeids) > limit else "")
 
 
+def count_line(counts: dict[str, int]) -> str:
+    """`2 passed, 4 failed, 0 written, 0 updated, 0 deleted, 0 unused`; the passes that diverged within top-k,
+    a failed write and the snapshots not compared are shown only when there are any."""
+    parts = []
+    for key in ("passed", "failed", "written", "updated", "deleted", "unused", "error", "not_compared"):
+        if key in ("error", "not_compared") and not counts[key]:
+            continue
+        part = f"{counts[key]} {key.replace('_', ' ')}"
+        if key == "passed" and counts["tolerated"]:
+            part += f" ({counts['tolerated']} tolerated)"
+        parts.append(part)
+    return ", ".join(parts)
+
+
 def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
     # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
     # stores the top-k candidates that comparison uses (a plain update would store none).
@@ -26,13 +40,13 @@ def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
         if o.nodeid not in tests:
             tests.append(o.nodeid)
     return "; ".join(f"pytest --llm-snapshot-update {flags + ' ' if flags else ''}{_quoted(tests)}"
-                     for flags, tests in by_flags.items())
+                      for flags, tests in by_flags.items())
 
 
 def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     """The section's lines. The error count is shown only when a write failed."""
     counts = run.counts()
-    lines = [", ".join(f"{counts[k]} {k}" for k in counts if k != "error" or counts[k])]
+    lines = [count_line(counts)]
     failed, errored, reasons = run.failed_tests(), run.errored_tests(), run.whole_run_reasons()
     failed_outcomes = [o for o in run.outcomes if o.status in ("failed", "missing")]
     no_top_k = [o for o in failed_outcomes if _label(o) == "no-top-k"]
@@ -42,6 +56,18 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     if failed:
         lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
                      f"re-record with: {_rerecord_commands(failed_outcomes)}")
+    listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
+    if run.not_compared:
+        lines.append(f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing "
+                     f"them{listed}:")
+        if not details:
+            lines += _listed([f"{n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared])
+    tolerated = run.tolerated()
+    if tolerated:
+        lines.append(f"{len(tolerated)} snapshot(s) passed tolerantly although their tokens diverged (each side's "
+                     f"token among the other side's top-k){listed}:")
+        if not details:
+            lines += _listed([f"{o.nodeid} [{o.name}]  token {tolerated_at(o)}  {o.file}" for o in tolerated])
     if errored:
         lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
                      + _quoted(errored))
@@ -62,7 +88,13 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     if details:
         for o in sorted(run.outcomes, key=lambda o: (o.status, o.nodeid, o.name, o.file)):
             compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
-            lines.append(f"{o.status:>8}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+            index = tolerated_at(o) if o.status == "passed" else None
+            status = f"{o.status:>8}"
+            if index is not None:
+                status += f" (tolerant: diverged at token {index}, within top-k)"
+            lines.append(f"{status}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+        for n in run.not_compared:
+            lines.append(f"{'not compared':>8}  {n.nodeid} [{n.name}]  {n.file}")
     return lines
 
 
