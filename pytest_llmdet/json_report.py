@@ -57,7 +57,7 @@ def determinism_entry(verdict: Verdict) -> dict[str, Any]:
 def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[str, int],
                  outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
                  verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = (),
-                 not_compared: Iterable[NotCompared] = ()) -> dict[str, Any]:
+                 not_compared: Iterable[NotCompared] = (), pending: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
     version = package_version("pytest-llmdet")
     return {
@@ -74,6 +74,7 @@ def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[s
         "foreign": sorted(foreign),
         "not_compared": sorted(({"test": n.nodeid, "name": n.name, "file": n.file} for n in not_compared),
                                key=lambda e: (e["test"], e["name"])),
+        "pending": sorted(pending),
         "determinism": sorted((determinism_entry(v) for v in verdicts), key=lambda e: e["test"]),
         "determinism_unchecked": unchecked,
     }

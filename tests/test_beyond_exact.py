@@ -522,6 +522,7 @@ def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_an
     assert [len(step) for step in recorded["top_k_ids"]] == [5] * 12
     run(pytester, "--llm-snapshot", "--llm-compare", "tolerant").assert_outcomes(passed=1)
 
+
 def test_a_tolerant_pass_that_diverged_is_counted_in_the_summary_and_shown_in_the_details(pytester):
     pytester.makepyfile(test_story=STORY)
     run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant").assert_outcomes(passed=1)
@@ -603,3 +604,36 @@ def test_snapshots_a_failed_test_never_compared_are_counted_and_listed_as_not_co
     result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
     assert json.loads((pytester.path / "report.json").read_text())["not_compared"] == []
 
+
+def test_a_check_run_that_left_pending_files_names_the_review_command(pytester, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(test_three=THREE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    pytester.makepyfile(test_three=THREE.replace('"first"', '"first!"'))
+    review_line = ("1 pending file(s) keep the new outputs beside their golden files (which are unchanged); accept "
+                   "or reject them one by one with: python -m pytest_llmdet review")
+
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.stdout.fnmatch_lines(["1 test(s) with changed or missing snapshots. If the change is intended, re-record "
+                                 'with: pytest --llm-snapshot-update "test_three.py::test_three"', review_line],
+                                consecutive=True)
+    assert json.loads((pytester.path / "report.json").read_text())["pending"] == [THREE_GOLDEN + ".llmdet-pending"]
+    assert pending_files(pytester.path) == [THREE_GOLDEN + ".llmdet-pending"]
+
+    # the pending file lies outside the folder pytest was started in: the command names its folder
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    result = run(pytester, str(pytester.path / "test_three.py"), "--rootdir", str(pytester.path), "--llm-snapshot")
+    folder = pytester.path / "__llm_snapshots__" / "test_three"
+    result.stdout.fnmatch_lines([f'{review_line} "{folder}"'])
+    monkeypatch.chdir(pytester.path)
+    assert review_cli("accept").strip() == "1 pending snapshot(s) accepted"
+    result = run(pytester, "--llm-snapshot")
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert "pending file(s)" not in result.stdout.str()
+
+    monkeypatch.setenv("CI", "true")  # in CI a check run writes no pending file, and names no review
+    pytester.makepyfile(test_three=THREE.replace('"first!"', '"first?"'))
+    result = run(pytester, "--llm-snapshot")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "pending file(s)" not in result.stdout.str() and pending_files(pytester.path) == []

@@ -120,6 +120,7 @@ class SnapshotRun:
     unused: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
+    pending: list[str] = field(default_factory=list)  # pending files a check run wrote, as the user reads them
     not_compared: list[NotCompared] = field(default_factory=list)  # by finish: what failed tests did not reach
 
     def to_data(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ class SnapshotRun:
             "partly_collected": sorted(self.partly_collected),
             "outcomes": [o.to_data() for o in self.outcomes],
             "partial_reasons": sorted(self.partial_reasons),
+            "pending": list(self.pending),
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -145,6 +147,7 @@ class SnapshotRun:
         self.partly_collected.update(data["partly_collected"])
         self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
+        self.pending += data.get("pending", [])
 
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)

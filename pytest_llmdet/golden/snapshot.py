@@ -167,6 +167,7 @@ class TestSnapshots:
     _golden: GoldenFile | None = None
     _loaded: bool = False
     passive: bool = False  # a re-run of the determinism check: compare, record and write nothing
+    pending_file: str | None = None  # the pending file settle_pending wrote, as the user reads its path
 
     def claim(self, name: str | None) -> str:
         """The snapshot name of the next comparison: `name` as given, or the next number for an unnamed one.
@@ -371,6 +372,7 @@ class TestSnapshots:
         beside the golden file (never the golden file itself), or removes a stale one when all matched; an
         update removes it (the update supersedes it). Returns a note when the pending file could not be
         written."""
+        from pytest_llmdet.golden.location import PENDING_SUFFIX
         from pytest_llmdet.golden.pending import PendingFile, pending_path, remove_pending, write_pending
 
         if self.passive or ci or self.mode not in (CHECK, UPDATE):
@@ -393,6 +395,7 @@ class TestSnapshots:
                 {name: report for name, (_, _, report) in self.pending.items()},
                 golden_sha256=golden_digest(self.path) or "",
             ))
+            self.pending_file = self.display_path + PENDING_SUFFIX
         except (OSError, GoldenFileError) as error:
             reason = getattr(error, "strerror", None) or error
             return f"could not write the pending file {pending_path(self.path)}: {reason}"

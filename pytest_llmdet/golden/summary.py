@@ -3,6 +3,8 @@ fragile snapshots, and (with --llm-snapshot-details) every snapshot. Built from 
 
 from __future__ import annotations
 
+import os
+
 from pytest_llmdet.golden.ledger import SnapshotRun, tolerated_at
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 
@@ -43,6 +45,12 @@ def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
                       for flags, tests in by_flags.items())
 
 
+def _review_command(pending: list[str]) -> str:
+    # review searches the current folder by default; pending files elsewhere are named by their folders
+    outside = sorted({os.path.dirname(p) for p in pending if os.path.isabs(p) or p.startswith("..")})
+    return "python -m pytest_llmdet review" + "".join(f' "{folder}"' for folder in outside)
+
+
 def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     """The section's lines. The error count is shown only when a write failed."""
     counts = run.counts()
@@ -56,6 +64,9 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     if failed:
         lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
                      f"re-record with: {_rerecord_commands(failed_outcomes)}")
+    if run.pending:
+        lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
+                     f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
     listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
     if run.not_compared:
         lines.append(f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing "
