@@ -44,7 +44,7 @@ class Divergence:
     other_token: int | None
     reference_margin: float | None
     other_margin: float | None
-    label: str = ""  # golden: near-tie, regression or length; tolerant: tolerated, outside-top-k or eos
+    label: str = ""  # golden: near-tie, regression or length; tolerant: tolerated, outside-top-k, no-top-k or eos
     max_logprob_delta: float | None = None  # re-runs: largest |Δ| of the chosen token's log-prob before `index`
 
 

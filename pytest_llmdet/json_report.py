@@ -14,6 +14,7 @@ from typing import Any
 
 from pytest_llmdet.determinism.runs import Verdict
 from pytest_llmdet.golden.compare import summary_line
+from pytest_llmdet.golden.ledger import NotCompared
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 from pytest_llmdet.golden.store import replace_atomically
 from pytest_llmdet.versions import package_version
@@ -55,7 +56,8 @@ def determinism_entry(verdict: Verdict) -> dict[str, Any]:
 
 def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[str, int],
                  outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
-                 verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = ()) -> dict[str, Any]:
+                 verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = (),
+                 not_compared: Iterable[NotCompared] = (), pending: Sequence[str] = ()) -> dict[str, Any]:
     """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
     version = package_version("pytest-llmdet")
     return {
@@ -70,6 +72,9 @@ def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[s
         "unused": sorted(unused),
         "deleted": sorted(deleted),
         "foreign": sorted(foreign),
+        "not_compared": sorted(({"test": n.nodeid, "name": n.name, "file": n.file} for n in not_compared),
+                               key=lambda e: (e["test"], e["name"])),
+        "pending": sorted(pending),
         "determinism": sorted((determinism_entry(v) for v in verdicts), key=lambda e: e["test"]),
         "determinism_unchecked": unchecked,
     }

@@ -152,6 +152,7 @@ def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path,
     report = build_report(
         mode=llmdet.snapshot_settings.mode, near_tie=llmdet.snapshot_settings.near_tie, exit_status=exit_status,
         counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted, foreign=run.foreign,
+        not_compared=run.not_compared, pending=run.pending,
         verdicts=state.verdicts if state else [], unchecked=state.unchecked if state else 0,
     )
     try:

@@ -249,6 +249,14 @@ class ComparePlan(NamedTuple):
         """How many candidates per step generate must record (0: none, the exact mode's cost)."""
         return self.top_k if self.mode == "tolerant" else 0
 
+    @property
+    def update_flags(self) -> str:
+        """The flags an update of this test needs to record what this comparison uses (a tolerant check needs
+        the top-k candidates, which only a tolerant update stores); empty for exact."""
+        if self.mode != "tolerant":
+            return ""
+        return "--llm-compare tolerant" + (f" --llm-top-k {self.top_k}" if self.top_k != TOP_K_DEFAULT else "")
+
 
 class SettingsError(ValueError):
     """A setting has a value outside what it allows."""

@@ -474,3 +474,166 @@ def test_pending_json_from_the_command_line(pytester, monkeypatch):
     assert "output differs from snapshot 'a'" in item["snapshots"][0]["report"]
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)  # an update supersedes the pending file
     assert pending_files(pytester.path) == []
+
+
+# -- what a user sees: reasons, counts that add up, the next command ------------------------------------------
+
+
+def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_and_a_command_that_works(
+        pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")  # no pending files: this test is about the failure report
+    pytester.makepyfile(test_story=STORY)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)  # exact mode stores no candidates
+    entry = _flip(pytester, 5, json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]["token_ids"][5] + 1)
+    token, margin = entry["token_ids"][5], entry["margins"][5]
+    kind, op = ("a near-tie", "<") if margin < 0.01 else ("a regression", ">=")
+    command = 'pytest --llm-snapshot-update --llm-compare tolerant "test_story.py::test_story"'
+
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report=report.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        f"E       assert output differs from snapshot '0' in {GOLDEN}",
+        "E         first divergence at token 5 of 12 (cannot be judged tolerantly: the golden snapshot has no top-k "
+        "candidates, it was recorded without --llm-compare tolerant)",
+        "E         matched prefix: *",
+        f"E           golden : {token + 1} * margin {margin:.4f}",
+        f"E           current: {token} *",
+        "E         tolerant comparison (vLLM check_logprobs_close rule, lengths checked), top-5: tokens 0..4 "
+        "identical; at token 5 the golden snapshot has no top-k candidates to compare with; exact mode calls this "
+        f"flip {kind} (golden margin {margin:.4f} {op} llm_near_tie 0.01)",
+        f"E         if the change is intended, re-record with: {command}",
+    ])
+    result.stdout.fnmatch_lines([
+        "*= llm snapshots =*",
+        "0 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) could not be compared tolerantly: their golden snapshot has no top-k candidates (it was "
+        "recorded without --llm-compare tolerant)",
+        f"1 test(s) with changed or missing snapshots. If the change is intended, re-record with: {command}",
+    ], consecutive=True)
+    assert "outside top-k" not in result.stdout.str()
+    assert 'pytest --llm-snapshot-update "' not in result.stdout.str()  # no command that records no candidates
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert report["snapshots"][0]["divergence"]["first_divergence"]["label"] == "no-top-k"
+
+    # the command given works: it stores the candidates, and the next tolerant check can judge a flip
+    run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant", "test_story.py::test_story")
+    recorded = json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]
+    assert [len(step) for step in recorded["top_k_ids"]] == [5] * 12
+    run(pytester, "--llm-snapshot", "--llm-compare", "tolerant").assert_outcomes(passed=1)
+
+
+def test_a_tolerant_pass_that_diverged_is_counted_in_the_summary_and_shown_in_the_details(pytester):
+    pytester.makepyfile(test_story=STORY)
+    run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant").assert_outcomes(passed=1)
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant")
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])  # no divergence
+    assert "tolerated" not in result.stdout.str()
+
+    entry = json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]
+    _flip(pytester, 5, entry["top_k_ids"][5][1])  # the runner-up: within top-k on both sides
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report=report.json")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "1 passed (1 tolerated), 0 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) passed tolerantly although their tokens diverged (each side's token among the other side's "
+        "top-k):",
+        f"  test_story.py::test_story [[]0[]]  token 5  {GOLDEN}",
+    ], consecutive=True)
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert (report["summary"]["passed"], report["summary"]["tolerated"]) == (1, 1)
+
+    result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-snapshot-details")
+    result.stdout.fnmatch_lines([
+        "1 passed (1 tolerated), 0 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+        "1 snapshot(s) passed tolerantly although their tokens diverged (each side's token among the other side's "
+        "top-k); listed below:",
+        f"  passed (tolerant: diverged at token 5, within top-k)  test_story.py::test_story [[]0[]]  {GOLDEN}",
+    ], consecutive=True)
+
+
+THREE = """
+def test_three(llm_snapshot):
+    assert "first" == llm_snapshot(name="a")
+    assert "second" == llm_snapshot(name="b")
+    assert "third" == llm_snapshot(name="c")
+
+def test_other(llm_snapshot):
+    assert "other" == llm_snapshot
+"""
+THREE_GOLDEN = "__llm_snapshots__/test_three/test_three.json"
+
+
+def test_snapshots_a_failed_test_never_compared_are_counted_and_listed_as_not_compared(pytester, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_three=THREE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    pytester.makepyfile(test_three=THREE.replace('"first"', '"first!"'))
+
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "1 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 2 not compared",  # 4 snapshots, 4 counted
+        '1 test(s) with changed or missing snapshots. If the change is intended, re-record with: pytest '
+        '--llm-snapshot-update "test_three.py::test_three"',
+        "2 snapshot(s) not compared: their test failed before comparing them:",
+        f"  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
+        f"  test_three.py::test_three [[]c[]]  {THREE_GOLDEN}",
+    ], consecutive=True)
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)
+    assert report["summary"]["not_compared"] == 2
+    assert report["not_compared"] == [{"test": "test_three.py::test_three", "name": name, "file": THREE_GOLDEN}
+                                      for name in ("b", "c")]
+
+    pytester.makepyfile(test_three=THREE.replace('"second"', '"second!"'))  # fails at b: only c is left
+    result = run(pytester, "--llm-snapshot", "--llm-snapshot-details")
+    result.stdout.fnmatch_lines([
+        "2 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 1 not compared",
+        "*re-record with*",
+        "1 snapshot(s) not compared: their test failed before comparing them; listed below:",
+        f"  failed  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
+        "  passed  test_three.py::test_other [[]0[]]  *",
+        f"  passed  test_three.py::test_three [[]a[]]  {THREE_GOLDEN}",
+        f"not compared  test_three.py::test_three [[]c[]]  {THREE_GOLDEN}",
+    ], consecutive=True)
+
+    pytester.makepyfile(test_three=THREE)
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert json.loads((pytester.path / "report.json").read_text())["not_compared"] == []
+
+
+def test_a_check_run_that_left_pending_files_names_the_review_command(pytester, monkeypatch):
+    monkeypatch.delenv("CI", raising=False)
+    pytester.makepyfile(test_three=THREE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    pytester.makepyfile(test_three=THREE.replace('"first"', '"first!"'))
+    review_line = ("1 pending file(s) keep the new outputs beside their golden files (which are unchanged); accept "
+                   "or reject them one by one with: python -m pytest_llmdet review")
+
+    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
+    result.stdout.fnmatch_lines(["1 test(s) with changed or missing snapshots. If the change is intended, re-record "
+                                 'with: pytest --llm-snapshot-update "test_three.py::test_three"', review_line],
+                                consecutive=True)
+    assert json.loads((pytester.path / "report.json").read_text())["pending"] == [THREE_GOLDEN + ".llmdet-pending"]
+    assert pending_files(pytester.path) == [THREE_GOLDEN + ".llmdet-pending"]
+
+    # the pending file lies outside the folder pytest was started in: the command names its folder
+    elsewhere = pytester.mkdir("elsewhere")
+    monkeypatch.chdir(elsewhere)
+    result = run(pytester, str(pytester.path / "test_three.py"), "--rootdir", str(pytester.path), "--llm-snapshot")
+    folder = pytester.path / "__llm_snapshots__" / "test_three"
+    result.stdout.fnmatch_lines([f'{review_line} "{folder}"'])
+    monkeypatch.chdir(pytester.path)
+    assert review_cli("accept").strip() == "1 pending snapshot(s) accepted"
+    result = run(pytester, "--llm-snapshot")
+    result.stdout.fnmatch_lines(["4 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert "pending file(s)" not in result.stdout.str()
+
+    monkeypatch.setenv("CI", "true")  # in CI a check run writes no pending file, and names no review
+    pytester.makepyfile(test_three=THREE.replace('"first!"', '"first?"'))
+    result = run(pytester, "--llm-snapshot")
+    result.assert_outcomes(passed=1, failed=1)
+    assert "pending file(s)" not in result.stdout.str() and pending_files(pytester.path) == []

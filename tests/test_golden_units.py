@@ -116,3 +116,40 @@ def test_fingerprint_changes_and_cached_weight_hash(tmp_path):
     assert len(cache) == 1
     cache[next(iter(cache))] = "pretend"  # a cached entry is trusted while path, size and mtime match
     assert hash_weights(tmp_path, cache) != first
+
+
+def test_a_tolerant_comparison_is_re_recorded_with_the_flags_that_store_its_candidates():
+    from pytest_llmdet.settings import ComparePlan
+
+    assert ComparePlan().update_flags == ""
+    assert ComparePlan("tolerant").update_flags == "--llm-compare tolerant"
+    assert ComparePlan("tolerant", 3).update_flags == "--llm-compare tolerant --llm-top-k 3"
+    assert ComparePlan("exact", 3).update_flags == ""
+
+
+def test_the_re_record_command_groups_the_failed_tests_by_the_flags_their_comparison_needs():
+    from pytest_llmdet.golden.ledger import SnapshotRun
+    from pytest_llmdet.golden.snapshot import OutcomeDetails, SnapshotOutcome
+    from pytest_llmdet.golden.summary import summary_lines
+
+    run = SnapshotRun(outcomes=[
+        SnapshotOutcome("t.py::test_a", "0", "failed", "a.json", OutcomeDetails()),
+        SnapshotOutcome("t.py::test_b", "0", "failed", "b.json",
+                        OutcomeDetails(compare="tolerant", update_flags="--llm-compare tolerant")),
+        SnapshotOutcome("t.py::test_b", "1", "missing", "b.json",
+                        OutcomeDetails(compare="tolerant", update_flags="--llm-compare tolerant")),
+    ])
+    assert summary_lines(run, update=False, details=False)[1] == (
+        '2 test(s) with changed or missing snapshots. If the change is intended, re-record with: pytest '
+        '--llm-snapshot-update "t.py::test_a"; pytest --llm-snapshot-update --llm-compare tolerant "t.py::test_b"')
+
+def test_the_count_line_is_unchanged_unless_snapshots_were_tolerated_or_not_compared():
+    from pytest_llmdet.golden.summary import count_line
+
+    counts = {"passed": 2, "failed": 4, "written": 0, "updated": 0, "deleted": 0, "unused": 0, "error": 0,
+              "tolerated": 0, "not_compared": 0}
+    assert count_line(counts) == "2 passed, 4 failed, 0 written, 0 updated, 0 deleted, 0 unused"
+    counts.update(tolerated=1, not_compared=2, error=1)
+    assert count_line(counts) == ("2 passed (1 tolerated), 4 failed, 0 written, 0 updated, 0 deleted, 0 unused, "
+                                  "1 error, 2 not compared")
+

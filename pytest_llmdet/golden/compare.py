@@ -131,6 +131,11 @@ def render_comparison(comparison: Comparison, golden: GoldenEntry, current_text:
             why = f"regression: golden margin {format_margin(d.reference_margin)} >= llm_near_tie {near_tie}"
         elif d.label == "outside-top-k":
             why = "outside top-k: a token is not among the other side's best candidates"
+        elif d.label == "no-top-k" and golden.top_k_ids is None:
+            why = ("cannot be judged tolerantly: the golden snapshot has no top-k candidates, it was recorded "
+                   "without --llm-compare tolerant")
+        elif d.label == "no-top-k":
+            why = "cannot be judged tolerantly: the current generation recorded no top-k candidates"
         elif d.label == "eos":
             why = "eos: one output ends (EOS) where the other goes on"
         elif d.label == "tolerated":

@@ -29,6 +29,9 @@ from pytest_llmdet.golden.snapshot import SnapshotOutcome
 from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
 
 STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
+# Counted besides: passed snapshots that diverged within top-k (a tolerant pass), and snapshots of a golden file
+# that its test did not compare because it failed first (so that the counts add up to the snapshots there are).
+EXTRA_COUNTS = ("tolerated", "not_compared")
 PHASES = ("setup", "call", "teardown")
 
 
@@ -80,6 +83,21 @@ class TestRecord:
 
 
 @dataclass
+class NotCompared:
+    """A snapshot of a golden file that its test, which failed, never compared."""
+
+    nodeid: str
+    name: str
+    file: str
+
+
+def tolerated_at(outcome: SnapshotOutcome) -> int | None:
+    """Where a snapshot that passed tolerantly diverged from its golden (None: it did not)."""
+    first = (outcome.details.divergence or {}).get("first_divergence") or {}
+    return first.get("index") if first.get("label") == "tolerated" else None
+
+
+@dataclass
 class CleanupPlan:
     """What the end of the run found: unused golden files and snapshots, and files that are not ours."""
 
@@ -102,6 +120,8 @@ class SnapshotRun:
     unused: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
+    pending: list[str] = field(default_factory=list)  # pending files a check run wrote, as the user reads them
+    not_compared: list[NotCompared] = field(default_factory=list)  # by finish: what failed tests did not reach
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -111,6 +131,7 @@ class SnapshotRun:
             "partly_collected": sorted(self.partly_collected),
             "outcomes": [o.to_data() for o in self.outcomes],
             "partial_reasons": sorted(self.partial_reasons),
+            "pending": list(self.pending),
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -126,6 +147,7 @@ class SnapshotRun:
         self.partly_collected.update(data["partly_collected"])
         self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
+        self.pending += data.get("pending", [])
 
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)
@@ -206,6 +228,7 @@ class SnapshotRun:
         """
         for folder in map(Path, sorted(self.module_folders)):
             clean_temporaries(folder)
+        self.not_compared = self._not_compared()
         try:
             plan = self.plan()
         except OSError as error:
@@ -244,10 +267,36 @@ class SnapshotRun:
                            "(a symbolic link?); delete it by hand if it is unused")
         return False
 
+    def _not_compared(self) -> list[NotCompared]:
+        """The snapshots of each golden file whose test ran but did not pass, that it did not compare: a test
+        stops at its first failed comparison, so the snapshots after it were never checked. The golden file,
+        read again (its test read it before), knows their names; an unreadable one names none."""
+        found = []
+        files = {o.nodeid: o.file for o in self.outcomes}
+        for nodeid, record in sorted(self.tests.items()):
+            if not record.phases or record.passed or record.skipped:
+                continue
+            try:
+                golden = read_golden(Path(record.golden))
+            except (GoldenFileError, OSError):
+                continue
+            if golden is None:
+                continue
+            file = files.get(nodeid, record.golden)
+            found += [NotCompared(nodeid, name, file) for name in sorted(set(golden.snapshots) - set(record.used))]
+        return found
+
     def counts(self) -> dict[str, int]:
+        """The summary line's counts (a missing snapshot counts as failed), then EXTRA_COUNTS."""
         counter = Counter("failed" if o.status == "missing" else o.status for o in self.outcomes)
         counter["deleted"], counter["unused"] = len(self.deleted), len(self.unused)
-        return {status: counter.get(status, 0) for status in STATUSES}
+        counter["tolerated"], counter["not_compared"] = len(self.tolerated()), len(self.not_compared)
+        return {status: counter.get(status, 0) for status in STATUSES + EXTRA_COUNTS}
+
+    def tolerated(self) -> list[SnapshotOutcome]:
+        """Passed snapshots whose tokens diverged from the golden, within top-k (a tolerant comparison)."""
+        return sorted((o for o in self.outcomes if o.status == "passed" and tolerated_at(o) is not None),
+                      key=lambda o: (o.nodeid, o.name))
 
     def fragile(self) -> list[SnapshotOutcome]:
         """Snapshots recorded with a margin below llm_near_tie, by test and name."""

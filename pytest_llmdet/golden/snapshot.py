@@ -55,6 +55,7 @@ class OutcomeDetails:
     checked: str | None = None  # a tolerant comparison: what it checked, in words
     fragile: Fragile | None = None
     error: str | None = None  # why the golden file could not be read (a check) or written (an update)
+    update_flags: str = ""  # what an update of this snapshot needs besides --llm-snapshot-update (ComparePlan)
 
     def to_data(self) -> dict[str, Any]:
         """As plain data (an xdist worker sends it to the controller)."""
@@ -166,6 +167,7 @@ class TestSnapshots:
     _golden: GoldenFile | None = None
     _loaded: bool = False
     passive: bool = False  # a re-run of the determinism check: compare, record and write nothing
+    pending_file: str | None = None  # the pending file settle_pending wrote, as the user reads its path
 
     def claim(self, name: str | None) -> str:
         """The snapshot name of the next comparison: `name` as given, or the next number for an unnamed one.
@@ -273,7 +275,7 @@ class TestSnapshots:
     def _compare(self, golden: GoldenEntry, value: Any) -> Comparison:
         if isinstance(value, Generation) and golden.token_ids is not None and self.compare.mode == "tolerant":
             return compare_tolerant(golden, value.token_ids, value.margins, value.text, value.finish_reason,
-                                    value.top_k_ids, self.compare.top_k)
+                                    value.top_k_ids, self.compare.top_k, self.near_tie)
         if isinstance(value, Generation) and golden.token_ids is not None:
             return compare_tokens(golden, value.token_ids, value.margins, value.text, value.finish_reason,
                                   self.near_tie)
@@ -309,7 +311,9 @@ class TestSnapshots:
         self._outcome(name, status, details)
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
-        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details or OutcomeDetails())
+        details = details or OutcomeDetails()
+        details.update_flags = self.compare.update_flags
+        outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details)
         self.outcomes.append(outcome)
         self.record(outcome)
 
@@ -368,6 +372,7 @@ class TestSnapshots:
         beside the golden file (never the golden file itself), or removes a stale one when all matched; an
         update removes it (the update supersedes it). Returns a note when the pending file could not be
         written."""
+        from pytest_llmdet.golden.location import PENDING_SUFFIX
         from pytest_llmdet.golden.pending import PendingFile, pending_path, remove_pending, write_pending
 
         if self.passive or ci or self.mode not in (CHECK, UPDATE):
@@ -390,6 +395,7 @@ class TestSnapshots:
                 {name: report for name, (_, _, report) in self.pending.items()},
                 golden_sha256=golden_digest(self.path) or "",
             ))
+            self.pending_file = self.display_path + PENDING_SUFFIX
         except (OSError, GoldenFileError) as error:
             reason = getattr(error, "strerror", None) or error
             return f"could not write the pending file {pending_path(self.path)}: {reason}"

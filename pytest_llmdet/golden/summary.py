@@ -3,7 +3,10 @@ fragile snapshots, and (with --llm-snapshot-details) every snapshot. Built from 
 
 from __future__ import annotations
 
-from pytest_llmdet.golden.ledger import SnapshotRun
+import os
+
+from pytest_llmdet.golden.ledger import SnapshotRun, tolerated_at
+from pytest_llmdet.golden.snapshot import SnapshotOutcome
 
 LIST_LIMIT = 20
 
@@ -16,14 +19,66 @@ def _quoted(nodeids: list[str], limit: int = 5) -> str:
     return " ".join(f'"{t}"' for t in nodeids[:limit]) + (" ..." if len(nodeids) > limit else "")
 
 
+def count_line(counts: dict[str, int]) -> str:
+    """`2 passed, 4 failed, 0 written, 0 updated, 0 deleted, 0 unused`; the passes that diverged within top-k,
+    a failed write and the snapshots not compared are shown only when there are any."""
+    parts = []
+    for key in ("passed", "failed", "written", "updated", "deleted", "unused", "error", "not_compared"):
+        if key in ("error", "not_compared") and not counts[key]:
+            continue
+        part = f"{counts[key]} {key.replace('_', ' ')}"
+        if key == "passed" and counts["tolerated"]:
+            part += f" ({counts['tolerated']} tolerated)"
+        parts.append(part)
+    return ", ".join(parts)
+
+
+def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
+    # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
+    # stores the top-k candidates that comparison uses (a plain update would store none).
+    by_flags: dict[str, list[str]] = {}
+    for o in sorted(failed, key=lambda o: (o.details.update_flags, o.nodeid)):
+        tests = by_flags.setdefault(o.details.update_flags, [])
+        if o.nodeid not in tests:
+            tests.append(o.nodeid)
+    return "; ".join(f"pytest --llm-snapshot-update {flags + ' ' if flags else ''}{_quoted(tests)}"
+                      for flags, tests in by_flags.items())
+
+
+def _review_command(pending: list[str]) -> str:
+    # review searches the current folder by default; pending files elsewhere are named by their folders
+    outside = sorted({os.path.dirname(p) for p in pending if os.path.isabs(p) or p.startswith("..")})
+    return "python -m pytest_llmdet review" + "".join(f' "{folder}"' for folder in outside)
+
+
 def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     """The section's lines. The error count is shown only when a write failed."""
     counts = run.counts()
-    lines = [", ".join(f"{counts[k]} {k}" for k in counts if k != "error" or counts[k])]
+    lines = [count_line(counts)]
     failed, errored, reasons = run.failed_tests(), run.errored_tests(), run.whole_run_reasons()
+    failed_outcomes = [o for o in run.outcomes if o.status in ("failed", "missing")]
+    no_top_k = [o for o in failed_outcomes if _label(o) == "no-top-k"]
+    if no_top_k:  # the real reason first: re-recording without --llm-compare tolerant would not help
+        lines.append(f"{len(no_top_k)} snapshot(s) could not be compared tolerantly: their golden snapshot has no "
+                     "top-k candidates (it was recorded without --llm-compare tolerant)")
     if failed:
         lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
-                     f"re-record with: pytest --llm-snapshot-update {_quoted(failed)}")
+                     f"re-record with: {_rerecord_commands(failed_outcomes)}")
+    if run.pending:
+        lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
+                     f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
+    listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
+    if run.not_compared:
+        lines.append(f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing "
+                     f"them{listed}:")
+        if not details:
+            lines += _listed([f"{n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared])
+    tolerated = run.tolerated()
+    if tolerated:
+        lines.append(f"{len(tolerated)} snapshot(s) passed tolerantly although their tokens diverged (each side's "
+                     f"token among the other side's top-k){listed}:")
+        if not details:
+            lines += _listed([f"{o.nodeid} [{o.name}]  token {tolerated_at(o)}  {o.file}" for o in tolerated])
     if errored:
         lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
                      + _quoted(errored))
@@ -44,8 +99,19 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     if details:
         for o in sorted(run.outcomes, key=lambda o: (o.status, o.nodeid, o.name, o.file)):
             compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
-            lines.append(f"{o.status:>8}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+            index = tolerated_at(o) if o.status == "passed" else None
+            status = f"{o.status:>8}"
+            if index is not None:
+                status += f" (tolerant: diverged at token {index}, within top-k)"
+            lines.append(f"{status}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+        for n in run.not_compared:
+            lines.append(f"{'not compared':>8}  {n.nodeid} [{n.name}]  {n.file}")
     return lines
+
+
+def _label(outcome: SnapshotOutcome) -> str | None:
+    first = (outcome.details.divergence or {}).get("first_divergence") or {}
+    return first.get("label")
 
 
 def fragile_lines(run: SnapshotRun, near_tie: float, limit: int = LIST_LIMIT) -> list[str]:

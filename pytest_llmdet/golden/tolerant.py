@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pytest_llmdet.divergence import divergence_of, first_divergence, value_at
+from pytest_llmdet.divergence import divergence_of, first_divergence, format_margin, value_at
 from pytest_llmdet.golden.compare import Comparison
 from pytest_llmdet.golden.format import GoldenEntry
 
@@ -27,9 +27,11 @@ def _ends_with_eos(ids: Sequence[int], finish: str | None, index: int) -> bool:
 
 
 def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[float], text: str,
-                     finish_reason: str | None, top_k_ids: list[list[int]] | None, top_k: int) -> Comparison:
+                     finish_reason: str | None, top_k_ids: list[list[int]] | None, top_k: int,
+                     near_tie: float | None = None) -> Comparison:
     """Compare a generation with a golden entry tolerantly: identical up to the first divergence, where each
-    token must be among the other side's `top_k` best; nothing after it is compared."""
+    token must be among the other side's `top_k` best; nothing after it is compared. A side without candidates
+    there cannot be judged (label no-top-k): the flip is then judged as exact mode would, with `near_tie`."""
     assert golden.token_ids is not None
     g_ids = golden.token_ids
     index = first_divergence(g_ids, token_ids)
@@ -47,26 +49,29 @@ def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[fl
     divergence.label = "length"
     golden_token, current_token = divergence.reference_token, divergence.other_token
     result.divergence = divergence
-    prefix = f"{RULE}, top-{top_k}: tokens 0..{index - 1} identical" if index else f"{RULE}, top-{top_k}:"
+    # "tokens 0..4 identical; at token 5 ..."; a divergence at token 0 has no identical prefix to name
+    prefix = f"{RULE}, top-{top_k}: tokens 0..{index - 1} identical;" if index else f"{RULE}, top-{top_k}:"
     if golden_token is None or current_token is None:
         shorter = "current" if current_token is None else "golden"
-        result.checked = (f"{prefix}; the {shorter} output ends at token {index} before any divergence "
+        result.checked = (f"{prefix} the {shorter} output ends at token {index} before any divergence "
                           f"(golden {len(g_ids)} tokens, current {len(token_ids)}): a length change is a failure")
         return result
     if _ends_with_eos(g_ids, golden.finish_reason, index) or _ends_with_eos(token_ids, finish_reason, index):
         divergence.label = "eos"
-        result.checked = (f"{prefix}; at token {index} one output ends with EOS and the other goes on: an EOS "
+        result.checked = (f"{prefix} at token {index} one output ends with EOS and the other goes on: an EOS "
                           "flip changes the length and is never tolerated")
         return result
     golden_top = value_at(golden.top_k_ids, index)
     current_top = value_at(top_k_ids, index)
     if golden_top is None or current_top is None:
-        divergence.label = "outside-top-k"
+        divergence.label = "no-top-k"
         side = "golden snapshot" if golden_top is None else "current generation"
-        result.checked = f"{prefix}; at token {index} the {side} has no top-k candidates to compare with"
-        if golden_top is None:
-            result.notes.append("the golden snapshot stores no top-k candidates: re-record it in tolerant mode "
-                                "(pytest --llm-snapshot-update --llm-compare tolerant)")
+        result.checked = f"{prefix} at token {index} the {side} has no top-k candidates to compare with"
+        margin = divergence.reference_margin
+        if near_tie is not None and margin is not None:  # what exact mode makes of it: as much as can be said
+            kind = "a near-tie" if margin < near_tie else "a regression"
+            result.checked += (f"; exact mode calls this flip {kind} (golden margin {format_margin(margin)} "
+                               f"{'<' if margin < near_tie else '>='} llm_near_tie {near_tie})")
         return result
     golden_top, current_top = list(golden_top[:top_k]), list(current_top[:top_k])
     golden_rank, current_rank = _rank(golden_token, current_top), _rank(current_token, golden_top)
@@ -74,7 +79,7 @@ def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[fl
     def where(rank: int | None, side: str, size: int) -> str:
         return f"rank {rank} of the {side} top-{size}" if rank else f"NOT in the {side} top-{size}"
 
-    result.checked = (f"{prefix}; at token {index} golden {golden_token} is "
+    result.checked = (f"{prefix} at token {index} golden {golden_token} is "
                       f"{where(golden_rank, 'current', len(current_top))} and current {current_token} is "
                       f"{where(current_rank, 'golden', len(golden_top))}; tokens after {index} not compared")
     if golden_rank and current_rank:

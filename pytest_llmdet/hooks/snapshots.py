@@ -118,6 +118,8 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
         failure = snapshots.write_error(error)
         snapshots.mark_unwritten(failure)
     note = snapshots.settle_pending(ci=in_ci())
+    if snapshots.pending_file is not None:  # the summary names the review command
+        llmdet.snapshots.pending.append(snapshots.pending_file)
     if note is not None:
         node.add_report_section("teardown", "llm snapshot", note)
     if failure is not None:  # failed outside the except block: one message, not a chain of two

@@ -173,6 +173,8 @@ class LLMDetSession:
 
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)
+        compare = compare or ComparePlan(settings.compare, settings.top_k)
+        flags = compare.update_flags  # the tolerant flags too: a plain update would store no top-k candidates
 
         def decoder():
             handle = llm()
@@ -186,10 +188,11 @@ class LLMDetSession:
 
         return TestSnapshots(
             nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
-            near_tie=settings.near_tie, update_command=f'pytest --llm-snapshot-update "{nodeid}"',
+            near_tie=settings.near_tie,
+            update_command=f'pytest --llm-snapshot-update {flags + " " if flags else ""}"{nodeid}"',
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
             environment=None if full_fingerprints else partial(fingerprint, weights=False),
-            compare=compare or ComparePlan(settings.compare, settings.top_k), record_variant=settings.variant,
+            compare=compare, record_variant=settings.variant,
         )
 
     def finish_snapshots(self) -> None:
