@@ -316,9 +316,24 @@ def test_report_header_shows_model_versions_and_overrides(pytester):
         "llmdet: model pytest-llmdet/embedded-tiny-qwen2 (embedded, *embedded_model)",
         "llmdet: dtype float32, device cpu, seed 0, max_new_tokens 32, deterministic algorithms warn",
         "llmdet: torch 2.*, transformers *",
-        "llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
-        "top_k=20, top_p=0.8; inherited: repetition_penalty=1.05",
     ])
+    assert ("llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
+            "top_k=20, top_p=0.8; inherited: bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0, "
+            "repetition_penalty=1.05") in result.stdout.lines
+
+
+def test_the_header_lists_every_field_of_the_generation_config_it_does_not_apply(pytester, tmp_path):
+    # google/gemma-2-2b-it's generation_config.json: its cache setting used to vanish behind "nothing to override"
+    gemma = copy_model(tmp_path / "gemma-like", {
+        "_from_model_config": True, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+        "pad_token_id": 0, "transformers_version": "4.42.0.dev0", "max_length": 8192, "repetition_penalty": 1.0,
+    })
+    pytester.makepyfile("def test_it(): pass")
+    result = pytester.runpytest("--llm-model", str(gemma))
+    assert ("llmdet: generation: greedy forced; nothing to override; inherited: bos_token_id=2, eos_token_id=1, "
+            "pad_token_id=0; dropped: cache_implementation='hybrid' (generate's default cache is used), "
+            "max_length=8192 (llm_max_new_tokens sets the length), repetition_penalty=1.0 (its neutral value: no "
+            "effect)") in result.stdout.lines
 
 
 def test_inherit_processors_false_is_shown_and_applied(pytester):
@@ -326,7 +341,9 @@ def test_inherit_processors_false_is_shown_and_applied(pytester):
     pytester.makepyfile("def test_it(llm):\n    assert 'repetition_penalty' not in llm.generate('Hi').settings\n")
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*dropped (llm_inherit_processors=false): repetition_penalty=1.05"])
+    assert ("llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
+            "top_k=20, top_p=0.8; inherited: bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0; "
+            "dropped: repetition_penalty=1.05 (llm_inherit_processors=false)") in result.stdout.lines
 
 
 def test_importing_the_plugin_imports_no_torch_and_unused_fixtures_load_no_model(pytester):
