@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pytest_llmdet.engines.greedy import split_model_config
+from pytest_llmdet.engines.greedy import model_config_use
 from pytest_llmdet.engines.models import ModelSource, read_local_generation_config
 from pytest_llmdet.settings import Settings
 from pytest_llmdet.versions import package_version
@@ -16,15 +16,21 @@ def _pairs(values: dict[str, Any]) -> str:
 
 
 def generation_config_line(model_config: dict[str, Any] | None, inherit_processors: bool) -> str:
-    """What forced greedy decoding overrode or kept of a model's generation config."""
+    """What forced greedy decoding does with every field of a model's generation config: overridden, inherited,
+    or dropped with the reason."""
     if model_config is None:
         return "generation: greedy forced (the model's generation config is read when it loads)"
-    processors, ignored, _ = split_model_config(model_config)
+    use = model_config_use(model_config, inherit_processors)
     parts = ["generation: greedy forced"]
-    parts.append(f"overridden from the model's config: {_pairs(ignored)}" if ignored else "nothing to override")
-    if processors:
-        verb = "inherited" if inherit_processors else "dropped (llm_inherit_processors=false)"
-        parts.append(f"{verb}: {_pairs(processors)}")
+    parts.append(f"overridden from the model's config: {_pairs(use.overridden)}" if use.overridden
+                 else "nothing to override")
+    if use.inherited:
+        parts.append(f"inherited: {_pairs(use.inherited)}")
+    if use.dropped:
+        by_reason: dict[str, dict[str, Any]] = {}
+        for name, (value, reason) in use.dropped.items():
+            by_reason.setdefault(reason, {})[name] = value
+        parts.append("dropped: " + ", ".join(f"{_pairs(fields)} ({reason})" for reason, fields in by_reason.items()))
     return "; ".join(parts)
 
 

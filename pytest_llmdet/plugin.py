@@ -97,6 +97,7 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 
     session = request.config.stash[SESSION_KEY]
     marker = request.node.get_closest_marker("llm_model")
+    failure = None
     try:
         if marker is None:
             spec = session.default_spec()
@@ -108,7 +109,9 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 
             handle.capture_top_k = compare_plan_of(request).capture_top_k  # top-k costs only when compared
     except (ModelLoadError, SettingsError) as error:
-        pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
+        failure = f"pytest-llmdet: {error}"
+    if failure is not None:  # outside the except block: one message, not a chain of the causes
+        pytest.fail(failure, pytrace=False)
     request.node.stash[LLM_KEY] = handle
     return handle
 

@@ -6,7 +6,8 @@ the goldens, show each one's divergence report, and accept (write it into the go
     reject [PATH ...]          reject every pending snapshot
     pending [--json] [PATH ...]  list them (--json for other tools)
 
-PATH is a folder to search (default: the current one) or a pending file. Goldens change only on accept.
+PATH is a folder to search (default: the current one) or a pending file; a PATH that matches nothing is an
+error (exit status 1). Goldens change only on accept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pytest_llmdet.golden.format import GoldenFileError
+from pytest_llmdet.golden.location import PENDING_SUFFIX
 from pytest_llmdet.golden.pending import PendingFile, accept, entries, find_pending, read_pending, reject
 
 
@@ -44,9 +46,18 @@ def _display(path: Path) -> str:
 
 
 def _load(paths: list[Path], err: TextIO) -> tuple[list[PendingFile], int]:
-    """The readable pending files; each unreadable one is reported on `err` (never on stdout, which may be
-    JSON) and counted."""
+    """The readable pending files; each unreadable one, and each PATH that matches nothing (no such file or
+    folder, a file that is no pending file), is reported on `err` (never on stdout, which may be JSON) and
+    counted."""
     loaded, errors = [], 0
+    for path in paths:
+        if not path.exists():
+            err.write(f"error: nothing matched {_display(path)}: there is no such file or folder\n")
+            errors += 1
+        elif not path.is_dir() and not path.name.endswith(PENDING_SUFFIX):
+            err.write(f"error: nothing matched {_display(path)}: it is neither a folder to search nor a pending "
+                      f"file (<golden file>.json{PENDING_SUFFIX})\n")
+            errors += 1
     for path in find_pending(paths):
         try:
             loaded.append(read_pending(path))

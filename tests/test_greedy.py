@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.engines.greedy import GenerationArgumentError, model_config_use, plan_generation
 
 QWEN_CHAT = {
     "do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
@@ -69,3 +69,33 @@ def test_caller_overrides_win_over_inherited_processors():
     plan = plan_generation(QWEN_CHAT, max_new_tokens=8, overrides={"repetition_penalty": 1.3, "max_new_tokens": 4})
     assert plan.config["repetition_penalty"] == 1.3
     assert plan.config["max_new_tokens"] == 4
+
+
+GEMMA_2 = {  # google/gemma-2-2b-it's generation_config.json
+    "_from_model_config": True, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+    "pad_token_id": 0, "transformers_version": "4.42.0.dev0",
+}
+
+
+def test_every_field_of_a_model_config_is_overridden_inherited_or_dropped_with_a_reason():
+    use = model_config_use({**GEMMA_2, "max_length": 8192, "use_cache": True, "repetition_penalty": 1.0,
+                            "stop_strings": ["</s>"], "my_own_field": 3, "suppress_tokens": None})
+    assert use.overridden == {}
+    assert use.inherited == {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    assert use.dropped == {
+        "cache_implementation": ("hybrid", "generate's default cache is used"),
+        "max_length": (8192, "llm_max_new_tokens sets the length"),
+        "my_own_field": (3, "not a setting pytest-llmdet applies"),
+        "repetition_penalty": (1.0, "its neutral value: no effect"),
+        "stop_strings": (["</s>"], "not supported: generation stops at EOS or after max_new_tokens"),
+        "use_cache": (True, "generate's default cache is used"),
+    }
+
+
+def test_the_config_use_agrees_with_the_plan():
+    for inherit in (True, False):
+        use = model_config_use(QWEN_CHAT, inherit_processors=inherit)
+        plan = plan_generation(QWEN_CHAT, max_new_tokens=8, inherit_processors=inherit)
+        assert {k: plan.config[k] for k in use.inherited} == use.inherited
+        assert not set(use.dropped) & set(plan.config)
+        assert set(use.overridden) | set(use.dropped) == set(plan.ignored)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import copy_model
@@ -208,7 +209,7 @@ def test_marker_with_bad_arguments_errors_that_test_only(pytester):
 def test_missing_model_errors_clearly_and_the_rest_runs(pytester, monkeypatch):
     import huggingface_hub.constants
 
-    # no hub here: fail at once instead of retrying the connection for ~50 s (read at import, so patch it)
+    # HF_HUB_OFFLINE=1 (read at import, so patch it): no hub here, and it must not be advised when already set
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     pytester.makepyfile(
         """
@@ -219,7 +220,7 @@ def test_missing_model_errors_clearly_and_the_rest_runs(pytester, monkeypatch):
             pass
 
         @pytest.mark.llm_model("no-such-org/no-such-model")
-        def test_unreachable_hub(llm):
+        def test_offline_hub(llm):
             pass
 
         def test_unrelated():
@@ -228,12 +229,46 @@ def test_missing_model_errors_clearly_and_the_rest_runs(pytester, monkeypatch):
     )
     result = pytester.runpytest()
     result.assert_outcomes(passed=1, errors=2)
-    result.stdout.fnmatch_lines([
-        "*model './no/such/model' is not a directory (tried: *) and is not a hub id*",
-        "*could not load model 'no-such-org/no-such-model' from the Hugging Face hub*",
-        "*If the machine is offline, download the model once and point --llm-model*",
-    ])
-    assert "Traceback" not in result.stdout.str()
+    where = "--llm-model / llm_model (or @pytest.mark.llm_model)"
+    # the test folder, the rootdir and the current directory are one folder here: tried once
+    assert (f"pytest-llmdet: model './no/such/model' not found: {pytester.path}/no/such/model is not a directory, "
+            f"and './no/such/model' is not a hub id (org/name); point {where} at a model directory or a hub id such "
+            "as Qwen/Qwen1.5-0.5B-Chat") in result.stdout.lines
+    assert ("pytest-llmdet: model 'no-such-org/no-such-model' is not in the local Hugging Face cache, and "
+            "HF_HUB_OFFLINE=1 is set, so the hub was not asked; download it once where there is network "
+            f"(hf download no-such-org/no-such-model), or point {where} at a local model directory"
+            ) in result.stdout.lines
+    output = result.stdout.str()
+    assert "Traceback" not in output and "During handling" not in output and "direct cause" not in output
+    assert "set HF_HUB_OFFLINE=1" not in output
+
+
+def test_a_file_given_as_the_model_is_refused_not_taken_for_a_hub_id(pytester, tmp_path):
+    model = copy_model(tmp_path / "model")
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.llm_model({str(model / "model.safetensors")!r})
+        def test_weights_file(llm):
+            pass
+
+        @pytest.mark.llm_model("notes.txt")
+        def test_other_file(llm):
+            pass
+        """
+    )
+    pytester.makefile(".txt", notes="not a model")
+    result = pytester.runpytest()
+    result.assert_outcomes(errors=2)
+    where = "--llm-model / llm_model (or @pytest.mark.llm_model)"
+    assert (f"pytest-llmdet: model '{model}/model.safetensors' is a file ({model}/model.safetensors), not a model "
+            f"directory; point {where} at the folder that holds config.json, the weights and the tokenizer files "
+            f"(here: {model})") in result.stdout.lines
+    assert (f"pytest-llmdet: model 'notes.txt' is a file ({pytester.path}/notes.txt), not a model directory; point "
+            f"{where} at the folder that holds config.json, the weights and the tokenizer files (what "
+            "save_pretrained writes)") in result.stdout.lines
+    assert "Hugging Face" not in result.stdout.str()
 
 
 def test_a_failed_load_is_remembered_not_retried(monkeypatch):
@@ -261,8 +296,10 @@ def test_broken_local_model_directory(pytester, tmp_path):
     pytester.makepyfile("def test_it(llm):\n    pass\n")
     result = pytester.runpytest("--llm-model", str(broken))
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines([f"*could not load model '{broken}' from {broken}: OSError: *not a valid JSON file*",
-                                 "The directory must hold what save_pretrained writes*"])
+    result.stdout.fnmatch_lines([f"pytest-llmdet: could not load model '{broken}' from {broken}: OSError: *not a "
+                                 "valid JSON file*; the directory must hold what save_pretrained writes (config.json, "
+                                 "weights, tokenizer files)"])
+    assert "During handling" not in result.stdout.str() and "direct cause" not in result.stdout.str()
 
 
 def test_seeds_are_set_before_each_test(pytester):
@@ -316,9 +353,24 @@ def test_report_header_shows_model_versions_and_overrides(pytester):
         "llmdet: model pytest-llmdet/embedded-tiny-qwen2 (embedded, *embedded_model)",
         "llmdet: dtype float32, device cpu, seed 0, max_new_tokens 32, deterministic algorithms warn",
         "llmdet: torch 2.*, transformers *",
-        "llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
-        "top_k=20, top_p=0.8; inherited: repetition_penalty=1.05",
     ])
+    assert ("llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
+            "top_k=20, top_p=0.8; inherited: bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0, "
+            "repetition_penalty=1.05") in result.stdout.lines
+
+
+def test_the_header_lists_every_field_of_the_generation_config_it_does_not_apply(pytester, tmp_path):
+    # google/gemma-2-2b-it's generation_config.json: its cache setting used to vanish behind "nothing to override"
+    gemma = copy_model(tmp_path / "gemma-like", {
+        "_from_model_config": True, "bos_token_id": 2, "cache_implementation": "hybrid", "eos_token_id": 1,
+        "pad_token_id": 0, "transformers_version": "4.42.0.dev0", "max_length": 8192, "repetition_penalty": 1.0,
+    })
+    pytester.makepyfile("def test_it(): pass")
+    result = pytester.runpytest("--llm-model", str(gemma))
+    assert ("llmdet: generation: greedy forced; nothing to override; inherited: bos_token_id=2, eos_token_id=1, "
+            "pad_token_id=0; dropped: cache_implementation='hybrid' (generate's default cache is used), "
+            "max_length=8192 (llm_max_new_tokens sets the length), repetition_penalty=1.0 (its neutral value: no "
+            "effect)") in result.stdout.lines
 
 
 def test_inherit_processors_false_is_shown_and_applied(pytester):
@@ -326,7 +378,9 @@ def test_inherit_processors_false_is_shown_and_applied(pytester):
     pytester.makepyfile("def test_it(llm):\n    assert 'repetition_penalty' not in llm.generate('Hi').settings\n")
     result = pytester.runpytest()
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["*dropped (llm_inherit_processors=false): repetition_penalty=1.05"])
+    assert ("llmdet: generation: greedy forced; overridden from the model's config: do_sample=True, temperature=0.7, "
+            "top_k=20, top_p=0.8; inherited: bos_token_id=0, eos_token_id=[2, 0], pad_token_id=0; "
+            "dropped: repetition_penalty=1.05 (llm_inherit_processors=false)") in result.stdout.lines
 
 
 def test_importing_the_plugin_imports_no_torch_and_unused_fixtures_load_no_model(pytester):
@@ -384,3 +438,15 @@ def test_xdist_workers_each_load_once_and_the_summary_adds_them_up(pytester):
     result = pytester.runpytest_subprocess("-n", "2")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["model loads: 2 (*s)", "generations: 4 (*s)"])
+
+
+def test_a_missing_model_names_each_path_tried_once(tmp_path):
+    from pytest_llmdet.engines.models import ModelLoadError, resolve_source
+
+    here, there = tmp_path / "tests", tmp_path
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_source("models/../nope/x/y", [here, there, here, Path(str(there) + "/")])
+    assert str(caught.value) == (
+        f"model 'models/../nope/x/y' not found: none of {here}/nope/x/y, {there}/nope/x/y is a directory, and "
+        "'models/../nope/x/y' is not a hub id (org/name); point --llm-model / llm_model (or @pytest.mark.llm_model) "
+        "at a model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat")

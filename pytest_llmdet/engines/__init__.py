@@ -3,6 +3,7 @@
 
     engines/transformers.py  the transformers engine (from_pretrained, generate, per-step statistics)
     engines/models.py        which model, from where; loading once per session with clear errors
+    engines/prompts.py       what a prompt may be: checked, and recorded as plain data
     engines/greedy.py        the forced-greedy plan: kept, dropped and refused generation-config fields
     engines/seeding.py       seeds, deterministic algorithms, the CUDA environment
     engines/step_stats.py    margins, chosen log-probs and top-k recorded step by step

@@ -43,6 +43,32 @@ SEARCH_FIELDS = ("num_beams", "num_beam_groups", "num_return_sequences", "penalt
 RESERVED_FIELDS = ("output_scores", "return_dict_in_generate", "generation_config", "input_ids",
                    "attention_mask", "streamer")
 
+# Keys of a generation_config.json that describe the file, not the generation.
+METADATA_FIELDS = ("transformers_version", "_from_model_config", "_commit_hash")
+
+# Every other field of a model's generation config is not applied; the header says why, by group.
+_DROPPED_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("llm_max_new_tokens sets the length", ("max_length", "max_new_tokens")),
+    ("a time limit would make the length depend on the machine's speed", ("max_time",)),
+    ("generate's default cache is used", ("cache_implementation", "cache_config", "use_cache", "max_cache_len",
+                                           "prefill_chunk_size")),
+    ("generate's default compilation is used", ("compile_config", "disable_compile")),
+    ("set by pytest-llmdet", ("output_scores", "output_logits", "output_attentions", "output_hidden_states",
+                              "return_dict_in_generate")),
+    ("beam search only", ("length_penalty", "early_stopping")),
+    ("encoder-decoder models only", ("encoder_no_repeat_ngram_size", "encoder_repetition_penalty")),
+    ("another decoding mode: one plain greedy sequence is generated",
+     ("assistant_confidence_threshold", "assistant_early_exit", "assistant_lookbehind", "assistant_ensemble_weight",
+      "num_assistant_tokens", "num_assistant_tokens_schedule", "prompt_lookup_num_tokens",
+      "max_matching_ngram_size", "is_assistant", "target_lookbehind", "speculation_type", "use_mtp",
+      "dola_layers", "low_memory", "token_healing", "continuous_batching_config")),
+    ("not supported: generation stops at EOS or after max_new_tokens", ("stop_strings",)),
+)
+_DROP_REASON = {name: reason for reason, names in _DROPPED_GROUPS for name in names}
+NEUTRAL_REASON = "its neutral value: no effect"
+NOT_INHERITED_REASON = "llm_inherit_processors=false"
+UNKNOWN_REASON = "not a setting pytest-llmdet applies"
+
 
 class GenerationArgumentError(ValueError):
     """`llm.generate` was called with settings that contradict each other or are unknown."""
@@ -95,6 +121,37 @@ def split_model_config(model_config: dict[str, Any]) -> tuple[dict[str, Any], di
     }
     tokens = {k: v for k, v in model_config.items() if k in TOKEN_FIELDS and v is not None}
     return processors, ignored, tokens
+
+
+@dataclass(frozen=True)
+class ConfigUse:
+    """What forced greedy decoding does with each field of a model's generation config."""
+
+    overridden: dict[str, Any]  # sampling and search fields: greedy decoding replaces them
+    inherited: dict[str, Any]  # applied as the model ships them: token ids and deterministic processors
+    dropped: dict[str, tuple[Any, str]]  # not applied: the value and why
+
+
+def model_config_use(model_config: dict[str, Any], inherit_processors: bool = True) -> ConfigUse:
+    """Sort every field of a model's generation config into overridden, inherited or dropped (with the reason);
+    only metadata (METADATA_FIELDS) and fields set to null, which mean "unset", appear nowhere."""
+    processors, overridden, tokens = split_model_config(model_config)
+    inherited = dict(tokens)
+    dropped: dict[str, tuple[Any, str]] = {}
+    for name, value in model_config.items():
+        if value is None or name in METADATA_FIELDS or name in overridden or name in tokens:
+            continue
+        if name in processors:
+            if inherit_processors:
+                inherited[name] = value
+            else:
+                dropped[name] = (value, NOT_INHERITED_REASON)
+        elif name in PROCESSOR_FIELDS:
+            dropped[name] = (value, NEUTRAL_REASON)
+        else:
+            dropped[name] = (value, _DROP_REASON.get(name, UNKNOWN_REASON))
+    return ConfigUse(dict(sorted(overridden.items())), dict(sorted(inherited.items())),
+                     dict(sorted(dropped.items())))
 
 
 def plan_generation(

@@ -9,7 +9,8 @@ from typing import Any
 
 from pytest_llmdet.engines import Engine
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
-from pytest_llmdet.engines.transformers import PromptError, RowOutput
+from pytest_llmdet.engines.prompts import PromptError, check_prompt
+from pytest_llmdet.engines.transformers import RowOutput
 from pytest_llmdet.generation import Generation, Prompt
 
 
@@ -62,7 +63,9 @@ class LLM:
         GenerationConfig fields; `temperature=0` means greedy; sampling needs `do_sample=True` together with
         `seed=` (0 to 2**32 - 1).
         """
+        __tracebackhide__ = _is_usage_error  # a bad prompt or setting: the test's own call is the frame to see
         started = time.perf_counter()
+        prompt = check_prompt(prompt)  # recorded as checked: plain data, as the golden file will hold it
         plan = self.plan(max_new_tokens=self.max_new_tokens if max_new_tokens is None else max_new_tokens,
                          overrides=overrides)
         prompt_ids = self.encode(prompt)
@@ -111,6 +114,11 @@ class LLM:
             )
 
 
+
+
+def _is_usage_error(excinfo: Any) -> bool:
+    # pytest calls a callable __tracebackhide__ with the ExceptionInfo: hide the frame for the caller's mistakes only
+    return excinfo.errisinstance((PromptError, GenerationArgumentError))
 
 
 __all__ = ["LLM", "GenerationArgumentError", "GenerationStats", "PromptError"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -45,23 +46,37 @@ class ModelSpec:
     trust_remote_code: bool = False
 
 
+_WHAT_TO_SET = "--llm-model / llm_model (or @pytest.mark.llm_model)"
+
+
 def resolve_source(name: str | None, base_dirs: list[Path]) -> ModelSource:
     """Map what the user wrote to a model source: None is the embedded model; an existing directory
-    (tried relative to each of `base_dirs`) is local; anything else shaped like `org/name` is a hub id."""
+    (tried relative to each of `base_dirs`) is local; anything else shaped like `org/name` is a hub id.
+
+    A file is refused (it is neither a model directory nor a hub id), and so is a name that is neither; the
+    message names each path tried, once."""
     if name is None:
         return ModelSource("embedded", str(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_NAME)
     path = Path(name).expanduser()
-    candidates = [path] if path.is_absolute() else [base / path for base in base_dirs]
+    tried = [path] if path.is_absolute() else [base / path for base in base_dirs]
+    candidates = list(dict.fromkeys(Path(os.path.abspath(candidate)) for candidate in tried))  # each path once
     for candidate in candidates:
         if candidate.is_dir():
             return ModelSource("local", str(candidate.resolve()), name)
+    files = [candidate for candidate in candidates if candidate.exists()]
+    if files:
+        folder = files[0].parent
+        hint = f"here: {folder}" if (folder / "config.json").is_file() else "what save_pretrained writes"
+        raise ModelLoadError(
+            f"model {name!r} is a file ({files[0]}), not a model directory; point {_WHAT_TO_SET} at the folder "
+            f"that holds config.json, the weights and the tokenizer files ({hint})")
     if _HUB_ID_RE.match(name) and not name.startswith("."):
         return ModelSource("hub", name, name)
-    tried = ", ".join(str(c) for c in candidates)
+    where = (f"{candidates[0]} is not a directory" if len(candidates) == 1 else
+             f"none of {', '.join(map(str, candidates))} is a directory")
     raise ModelLoadError(
-        f"model {name!r} is not a directory (tried: {tried}) and is not a hub id. "
-        "Set --llm-model / llm_model to an existing model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat."
-    )
+        f"model {name!r} not found: {where}, and {name!r} is not a hub id (org/name); point {_WHAT_TO_SET} at "
+        "a model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat")
 
 
 def read_local_generation_config(source: ModelSource) -> dict[str, Any] | None:
@@ -135,17 +150,38 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _explain_load_failure(source: ModelSource, error: Exception) -> str:
+    """One line: what was tried, why it failed (the first line of the error), what to do."""
     first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
     if source.kind == "hub":
-        return (
-            f"could not load model {source.name!r} from the Hugging Face hub: {type(error).__name__}: {first_line}\n"
-            "If the machine is offline, download the model once and point --llm-model / llm_model at its "
-            "directory, or set HF_HUB_OFFLINE=1 with the model in the local cache."
-        )
-    return (
-        f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first_line}\n"
-        "The directory must hold what save_pretrained writes (config.json, weights, tokenizer files)."
-    )
+        if _hub_offline() and not _in_hub_cache(source.location):
+            return (f"model {source.name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 is set, so "
+                    f"the hub was not asked; download it once where there is network (hf download {source.location})"
+                    f", or point {_WHAT_TO_SET} at a local model directory")
+        if _hub_offline():
+            return (f"could not load model {source.name!r} from the local Hugging Face cache (HF_HUB_OFFLINE=1 is "
+                    f"set): {type(error).__name__}: {first_line}; download it again where there is network "
+                    f"(hf download {source.location}), or point {_WHAT_TO_SET} at a local model directory")
+        return (f"could not load model {source.name!r} from the Hugging Face hub: {type(error).__name__}: "
+                f"{first_line}; if the machine is offline, download the model once and point {_WHAT_TO_SET} at "
+                "its directory, or set HF_HUB_OFFLINE=1 with the model in the local cache")
+    return (f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first_line}; "
+            "the directory must hold what save_pretrained writes (config.json, weights, tokenizer files)")
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: its constant is what the load obeyed.
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an id the cache cannot even look up is not in it
+        return False
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
 from pytest_llmdet.engines.models import LoadedModel, ModelSpec
+from pytest_llmdet.engines.prompts import PromptError, check_prompt
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import generate_with_stats
 from pytest_llmdet.generation import Prompt
@@ -31,10 +32,6 @@ class RowOutput:
     top_k_ids: list[list[int]] | None
     top_k_logprobs: list[list[float]] | None
     eos_ids: frozenset[int]
-
-
-class PromptError(ValueError):
-    """A prompt is not a string or a list of chat messages, or does not fit the model."""
 
 
 @contextlib.contextmanager
@@ -104,23 +101,15 @@ class TransformersEngine:
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token IDs of a prompt: a string as the tokenizer encodes it, or chat messages rendered with the
-        tokenizer's chat template and the generation prompt."""
+        tokenizer's chat template and the generation prompt. The prompt is checked first (PromptError)."""
         tokenizer = self.tokenizer
+        prompt = check_prompt(prompt)
         if isinstance(prompt, str):
             return list(tokenizer(prompt)["input_ids"])
-        if isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt):
-            if not prompt:
-                raise PromptError("a chat prompt needs at least one message, "
-                                  "like [{'role': 'user', 'content': 'Hi'}]")
-            if not getattr(tokenizer, "chat_template", None):
-                raise PromptError(f"model {self.name!r} has no chat template; pass the prompt as a string")
-            encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                    return_dict=True)
-            return list(encoded["input_ids"])
-        raise PromptError(
-            "a prompt is a string or a list of chat messages like [{'role': 'user', 'content': 'Hi'}], "
-            f"not {type(prompt).__name__}"
-        )
+        if not getattr(tokenizer, "chat_template", None):
+            raise PromptError(f"model {self.name!r} has no chat template; pass the prompt as a string")
+        encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(encoded["input_ids"])
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)

@@ -108,6 +108,13 @@ def dumps(golden: GoldenFile) -> str:
     return _encode(data, 0) + "\n"
 
 
+def as_stored(value: Any) -> Any:
+    """`value` as a golden file stores it and reads it back (tuples become lists, keys strings), so that a
+    recorded prompt or settings compare equal to what the file holds. ValueError or TypeError when JSON cannot
+    hold it."""
+    return json.loads(_encode(value, 0))
+
+
 def _encode(value: Any, level: int) -> str:
     pad, inner = "  " * level, "  " * (level + 1)
     if isinstance(value, dict):

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.golden.location import PENDING_SUFFIX, pending_path
+from pytest_llmdet.golden.location import (
+    PENDING_SUFFIX,
+    SUFFIX,
+    module_file_stem,
+    pending_path,
+    placed_as_named,
+    safe_file_stem,
+    test_name_of,
+)
 from pytest_llmdet.golden.store import golden_digest, read_file_bounded, read_golden, replace_atomically, write_golden
 
 CHANGED, NEW = "changed", "new"
@@ -60,7 +68,19 @@ def read_pending(path: Path) -> PendingFile:
     raw = read_file_bounded(path)  # a pipe or a device in its place is refused, never read
     if raw is None:
         raise GoldenFileError(f"{path} cannot be read: No such file or directory")
+    if not path.name.endswith(SUFFIX + PENDING_SUFFIX):
+        raise GoldenFileError(
+            f"{path} is not a pending file of pytest-llmdet (those are named <golden file>{SUFFIX}{PENDING_SUFFIX}); "
+            f"accepting it would write {golden_of(path)}, which is no golden file. Left as it is")
     golden = loads(raw, str(path))  # validated (depth included) before it is parsed again for its extra section
+    target = golden_of(path)
+    if not placed_as_named(target, golden.test):
+        module, name = safe_file_stem(module_file_stem(golden.test)), safe_file_stem(test_name_of(golden.test))
+        expected = f"{module}/{name}{SUFFIX}"
+        raise GoldenFileError(
+            f"{path} names test {golden.test!r}, whose golden file is <snapshot folder>/{expected}, not "
+            f"{target.parent.name}/{target.name}: accepting it would write a file that is not that test's. "
+            "Left as it is")
     extra = json.loads(raw).get("pending")
     if not isinstance(extra, dict) or not isinstance(extra.get("statuses"), dict) \
             or not isinstance(extra.get("reports"), dict) \
@@ -101,15 +121,24 @@ def remove_pending(golden: Path) -> bool:
     return True
 
 
+# Folders of tools, never of snapshots: a search skips them (a hidden snapshot folder such as .llm_snapshots is
+# searched), and so does any virtual environment (a folder with pyvenv.cfg), whatever its name.
+SKIPPED_FOLDERS = frozenset({".git", ".hg", ".svn", ".bzr", ".jj", ".venv", ".tox", ".nox", ".mypy_cache",
+                             ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints", ".eggs", ".idea",
+                             ".vscode", ".cache", "__pycache__", "node_modules", "site-packages"})
+
+
 def find_pending(roots: Iterable[Path]) -> list[Path]:
-    """Every pending file below `roots` (a root may itself be a pending file), skipping hidden folders."""
+    """Every pending file below `roots` (a root may itself be a pending file), skipping the folders of tools
+    (SKIPPED_FOLDERS and virtual environments); hidden snapshot folders are searched."""
     found: set[Path] = set()
     for root in roots:
         if root.is_file() and root.name.endswith(PENDING_SUFFIX):
             found.add(root)
             continue
         for folder, folders, files in os.walk(root):
-            folders[:] = sorted(f for f in folders if not f.startswith(".") and f != "__pycache__")
+            folders[:] = sorted(f for f in folders if f not in SKIPPED_FOLDERS
+                                and not (Path(folder) / f / "pyvenv.cfg").is_file())
             found.update(Path(folder) / name for name in files if name.endswith(PENDING_SUFFIX))
     return sorted(found)
 

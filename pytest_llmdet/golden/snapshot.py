@@ -21,7 +21,7 @@ from pytest_llmdet.golden.compare import (
     render_comparison,
     smallest_margin,
 )
-from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
+from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, as_stored, prompt_hash
 from pytest_llmdet.golden.store import golden_digest, read_golden, write_golden
 from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
 from pytest_llmdet.golden.variants import Environment, choose_variant, describe, environment_of, is_exact
@@ -90,9 +90,11 @@ class SnapshotOutcome:
 def entry_from(value: Any) -> GoldenEntry:
     """The golden entry for a Generation (tokens, text, margins) or a plain string (text only)."""
     if isinstance(value, Generation):
+        # The prompt and settings as the file will hold them: a tuple in a chat prompt or a setting would
+        # otherwise differ from the list read back, and every update of an unchanged output would rewrite it.
         return GoldenEntry(text=value.text, token_ids=list(value.token_ids), margins=list(value.margins),
-                           prompt=value.prompt, prompt_sha256=prompt_hash(value.prompt_token_ids),
-                           finish_reason=value.finish_reason, settings=dict(value.settings),
+                           prompt=_stored(value.prompt, "prompt"), prompt_sha256=prompt_hash(value.prompt_token_ids),
+                           finish_reason=value.finish_reason, settings=_stored(dict(value.settings), "settings"),
                            top_k_ids=value.top_k_ids, top_k_logprobs=value.top_k_logprobs)
     if isinstance(value, str):
         _check_storable(value)
@@ -100,6 +102,14 @@ def entry_from(value: Any) -> GoldenEntry:
     raise SnapshotUsageError(
         f"llm_snapshot compares a Generation (from llm.generate) or a str, not {type(value).__name__}"
     )
+
+
+def _stored(value: Any, what: str) -> Any:
+    try:
+        return as_stored(value)
+    except (TypeError, ValueError, UnicodeEncodeError) as error:
+        failure = f"the generation's {what} cannot be stored in a golden file (JSON data only): {error}"
+    raise SnapshotUsageError(failure)
 
 
 def _check_storable(text: str) -> None:
