@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -1060,3 +1061,116 @@ def test_a_golden_file_too_big_to_read_back_is_never_written(tmp_path):
     with pytest.raises(GoldenFileError, match="over the 20 MB limit for a golden file; it was not written"):
         write_golden(path, GoldenFile("t", {}, {"0": GoldenEntry("x" * (MAX_FILE_BYTES + 1))}))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 7. filesystem trouble: locks ----------------------------------------------------------------------------
+
+LOCK_HOLDER = """
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from pytest_llmdet.golden.store import golden_lock
+
+with ExitStack() as locks:
+    for path in sys.argv[1:]:
+        locks.enter_context(golden_lock(Path(path)))
+    print("locked", flush=True)
+    sys.stdin.read()  # holds the locks, like a stuck process, until the test closes its stdin
+"""
+
+
+@pytest.fixture
+def stuck_lock_holder(pytester):
+    """Start a process that takes the locks of the given golden files and keeps them until the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(*paths: Path) -> subprocess.Popen:
+        (pytester.path / "holder.py").write_text(LOCK_HOLDER)
+        env = {**os.environ, "PYTHONPATH": str(Path(pytest_llmdet.__file__).parents[1])}
+        process = subprocess.Popen([sys.executable, "holder.py", *map(str, paths)], cwd=pytester.path, env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout.readline() == "locked\n"  # blocks until it holds every lock
+        return process
+
+    yield start
+    for process in started:
+        process.stdin.close()
+        process.wait(timeout=60)
+
+
+def test_a_stuck_lock_holder_costs_one_bounded_wait_and_is_named(pytester, monkeypatch, stuck_lock_holder):
+    pytester.makepyfile(test_locked=READ_ONLY_SUITE.replace('"b is unchanged"',
+                                                            'os.environ.get("SUITE_VERSION", "v1") + " b"'))
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    before = golden_files(pytester.path)
+    golden_a, golden_b = (pytester.path / SNAPSHOTS / "test_locked" / f"test_{x}.json" for x in "ab")
+    holder = stuck_lock_holder(golden_a.relative_to(pytester.path), golden_b.relative_to(pytester.path))
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 0.2)  # the run's budget for waiting, both files together
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    result = run(pytester, "--llm-snapshot-update")
+    result.assert_outcomes(passed=2, errors=2)
+    held_by = (f"is held by pid {holder.pid} ({sys.executable} holder.py {SNAPSHOTS}/test_locked/test_a.json "
+               f"{SNAPSHOTS}/test_locked/test_b.json)")
+    result.stdout.fnmatch_lines([
+        "_* ERROR at teardown of test_a _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_a.json: its lock file "
+        f"{store.lock_path(golden_a)} {held_by}",
+        "Gave up after 0.2 s: a run waits at most 0.2 s for golden-file locks, all files together",
+        f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
+        're-record with: pytest --llm-snapshot-update "test_locked.py::test_a"',
+        "_* ERROR at teardown of test_b _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_b.json: its lock file "
+        f"{store.lock_path(golden_b)} {held_by}",
+        "Not waited for: this run already waited its 0.2 s for golden-file locks",  # one wait, not one per file
+        f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
+        're-record with: pytest --llm-snapshot-update "test_locked.py::test_b"',
+        "0 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused, 2 error",
+    ])
+    assert "disk space" not in result.stdout.str()
+    assert golden_files(pytester.path) == before
+
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    result = run(pytester, "--llm-snapshot-update")  # the holder is gone: both files are written
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 0 written, 2 updated, 0 deleted, 0 unused"])
+
+
+def test_a_lock_folder_that_is_not_writable_is_named_as_such(pytester, monkeypatch, make_read_only):
+    pytester.makepyfile(test_ro=READ_ONLY_SUITE)
+    temporary = pytester.path / "tmp"
+    (temporary / f"pytest-llmdet-locks-{os.getuid()}").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    folder = store.lock_folder()
+    assert folder.parent == temporary
+    make_read_only(folder)
+    result = run(pytester, "--llm-snapshot-update")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines([
+        "_* ERROR at teardown of test_a _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_ro/test_a.json: the lock folder {folder} "
+        "is not writable (Permission denied); pytest-llmdet keeps one lock file per golden file there",
+        f"The file keeps its previous content. Make {folder} a writable folder (remove it: it holds only lock "
+        'files), or point TMPDIR at a writable folder, then re-record with: pytest --llm-snapshot-update '
+        '"test_ro.py::test_a"',
+    ])
+    assert "disk space" not in result.stdout.str() and golden_files(pytester.path) == {}
+
+
+def test_a_lock_holder_that_did_not_record_itself_is_called_another_process(tmp_path):
+    path = tmp_path / "test_x.json"
+    lock = store.lock_path(path)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lock.with_suffix(".holder").write_text(f"{finished.pid}\n{sys.executable} -c pass\n")  # a stale record
+    with FileLock(str(lock)):  # held without a record, as by another tool
+        with pytest.raises(store.GoldenLockError) as refused:
+            write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("x")}), store.LockBudget(0))
+    assert str(refused.value) == (
+        f"{path}: its lock file {lock} is held by another process; not waited for: this run already waited its "
+        f"0 s for golden-file locks. If the process that holds it is stuck, stop it (`lsof {lock}` names it on "
+        "Linux and macOS)")
+    assert not path.exists()
+    lock.with_suffix(".holder").unlink()

@@ -26,7 +26,14 @@ from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
 from pytest_llmdet.golden.pending import read_pending
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
-from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
+from pytest_llmdet.golden.store import (
+    TMP_SUFFIX,
+    LockBudget,
+    clean_temporaries,
+    delete_golden,
+    read_golden,
+    write_golden,
+)
 
 STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
 PHASES = ("setup", "call", "teardown")
@@ -102,6 +109,7 @@ class SnapshotRun:
     unused: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
+    locks: LockBudget = field(default_factory=LockBudget)  # this process's wait for golden-file locks, in all
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -221,7 +229,7 @@ class SnapshotRun:
                 if path.name.endswith(PENDING_SUFFIX):
                     path.unlink()
                     self.deleted.append(str(path))
-                elif delete_golden(path):
+                elif delete_golden(path, self.locks):
                     self.deleted.append(str(path))
             except OSError as error:
                 self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
@@ -230,7 +238,7 @@ class SnapshotRun:
                 self.unused += [f"{path} [{name}]" for name in extra]
                 continue
             try:
-                _drop_snapshots(path, extra)
+                _drop_snapshots(path, extra, self.locks)
             except (OSError, GoldenFileError) as error:
                 self.errors.append(f"could not remove unused snapshots {', '.join(map(repr, extra))} from "
                                    f"{path}: {getattr(error, 'strerror', None) or error}")
@@ -261,7 +269,7 @@ class SnapshotRun:
         return sorted({o.nodeid for o in self.outcomes if o.status == "error"})
 
 
-def _drop_snapshots(path: Path, names: list[str]) -> None:
+def _drop_snapshots(path: Path, names: list[str], locks: LockBudget) -> None:
     # Rewrites the file without `names` (re-read now: the test wrote it at its end); deletes it when no
     # snapshot is left.
     golden = read_golden(path)
@@ -269,9 +277,9 @@ def _drop_snapshots(path: Path, names: list[str]) -> None:
         return
     kept = {k: v for k, v in golden.snapshots.items() if k not in names}
     if kept:
-        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept))
+        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept), locks)
     else:
-        delete_golden(path)
+        delete_golden(path, locks)
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from pytest_llmdet.golden.compare import (
     smallest_margin,
 )
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, prompt_hash
-from pytest_llmdet.golden.store import golden_digest, read_golden, write_golden
+from pytest_llmdet.golden.store import GoldenLockError, LockBudget, golden_digest, read_golden, write_golden
 from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
 from pytest_llmdet.golden.variants import Environment, choose_variant, describe, environment_of, is_exact
 from pytest_llmdet.settings import ComparePlan
@@ -153,6 +153,7 @@ class TestSnapshots:
     # the fingerprint without a local model's weights hash, which a passing check does not need (None: use the
     # full one); choosing a variant needs only the device type, dtype and compute capability
     environment: Callable[[], dict[str, Any] | None] | None = None
+    locks: LockBudget | None = None  # the run's wait for golden-file locks, all files together
     used: list[str] = field(default_factory=list)
     updates: dict[str, GoldenEntry] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)  # full failure reports, shown as a report section
@@ -354,7 +355,7 @@ class TestSnapshots:
             fingerprint = existing.fingerprint if existing else {}  # a variant keeps the default's fingerprint
         golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
                             snapshots=dict(sorted(snapshots.items())))
-        return write_golden(self.path, golden)
+        return write_golden(self.path, golden, self.locks)
 
     def mark_unwritten(self, reason: str) -> None:
         """The write failed: what was counted written or updated is an error (in the summary and the report)."""
@@ -396,7 +397,13 @@ class TestSnapshots:
         return None
 
     def write_error(self, error: Exception) -> str:
-        """The failure message when the golden file could not be written (a full disk, a read-only folder)."""
+        """The failure message when the golden file could not be written (a full disk, a read-only folder, a
+        lock held by a stuck process)."""
+        if isinstance(error, GoldenLockError):
+            waiting = f"{error.waiting[:1].upper()}{error.waiting[1:]}\n" if error.waiting else ""
+            return (f"pytest-llmdet: could not write golden file {self.display_path}: {error.reason}\n{waiting}"
+                    f"The file keeps its previous content. {error.advice}, then re-record with: "
+                    f"{self.update_command}")
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
                 "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
