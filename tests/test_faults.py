@@ -464,7 +464,8 @@ CORRUPTIONS = {
     "unknown_version": (lambda raw, _: _edit(raw, lambda d: d.update(format_version=0)),
                         "unknown format_version 0"),
     "invalid_utf8": (lambda raw, _: raw.replace(b"text", b"t\xffxt"), "is not valid UTF-8 (byte *)"),
-    "utf8_bom": (lambda raw, _: b"\xef\xbb\xbf" + raw, "is not valid JSON: Unexpected UTF-8 BOM*"),
+    "invalid_utf8_after_bom": (lambda raw, _: b"\xef\xbb\xbf" + raw.replace(b"text", b"t\xffxt"),
+                               "is not valid UTF-8 (byte *)"),
     "merge_conflict": (lambda raw, _: b"<<<<<<< HEAD\n" + raw + b"=======\n" + raw + b">>>>>>> other\n",
                        "is not valid JSON: * (an unresolved merge conflict?)"),
     "fifty_megabytes": (lambda raw, _: b'{"format_version": 1, "pad": "' + b"x" * (50 * 1024 * 1024) + b'"}',
@@ -523,6 +524,38 @@ def test_corrupt_golden_files_fail_only_their_test_with_one_clear_message(pytest
                                  "test_directory.json: Is a directory*"])
     assert golden_files(pytester.path) == {k: v for k, v in recorded.items() if "test_directory" not in k}
     assert not marker.exists() and temporaries(pytester.path) == []
+
+
+def test_a_golden_file_saved_with_a_byte_order_mark_is_read_and_written_back_without_one(pytester, monkeypatch):
+    # Some editors save UTF-8 with a byte-order mark: the file is still the user's golden file.
+    pytester.makepyfile(test_bom=READ_ONLY_SUITE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    folder = pytester.path / SNAPSHOTS / "test_bom"
+    for path in folder.glob("*.json"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with_bom = golden_files(pytester.path)
+    result = run(pytester, "--llm-snapshot")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    assert golden_files(pytester.path) == with_bom  # an update that changes nothing changes no byte
+
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 1 updated, 0 deleted, 0 unused"])
+    rewritten = (folder / "test_a.json").read_bytes()
+    assert not rewritten.startswith(b"\xef\xbb\xbf") and json.loads(rewritten)["snapshots"]["0"]["text_lines"] == [
+        "v2 a"]
+    assert (folder / "test_b.json").read_bytes() == with_bom[f"{SNAPSHOTS}/test_bom/test_b.json"]
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=2)
+
+
+def test_a_byte_order_mark_does_not_shift_the_position_of_an_invalid_byte():
+    raw = dumps(GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("text")})).encode()
+    position = raw.index(b"text")
+    with pytest.raises(GoldenFileError, match=rf"^f.json is not valid UTF-8 \(byte {position + 4}\)$"):
+        loads(b"\xef\xbb\xbf" + raw.replace(b"text", b"t\xffxt"), "f.json")
+    assert loads(b"\xef\xbb\xbf" + raw, "f.json") == loads(raw, "f.json")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
