@@ -158,7 +158,8 @@ class TestSnapshots:
     updates: dict[str, GoldenEntry] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)  # full failure reports, shown as a report section
     outcomes: list[SnapshotOutcome] = field(default_factory=list)  # this test's, for its JUnit properties
-    _queued: dict[str, GoldenEntry] = field(default_factory=dict)  # what each queued update recorded
+    _compared: dict[str, tuple[GoldenEntry, tuple[bool, list[str]]]] = field(default_factory=dict)  # each name's
+    # first comparison: what it compared, and its result
     pending: dict[str, tuple[GoldenEntry, str, str]] = field(default_factory=dict)  # check mode: entry, status,
     # report of each changed or new snapshot, kept as a pending file for review outside CI
     _auto_index: int = 0
@@ -213,6 +214,19 @@ class TestSnapshots:
         if self.passive:
             return True, []
         current = entry_from(value)
+        if name in self._compared:  # in either mode: one name, one output, one outcome
+            first, result = self._compared[name]
+            if not _same_output(first, current):
+                raise SnapshotUsageError(
+                    f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
+                    "give each comparison its own name: llm_snapshot(name=...)"
+                )
+            return result
+        result = self._check(name, value, current)
+        self._compared[name] = (current, result)
+        return result
+
+    def _check(self, name: str, value: Any, current: GoldenEntry) -> tuple[bool, list[str]]:
         self.used.append(name)
         golden_file = self.golden(name)
         stored = golden_file.snapshots.get(name) if golden_file else None
@@ -236,12 +250,12 @@ class TestSnapshots:
         if comparison.matched:
             if self.mode == UPDATE and isinstance(value, Generation) and not _same_output(golden, current):
                 # same tokens, but the prompt or settings changed
-                self._queue(name, _replaced(stored, target, current), current, "updated", details)
+                self._queue(name, _replaced(stored, target, current), "updated", details)
             else:
                 self._outcome(name, "passed", details)
             return True, []
         if self.mode == UPDATE:
-            self._queue(name, _replaced(stored, target, current), current, "updated", details)
+            self._queue(name, _replaced(stored, target, current), "updated", details)
             return True, []
         self._outcome(name, "failed", details)
         report = self._report(name, golden, comparison, value, golden_file, variant)
@@ -287,7 +301,7 @@ class TestSnapshots:
 
     def _missing(self, name: str, current: GoldenEntry, details: OutcomeDetails) -> tuple[bool, list[str]]:
         if self.mode == UPDATE:  # the first recording is the default, with or without --llm-snapshot-variant
-            self._queue(name, current, current, "written", details)
+            self._queue(name, current, "written", details)
             return True, []
         self._outcome(name, "missing", details)
         lines = [
@@ -297,16 +311,8 @@ class TestSnapshots:
         self.pending[name] = (current, "new", "\n".join(lines))
         return False, lines
 
-    def _queue(self, name: str, entry: GoldenEntry, current: GoldenEntry, status: str,
-               details: OutcomeDetails) -> None:
-        queued = self._queued.get(name)
-        if queued is not None and not _same_output(queued, current):
-            raise SnapshotUsageError(
-                f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
-                "give each comparison its own name: llm_snapshot(name=...)"
-            )
+    def _queue(self, name: str, entry: GoldenEntry, status: str, details: OutcomeDetails) -> None:
         self.updates[name] = entry
-        self._queued[name] = current
         self._outcome(name, status, details)
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
