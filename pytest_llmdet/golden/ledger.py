@@ -110,6 +110,7 @@ class SnapshotRun:
     foreign: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
     locks: LockBudget = field(default_factory=LockBudget)  # this process's wait for golden-file locks, in all
+    started: set[str] = field(default_factory=set)  # tests this process started (a second start is a re-run)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -134,6 +135,15 @@ class SnapshotRun:
         self.partly_collected.update(data["partly_collected"])
         self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
+
+    def start_attempt(self, nodeid: str) -> None:
+        """A test starts. When it starts again (re-run by pytest-rerunfailures), the outcomes of its earlier
+        attempt are dropped: each snapshot counts once, with the last attempt's outcome. Its failure still
+        counts for deletions (TestRecord.note)."""
+        if nodeid not in self.started:
+            self.started.add(nodeid)
+            return
+        self.outcomes[:] = [o for o in self.outcomes if o.nodeid != nodeid]  # in place: tests append to it
 
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)
