@@ -70,3 +70,12 @@ def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float, compare:
         return "llmdet: snapshots: off (tests using llm_snapshot are skipped; --llm-snapshot checks them)"
     tolerant = f", llm_compare tolerant (top-{top_k})" if compare == "tolerant" else ""
     return f"llmdet: snapshots: {mode} ({flag}), folder {snapshot_dir}, llm_near_tie {near_tie}{tolerant}"
+
+
+def reruns_header_line(reruns: int | None) -> list[str]:
+    """What pytest-rerunfailures' `--reruns N` does to snapshot and determinism-checked tests (no line without)."""
+    if not reruns:
+        return []
+    return [f"llmdet: --reruns {reruns}: a re-run snapshot test counts each snapshot once (its last attempt); tests "
+            "checked by llm_determinism are not re-run (their runs are the check: a re-run would hide "
+            "nondeterminism)"]

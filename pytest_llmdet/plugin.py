@@ -67,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_llmdet.engines.models import ModelLoadError
-    from pytest_llmdet.header import header_lines, snapshot_header_line
+    from pytest_llmdet.header import header_lines, reruns_header_line, snapshot_header_line
 
     session = config.stash[SESSION_KEY]
     try:
@@ -75,8 +75,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except ModelLoadError:
         source = None
     s = session.snapshot_settings
+    reruns = getattr(config.option, "force_reruns", None) or getattr(config.option, "reruns", None)  # rerunfailures
     return header_lines(session.settings, source) + [
-        snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)]
+        snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)] + reruns_header_line(reruns)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
 from pytest_llmdet.golden.format import GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX
 from pytest_llmdet.golden.pending import PendingFile, accept, entries, find_pending, read_pending, reject
+from pytest_llmdet.golden.store import LockBudget
 
 
 class _Printable:
@@ -85,9 +87,10 @@ def _settle(item: PendingFile, act, names: list[str] | None, err: TextIO) -> lis
         return None
 
 
-def review(pending: list[PendingFile], stdin: TextIO, out: TextIO, err: TextIO | None = None) -> dict[str, int]:
+def review(pending: list[PendingFile], stdin: TextIO, out: TextIO, err: TextIO | None = None,
+           locks: LockBudget | None = None) -> dict[str, int]:
     """Ask about each pending snapshot in turn; returns how many were accepted, rejected, skipped and could not
-    be settled (errors)."""
+    be settled (errors). `locks` bounds the wait for golden-file locks, all files together."""
     err = err or sys.stderr
     counts = {"accepted": 0, "rejected": 0, "skipped": 0}
     total = sum(len(p.snapshots) for p in pending)
@@ -114,7 +117,7 @@ def review(pending: list[PendingFile], stdin: TextIO, out: TextIO, err: TextIO |
                 counts["skipped"] += 1
             else:
                 decisions[name] = answer
-        for act, key, answer in ((accept, "accepted", "a"), (reject, "rejected", "r")):
+        for act, key, answer in ((partial(accept, locks=locks), "accepted", "a"), (reject, "rejected", "r")):
             names = [n for n, a in decisions.items() if a == answer]
             done = _settle(item, act, names, err) if names else []
             if done is None:
@@ -145,6 +148,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
             command.add_argument("--json", action="store_true", help="print JSON for other tools")
     args = parser.parse_args(argv)
     pending, errors = _load(args.paths, err)
+    locks = LockBudget()  # one wait for a stuck lock holder per command, not one per file
     try:
         if args.command == "pending":
             if args.json:
@@ -157,11 +161,11 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
                                   f"{item['golden_file']}\n")
                 out.write(f"{sum(len(p.snapshots) for p in pending)} pending snapshot(s)\n")
         elif args.command == "review":
-            counts = review(pending, inp, out, err)
+            counts = review(pending, inp, out, err, locks)
             errors += counts.get("errors", 0)
             out.write("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + "\n")
         else:
-            act = accept if args.command == "accept" else reject
+            act = partial(accept, locks=locks) if args.command == "accept" else reject
             settled = [_settle(item, act, None, err) for item in pending]
             errors += sum(1 for done in settled if done is None)
             done = sum(len(names) for names in settled if names)

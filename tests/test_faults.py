@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -463,7 +464,8 @@ CORRUPTIONS = {
     "unknown_version": (lambda raw, _: _edit(raw, lambda d: d.update(format_version=0)),
                         "unknown format_version 0"),
     "invalid_utf8": (lambda raw, _: raw.replace(b"text", b"t\xffxt"), "is not valid UTF-8 (byte *)"),
-    "utf8_bom": (lambda raw, _: b"\xef\xbb\xbf" + raw, "is not valid JSON: Unexpected UTF-8 BOM*"),
+    "invalid_utf8_after_bom": (lambda raw, _: b"\xef\xbb\xbf" + raw.replace(b"text", b"t\xffxt"),
+                               "is not valid UTF-8 (byte *)"),
     "merge_conflict": (lambda raw, _: b"<<<<<<< HEAD\n" + raw + b"=======\n" + raw + b">>>>>>> other\n",
                        "is not valid JSON: * (an unresolved merge conflict?)"),
     "fifty_megabytes": (lambda raw, _: b'{"format_version": 1, "pad": "' + b"x" * (50 * 1024 * 1024) + b'"}',
@@ -522,6 +524,38 @@ def test_corrupt_golden_files_fail_only_their_test_with_one_clear_message(pytest
                                  "test_directory.json: Is a directory*"])
     assert golden_files(pytester.path) == {k: v for k, v in recorded.items() if "test_directory" not in k}
     assert not marker.exists() and temporaries(pytester.path) == []
+
+
+def test_a_golden_file_saved_with_a_byte_order_mark_is_read_and_written_back_without_one(pytester, monkeypatch):
+    # Some editors save UTF-8 with a byte-order mark: the file is still the user's golden file.
+    pytester.makepyfile(test_bom=READ_ONLY_SUITE)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    folder = pytester.path / SNAPSHOTS / "test_bom"
+    for path in folder.glob("*.json"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    with_bom = golden_files(pytester.path)
+    result = run(pytester, "--llm-snapshot")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    assert golden_files(pytester.path) == with_bom  # an update that changes nothing changes no byte
+
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 1 updated, 0 deleted, 0 unused"])
+    rewritten = (folder / "test_a.json").read_bytes()
+    assert not rewritten.startswith(b"\xef\xbb\xbf") and json.loads(rewritten)["snapshots"]["0"]["text_lines"] == [
+        "v2 a"]
+    assert (folder / "test_b.json").read_bytes() == with_bom[f"{SNAPSHOTS}/test_bom/test_b.json"]
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=2)
+
+
+def test_a_byte_order_mark_does_not_shift_the_position_of_an_invalid_byte():
+    raw = dumps(GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("text")})).encode()
+    position = raw.index(b"text")
+    with pytest.raises(GoldenFileError, match=rf"^f.json is not valid UTF-8 \(byte {position + 4}\)$"):
+        loads(b"\xef\xbb\xbf" + raw.replace(b"text", b"t\xffxt"), "f.json")
+    assert loads(b"\xef\xbb\xbf" + raw, "f.json") == loads(raw, "f.json")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
@@ -1060,3 +1094,116 @@ def test_a_golden_file_too_big_to_read_back_is_never_written(tmp_path):
     with pytest.raises(GoldenFileError, match="over the 20 MB limit for a golden file; it was not written"):
         write_golden(path, GoldenFile("t", {}, {"0": GoldenEntry("x" * (MAX_FILE_BYTES + 1))}))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- 7. filesystem trouble: locks ----------------------------------------------------------------------------
+
+LOCK_HOLDER = """
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+
+from pytest_llmdet.golden.store import golden_lock
+
+with ExitStack() as locks:
+    for path in sys.argv[1:]:
+        locks.enter_context(golden_lock(Path(path)))
+    print("locked", flush=True)
+    sys.stdin.read()  # holds the locks, like a stuck process, until the test closes its stdin
+"""
+
+
+@pytest.fixture
+def stuck_lock_holder(pytester):
+    """Start a process that takes the locks of the given golden files and keeps them until the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(*paths: Path) -> subprocess.Popen:
+        (pytester.path / "holder.py").write_text(LOCK_HOLDER)
+        env = {**os.environ, "PYTHONPATH": str(Path(pytest_llmdet.__file__).parents[1])}
+        process = subprocess.Popen([sys.executable, "holder.py", *map(str, paths)], cwd=pytester.path, env=env,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout.readline() == "locked\n"  # blocks until it holds every lock
+        return process
+
+    yield start
+    for process in started:
+        process.stdin.close()
+        process.wait(timeout=60)
+
+
+def test_a_stuck_lock_holder_costs_one_bounded_wait_and_is_named(pytester, monkeypatch, stuck_lock_holder):
+    pytester.makepyfile(test_locked=READ_ONLY_SUITE.replace('"b is unchanged"',
+                                                            'os.environ.get("SUITE_VERSION", "v1") + " b"'))
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    before = golden_files(pytester.path)
+    golden_a, golden_b = (pytester.path / SNAPSHOTS / "test_locked" / f"test_{x}.json" for x in "ab")
+    holder = stuck_lock_holder(golden_a.relative_to(pytester.path), golden_b.relative_to(pytester.path))
+    monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 0.2)  # the run's budget for waiting, both files together
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    result = run(pytester, "--llm-snapshot-update")
+    result.assert_outcomes(passed=2, errors=2)
+    held_by = (f"is held by pid {holder.pid} ({sys.executable} holder.py {SNAPSHOTS}/test_locked/test_a.json "
+               f"{SNAPSHOTS}/test_locked/test_b.json)")
+    result.stdout.fnmatch_lines([
+        "_* ERROR at teardown of test_a _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_a.json: its lock file "
+        f"{store.lock_path(golden_a)} {held_by}",
+        "Gave up after 0.2 s: a run waits at most 0.2 s for golden-file locks, all files together",
+        f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
+        're-record with: pytest --llm-snapshot-update "test_locked.py::test_a"',
+        "_* ERROR at teardown of test_b _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_b.json: its lock file "
+        f"{store.lock_path(golden_b)} {held_by}",
+        "Not waited for: this run already waited its 0.2 s for golden-file locks",  # one wait, not one per file
+        f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
+        're-record with: pytest --llm-snapshot-update "test_locked.py::test_b"',
+        "0 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused, 2 error",
+    ])
+    assert "disk space" not in result.stdout.str()
+    assert golden_files(pytester.path) == before
+
+    holder.stdin.close()
+    holder.wait(timeout=60)
+    result = run(pytester, "--llm-snapshot-update")  # the holder is gone: both files are written
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 0 written, 2 updated, 0 deleted, 0 unused"])
+
+
+def test_a_lock_folder_that_is_not_writable_is_named_as_such(pytester, monkeypatch, make_read_only):
+    pytester.makepyfile(test_ro=READ_ONLY_SUITE)
+    temporary = pytester.path / "tmp"
+    (temporary / f"pytest-llmdet-locks-{os.getuid()}").mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    folder = store.lock_folder()
+    assert folder.parent == temporary
+    make_read_only(folder)
+    result = run(pytester, "--llm-snapshot-update")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines([
+        "_* ERROR at teardown of test_a _*",
+        f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_ro/test_a.json: the lock folder {folder} "
+        "is not writable (Permission denied); pytest-llmdet keeps one lock file per golden file there",
+        f"The file keeps its previous content. Make {folder} a writable folder (remove it: it holds only lock "
+        'files), or point TMPDIR at a writable folder, then re-record with: pytest --llm-snapshot-update '
+        '"test_ro.py::test_a"',
+    ])
+    assert "disk space" not in result.stdout.str() and golden_files(pytester.path) == {}
+
+
+def test_a_lock_holder_that_did_not_record_itself_is_called_another_process(tmp_path):
+    path = tmp_path / "test_x.json"
+    lock = store.lock_path(path)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lock.with_suffix(".holder").write_text(f"{finished.pid}\n{sys.executable} -c pass\n")  # a stale record
+    with FileLock(str(lock)):  # held without a record, as by another tool
+        with pytest.raises(store.GoldenLockError) as refused:
+            write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("x")}), store.LockBudget(0))
+    assert str(refused.value) == (
+        f"{path}: its lock file {lock} is held by another process; not waited for: this run already waited its "
+        f"0 s for golden-file locks. If the process that holds it is stuck, stop it (`lsof {lock}` names it on "
+        "Linux and macOS)")
+    assert not path.exists()
+    lock.with_suffix(".holder").unlink()

@@ -230,6 +230,27 @@ def test_a_name_that_an_unnamed_comparison_also_gets_is_refused_either_way_round
                      "test_named_first": {"0": ["a"]}, "test_unnamed_first": {"0": ["a"]}}
 
 
+def test_one_name_compared_with_two_outputs_is_the_same_usage_error_in_update_and_check_mode(pytester):
+    pytester.makepyfile(test_same="""
+        def test_twice(llm_snapshot):
+            assert "first" == llm_snapshot(name="x")
+            assert "first" == llm_snapshot(name="x")  # the same output again is fine
+            assert "second" == llm_snapshot(name="x")
+    """)
+    usage_error = ("E   *SnapshotUsageError: snapshot 'x' was compared twice in test_same.py::test_twice with "
+                   "different outputs; give each comparison its own name: llm_snapshot(name=...)")
+    golden = pytester.path / "__llm_snapshots__/test_same/test_twice.json"
+    for mode, counts in (("--llm-snapshot-update", "0 passed, 0 failed, 1 written"),
+                         ("--llm-snapshot", "1 passed, 0 failed, 0 written"),
+                         ("--llm-snapshot-update", "1 passed, 0 failed, 0 written, 0 updated")):
+        result = pytester.runpytest(mode)
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines([usage_error, f"{counts}, *"])  # one outcome for snapshot 'x', not two
+        assert "output differs" not in result.stdout.str() and "regression" not in result.stdout.str()
+        # the first comparison was recorded (by the first update) and is never replaced by the second
+        assert json.loads(golden.read_text())["snapshots"]["x"]["text_lines"] == ["first"]
+
+
 def test_corrupt_golden_file_fails_that_test_only(pytester):
     pytester.makepyfile(test_suite=SUITE)
     pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=3)

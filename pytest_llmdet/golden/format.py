@@ -1,4 +1,5 @@
-"""The golden file format: UTF-8 JSON with sorted keys, 2-space indent and a trailing newline.
+"""The golden file format: UTF-8 JSON (no byte-order mark written; one an editor added is read past) with
+sorted keys, 2-space indent and a trailing newline.
 
 Lists of numbers sit on one line and the text is a list of lines, so that a pull-request diff shows the
 changed lines. Parsing is data-only (no pickle, no eval) and every problem is reported with the file.
@@ -20,6 +21,7 @@ changed lines. Parsing is data-only (no pickle, no eval) and every problem is re
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -32,6 +34,7 @@ MAX_FILE_BYTES = 20 * 1024 * 1024
 MARGIN_DECIMALS = 4
 MAX_TOKEN_ID = 2**31 - 1  # tokenizers and torch take token IDs as 32-bit integers
 MAX_DEPTH = 64  # nesting of objects and lists; ours go about 8 deep (a chat prompt in a variant)
+UTF8_BOM = codecs.BOM_UTF8
 _CONFLICT_MARKER = re.compile(r"^(<<<<<<<|>>>>>>>) ", re.MULTILINE)
 
 
@@ -144,10 +147,12 @@ def loads(raw: bytes, where: str, size: int | None = None) -> GoldenFile:
             f"{where} is {size / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB limit for a "
             "golden file: it is not one pytest-llmdet wrote"
         )
+    # A byte-order mark (some editors save one) is not part of the content: read past it. Writes never add one.
+    skipped = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
     try:
-        text = raw.decode("utf-8")
+        text = raw[skipped:].decode("utf-8")
     except UnicodeDecodeError as error:
-        raise GoldenFileError(f"{where} is not valid UTF-8 (byte {error.start})") from None
+        raise GoldenFileError(f"{where} is not valid UTF-8 (byte {error.start + skipped})") from None
     try:
         data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
                           object_pairs_hook=_refuse_duplicate_keys)

@@ -26,7 +26,14 @@ from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
 from pytest_llmdet.golden.pending import read_pending
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
-from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, delete_golden, read_golden, write_golden
+from pytest_llmdet.golden.store import (
+    TMP_SUFFIX,
+    LockBudget,
+    clean_temporaries,
+    delete_golden,
+    read_golden,
+    write_golden,
+)
 
 STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
 # Counted besides: passed snapshots that diverged within top-k (a tolerant pass), and snapshots of a golden file
@@ -122,6 +129,8 @@ class SnapshotRun:
     errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
     pending: list[str] = field(default_factory=list)  # pending files a check run wrote, as the user reads them
     not_compared: list[NotCompared] = field(default_factory=list)  # by finish: what failed tests did not reach
+    locks: LockBudget = field(default_factory=LockBudget)  # this process's wait for golden-file locks, in all
+    started: set[str] = field(default_factory=set)  # tests this process started (a second start is a re-run)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -148,6 +157,15 @@ class SnapshotRun:
         self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
         self.partial_reasons.update(data["partial_reasons"])
         self.pending += data.get("pending", [])
+
+    def start_attempt(self, nodeid: str) -> None:
+        """A test starts. When it starts again (re-run by pytest-rerunfailures), the outcomes of its earlier
+        attempt are dropped: each snapshot counts once, with the last attempt's outcome. Its failure still
+        counts for deletions (TestRecord.note)."""
+        if nodeid not in self.started:
+            self.started.add(nodeid)
+            return
+        self.outcomes[:] = [o for o in self.outcomes if o.nodeid != nodeid]  # in place: tests append to it
 
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)
@@ -244,7 +262,7 @@ class SnapshotRun:
                 if path.name.endswith(PENDING_SUFFIX):
                     path.unlink()
                     self.deleted.append(str(path))
-                elif delete_golden(path):
+                elif delete_golden(path, self.locks):
                     self.deleted.append(str(path))
             except OSError as error:
                 self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
@@ -253,7 +271,7 @@ class SnapshotRun:
                 self.unused += [f"{path} [{name}]" for name in extra]
                 continue
             try:
-                _drop_snapshots(path, extra)
+                _drop_snapshots(path, extra, self.locks)
             except (OSError, GoldenFileError) as error:
                 self.errors.append(f"could not remove unused snapshots {', '.join(map(repr, extra))} from "
                                    f"{path}: {getattr(error, 'strerror', None) or error}")
@@ -310,7 +328,7 @@ class SnapshotRun:
         return sorted({o.nodeid for o in self.outcomes if o.status == "error"})
 
 
-def _drop_snapshots(path: Path, names: list[str]) -> None:
+def _drop_snapshots(path: Path, names: list[str], locks: LockBudget) -> None:
     # Rewrites the file without `names` (re-read now: the test wrote it at its end); deletes it when no
     # snapshot is left.
     golden = read_golden(path)
@@ -318,9 +336,9 @@ def _drop_snapshots(path: Path, names: list[str]) -> None:
         return
     kept = {k: v for k, v in golden.snapshots.items() if k not in names}
     if kept:
-        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept))
+        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept), locks)
     else:
-        delete_golden(path)
+        delete_golden(path, locks)
 
 
 def _subfolders(folder: Path) -> list[Path]:

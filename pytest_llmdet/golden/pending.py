@@ -25,7 +25,14 @@ from pytest_llmdet.golden.location import (
     safe_file_stem,
     test_name_of,
 )
-from pytest_llmdet.golden.store import golden_digest, read_file_bounded, read_golden, replace_atomically, write_golden
+from pytest_llmdet.golden.store import (
+    LockBudget,
+    golden_digest,
+    read_file_bounded,
+    read_golden,
+    replace_atomically,
+    write_golden,
+)
 
 CHANGED, NEW = "changed", "new"
 
@@ -143,9 +150,10 @@ def find_pending(roots: Iterable[Path]) -> list[Path]:
     return sorted(found)
 
 
-def accept(pending: PendingFile, names: Iterable[str] | None = None) -> list[str]:
+def accept(pending: PendingFile, names: Iterable[str] | None = None, locks: LockBudget | None = None) -> list[str]:
     """Write the named pending snapshots (all by default) into the golden file, as an update would, then
-    drop them from the pending file; returns the names accepted."""
+    drop them from the pending file; returns the names accepted. `locks`: how long to wait for locks, shared
+    by the calls of one command."""
     chosen = [n for n in (pending.snapshots if names is None else names) if n in pending.snapshots]
     if not chosen:
         return []
@@ -153,7 +161,8 @@ def accept(pending: PendingFile, names: Iterable[str] | None = None) -> list[str
     existing = read_golden(pending.golden)
     snapshots = dict(existing.snapshots) if existing else {}
     snapshots.update({name: pending.snapshots[name] for name in chosen})
-    write_golden(pending.golden, GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items()))))
+    write_golden(pending.golden, GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items()))),
+                 locks)
     pending.golden_sha256 = golden_digest(pending.golden) or ""  # what is left pending now builds on this file
     _drop(pending, chosen)
     return chosen

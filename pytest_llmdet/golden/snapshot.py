@@ -22,7 +22,7 @@ from pytest_llmdet.golden.compare import (
     smallest_margin,
 )
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, as_stored, prompt_hash
-from pytest_llmdet.golden.store import golden_digest, read_golden, write_golden
+from pytest_llmdet.golden.store import GoldenLockError, LockBudget, golden_digest, read_golden, write_golden
 from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
 from pytest_llmdet.golden.variants import Environment, choose_variant, describe, environment_of, is_exact
 from pytest_llmdet.settings import ComparePlan
@@ -164,11 +164,13 @@ class TestSnapshots:
     # the fingerprint without a local model's weights hash, which a passing check does not need (None: use the
     # full one); choosing a variant needs only the device type, dtype and compute capability
     environment: Callable[[], dict[str, Any] | None] | None = None
+    locks: LockBudget | None = None  # the run's wait for golden-file locks, all files together
     used: list[str] = field(default_factory=list)
     updates: dict[str, GoldenEntry] = field(default_factory=dict)
     reports: list[str] = field(default_factory=list)  # full failure reports, shown as a report section
     outcomes: list[SnapshotOutcome] = field(default_factory=list)  # this test's, for its JUnit properties
-    _queued: dict[str, GoldenEntry] = field(default_factory=dict)  # what each queued update recorded
+    _compared: dict[str, tuple[GoldenEntry, tuple[bool, list[str]]]] = field(default_factory=dict)  # each name's
+    # first comparison: what it compared, and its result
     pending: dict[str, tuple[GoldenEntry, str, str]] = field(default_factory=dict)  # check mode: entry, status,
     # report of each changed or new snapshot, kept as a pending file for review outside CI
     _auto_index: int = 0
@@ -224,6 +226,19 @@ class TestSnapshots:
         if self.passive:
             return True, []
         current = entry_from(value)
+        if name in self._compared:  # in either mode: one name, one output, one outcome
+            first, result = self._compared[name]
+            if not _same_output(first, current):
+                raise SnapshotUsageError(
+                    f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
+                    "give each comparison its own name: llm_snapshot(name=...)"
+                )
+            return result
+        result = self._check(name, value, current)
+        self._compared[name] = (current, result)
+        return result
+
+    def _check(self, name: str, value: Any, current: GoldenEntry) -> tuple[bool, list[str]]:
         self.used.append(name)
         golden_file = self.golden(name)
         stored = golden_file.snapshots.get(name) if golden_file else None
@@ -247,12 +262,12 @@ class TestSnapshots:
         if comparison.matched:
             if self.mode == UPDATE and isinstance(value, Generation) and not _same_output(golden, current):
                 # same tokens, but the prompt or settings changed
-                self._queue(name, _replaced(stored, target, current), current, "updated", details)
+                self._queue(name, _replaced(stored, target, current), "updated", details)
             else:
                 self._outcome(name, "passed", details)
             return True, []
         if self.mode == UPDATE:
-            self._queue(name, _replaced(stored, target, current), current, "updated", details)
+            self._queue(name, _replaced(stored, target, current), "updated", details)
             return True, []
         self._outcome(name, "failed", details)
         report = self._report(name, golden, comparison, value, golden_file, variant)
@@ -298,7 +313,7 @@ class TestSnapshots:
 
     def _missing(self, name: str, current: GoldenEntry, details: OutcomeDetails) -> tuple[bool, list[str]]:
         if self.mode == UPDATE:  # the first recording is the default, with or without --llm-snapshot-variant
-            self._queue(name, current, current, "written", details)
+            self._queue(name, current, "written", details)
             return True, []
         self._outcome(name, "missing", details)
         lines = [
@@ -308,16 +323,8 @@ class TestSnapshots:
         self.pending[name] = (current, "new", "\n".join(lines))
         return False, lines
 
-    def _queue(self, name: str, entry: GoldenEntry, current: GoldenEntry, status: str,
-               details: OutcomeDetails) -> None:
-        queued = self._queued.get(name)
-        if queued is not None and not _same_output(queued, current):
-            raise SnapshotUsageError(
-                f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
-                "give each comparison its own name: llm_snapshot(name=...)"
-            )
+    def _queue(self, name: str, entry: GoldenEntry, status: str, details: OutcomeDetails) -> None:
         self.updates[name] = entry
-        self._queued[name] = current
         self._outcome(name, status, details)
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
@@ -368,7 +375,7 @@ class TestSnapshots:
             fingerprint = existing.fingerprint if existing else {}  # a variant keeps the default's fingerprint
         golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
                             snapshots=dict(sorted(snapshots.items())))
-        return write_golden(self.path, golden)
+        return write_golden(self.path, golden, self.locks)
 
     def mark_unwritten(self, reason: str) -> None:
         """The write failed: what was counted written or updated is an error (in the summary and the report)."""
@@ -412,7 +419,13 @@ class TestSnapshots:
         return None
 
     def write_error(self, error: Exception) -> str:
-        """The failure message when the golden file could not be written (a full disk, a read-only folder)."""
+        """The failure message when the golden file could not be written (a full disk, a read-only folder, a
+        lock held by a stuck process)."""
+        if isinstance(error, GoldenLockError):
+            waiting = f"{error.waiting[:1].upper()}{error.waiting[1:]}\n" if error.waiting else ""
+            return (f"pytest-llmdet: could not write golden file {self.display_path}: {error.reason}\n{waiting}"
+                    f"The file keeps its previous content. {error.advice}, then re-record with: "
+                    f"{self.update_command}")
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
                 "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "

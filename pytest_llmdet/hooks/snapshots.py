@@ -140,6 +140,8 @@ def take_report(item: pytest.Item, report: pytest.TestReport, llmdet: LLMDetSess
         report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
     if test_snapshots.outcomes:
         properties = junit_properties(test_snapshots.outcomes)
+        names = {name for name, _ in properties}  # a re-run replaces its earlier attempt's properties
+        item.user_properties[:] = [p for p in item.user_properties if not (isinstance(p, tuple) and p[0] in names)]
         item.user_properties.extend(properties)  # JUnit XML reads them from the teardown report, made later
         report.user_properties.extend(properties)
 
@@ -183,6 +185,9 @@ class SnapshotPlugin:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         register_collection(session, self.llmdet)
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        self.llmdet.snapshots.start_attempt(nodeid)  # a re-run replaces the earlier attempt's outcomes
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Iterator[None]:

@@ -193,6 +193,7 @@ class LLMDetSession:
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
             environment=None if full_fingerprints else partial(fingerprint, weights=False),
             compare=compare, record_variant=settings.variant,
+            locks=self.snapshots.locks,
         )
 
     def finish_snapshots(self) -> None:
