@@ -454,13 +454,13 @@ def _margin_lines(rows: Sequence[Verdict]) -> list[str]:
     if not diverged:
         return []
 
-    def largest(entry: tuple[str, str, FactorCell]) -> float:
-        margins = [m for m in (entry[2].reference_margin, entry[2].changed_margin) if m is not None]
-        return -max(margins, default=float("inf"))
+    def recorded(entry: tuple[str, str, FactorCell]) -> float:
+        margin = entry[2].reference_margin
+        return -(margin if margin is not None else float("inf"))  # the call ended there: no near-tie either
 
-    diverged.sort(key=lambda entry: (largest(entry), entry[0], FACTOR_NAMES.index(entry[1])))
-    lines = ["margins at the divergences, largest first (a large margin is no near-tie: more than rounding "
-             "changed):"]
+    diverged.sort(key=lambda entry: (recorded(entry), entry[0], FACTOR_NAMES.index(entry[1])))
+    lines = ["margins at the divergences, the largest recorded margin first (a large one is no near-tie: more "
+             "than rounding changed):"]
     for nodeid, name, cell in diverged[:MAX_MARGIN_LINES]:
         lines.append(f"  {nodeid} {name}: call {cell.call} token {cell.position}: margin "
                      f"{format_margin(cell.reference_margin)} {cell.reference}, "
