@@ -57,6 +57,11 @@ class Factor:
         """`call` generated again under this factor: one output (attention: one per other implementation)."""
         raise NotImplementedError
 
+    def regenerate_calls(self, llm: LLM, calls: Sequence[tuple[int, Generation]]
+                         ) -> list[tuple[int, Regeneration]]:
+        """Every (index, call) generated again under this factor, each with its index."""
+        return [(index, r) for index, call in calls for r in self.regenerate(llm, call)]
+
 
 class BatchFactor(Factor):
     """Row 0 of a left-padded batch with other prompts (the batch probe, determinism/probe.py)."""
@@ -107,17 +112,24 @@ class EngineFactor(Factor):
         return "; ".join(r for r in reasons if r) or "nothing to change"
 
     def regenerate(self, llm: LLM, call: Generation) -> list[Regeneration]:
-        plan = llm.plan_of(call)
+        return [r for _, r in self.regenerate_calls(llm, [(0, call)])]
+
+    def regenerate_calls(self, llm: LLM, calls: Sequence[tuple[int, Generation]]
+                         ) -> list[tuple[int, Regeneration]]:
+        # The engine enters each variation once for all the calls: casting the weights of a large model, say,
+        # costs more than a short generation.
         engine = llm.engine
         base = engine.baseline()
         regenerated = []
         for variation in self.variations(llm):
             if engine.cannot_vary(variation) is not None:
                 continue
+            described = self.describe(base, variation)
             with engine.varied(variation):
-                (row,) = llm.generate_rows([list(call.prompt_token_ids)], plan)
-            output = BatchedOutput(row.token_ids, row.margins, row.logprobs)
-            regenerated.append(Regeneration(output, *self.describe(base, variation)))
+                for index, call in calls:
+                    (row,) = llm.generate_rows([list(call.prompt_token_ids)], llm.plan_of(call))
+                    output = BatchedOutput(row.token_ids, row.margins, row.logprobs)
+                    regenerated.append((index, Regeneration(output, *described)))
         return regenerated
 
 
@@ -242,18 +254,22 @@ def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
 
 def _check_factor(factor: Factor, llm: LLM, calls: Sequence[Generation], findings: FactorFindings) -> None:
     name = factor.name
-    applied, skipped, differences = 0, [], []
+    applicable, skipped = [], []
     for index, call in enumerate(calls):
         reason = factor.applies(llm, call)
-        if reason is not None:
+        if reason is None:
+            applicable.append((index, call))
+        else:
             skipped.append((index, reason))
-            continue
-        applied += 1
-        for r in factor.regenerate(llm, call):
-            divergence = compare_outputs(call, r.output)
-            if divergence is not None:
-                differences.append(FactorDifference(name, index, call.prompt, divergence, r.vs, r.reference,
-                                                    r.changed, r.where, factor.sensitivity, factor.advice))
+    differences = []
+    for index, r in factor.regenerate_calls(llm, applicable) if applicable else []:
+        call = calls[index]
+        divergence = compare_outputs(call, r.output)
+        if divergence is not None:
+            differences.append(FactorDifference(name, index, call.prompt, divergence, r.vs, r.reference,
+                                                r.changed, r.where, factor.sensitivity, factor.advice))
+    differences.sort(key=lambda d: d.index)
+    applied = len(applicable)
     findings.cells[name] = factor_cell(differences, applied, [reason for _, reason in skipped],
                                        factor.sensitivity)
     findings.differences += differences
