@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.determinism.runs import Verdict
+from pytest_llmdet.determinism.runs import FactorCell, Verdict
 from pytest_llmdet.golden.compare import summary_line
 from pytest_llmdet.golden.ledger import NotCompared
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
@@ -45,12 +45,29 @@ def determinism_entry(verdict: Verdict) -> dict[str, Any]:
     """One determinism verdict as the report lists it."""
     return {
         "test": verdict.nodeid,
-        "status": "deterministic" if verdict.deterministic else "nondeterministic",
+        "status": verdict.status,
         "runs": verdict.runs,
         "kind": verdict.kind or None,
         "position": verdict.position,
         "distinct_outputs": verdict.distinct_outputs,
         "detail": verdict.detail or None,
+        "factors": {name: factor_entry(cell) for name, cell in verdict.factors.items()},
+    }
+
+
+def factor_entry(cell: FactorCell) -> dict[str, Any]:
+    """One cell of the factor matrix as the report lists it."""
+    return {
+        "status": cell.status,
+        "cell": cell.text(),
+        "position": cell.position,
+        "call": cell.call,
+        "reference_margin": cell.reference_margin,
+        "changed_margin": cell.changed_margin,
+        "reference": cell.reference or None,
+        "changed": cell.changed or None,
+        "reason": cell.reason,
+        "sensitivity": cell.sensitivity,
     }
 
 

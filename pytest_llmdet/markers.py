@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from pytest_llmdet.settings import (
+    FACTOR_NAMES,
     ComparePlan,
     Settings,
     SettingsError,
@@ -14,6 +15,7 @@ from pytest_llmdet.settings import (
     parse_compare,
     parse_device,
     parse_dtype,
+    parse_factors,
     parse_top_k,
 )
 
@@ -23,15 +25,18 @@ MARKERS = (
     "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
     "another model (a hub id or a local directory); each distinct model loads once per session",
     'llm_snapshot(compare="exact" or "tolerant", top_k=N): how this test\'s golden snapshots are compared',
-    "llm_determinism(runs=None, batch=False): run this test `runs` times (default --llm-determinism-runs) and "
-    "fail it if any llm.generate call gives other token IDs in another run; batch=True (or a batch size) also "
-    "generates each prompt inside a left-padded batch and compares",
+    "llm_determinism(runs=None, batch=False, factors=None): run this test `runs` times (default "
+    "--llm-determinism-runs) and fail it if any llm.generate call gives other token IDs in another run; "
+    "batch=True (or a batch size) also generates each prompt inside a left-padded batch and compares; "
+    f"factors=[...] regenerates each call once under each factor ({', '.join(FACTOR_NAMES)}, or \"all\") "
+    "and compares",
 )
 
 MODEL_USAGE = 'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
 SNAPSHOT_USAGE = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
 DETERMINISM_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
-                     "batch=True or a batch size >= 2")
+                     "batch=True or a batch size >= 2; factors=[...]: \"all\" or a list of "
+                     + ", ".join(FACTOR_NAMES))
 
 
 class MarkerUsageError(ValueError):
@@ -48,10 +53,17 @@ class ModelChoice(NamedTuple):
 
 
 class CheckPlan(NamedTuple):
-    """How one test is checked: how many runs, and the batch size of the batch probe (0: no probe)."""
+    """How one test is checked: how many runs, the batch size of the batch probe (0: no probe), and the other
+    factors each call is regenerated under once (the batch factor is `batch_size`)."""
 
     runs: int
     batch_size: int = 0
+    factors: tuple[str, ...] = ()  # never "batch"
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        """Every factor of the check, batch included, in the matrix's order."""
+        return ("batch",) * bool(self.batch_size) + self.factors
 
 
 def model_choice(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: Settings) -> ModelChoice:
@@ -88,12 +100,16 @@ def compare_plan(default: SnapshotSettings, marker_args: tuple[Any, ...] | None,
 
 
 def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any] | None, default_runs: int,
-               check_all: bool, uses_llm: bool) -> CheckPlan | None:
+               check_all: bool, uses_llm: bool, default_factors: tuple[str, ...] = ()) -> CheckPlan | None:
     """The check of one test, from its `llm_determinism` marker (None: unmarked) and the options; None when
-    the test is not checked."""
+    the test is not checked. `default_factors` (--llm-factors) apply to every test that uses `llm`; a test they
+    alone check runs once (the re-runs are --llm-check-determinism's or the marker's)."""
+    suite_factors = default_factors if uses_llm else ()
     if marker_kwargs is None:
-        return CheckPlan(default_runs) if check_all and uses_llm else None
-    unknown = set(marker_kwargs) - {"runs", "batch"}
+        if not uses_llm or not (check_all or suite_factors):
+            return None
+        return _with_factors(CheckPlan(default_runs if check_all else 1), suite_factors, DEFAULT_BATCH_SIZE)
+    unknown = set(marker_kwargs) - {"runs", "batch", "factors"}
     if marker_args or unknown:
         raise MarkerUsageError(DETERMINISM_USAGE + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
     runs = marker_kwargs.get("runs", default_runs)
@@ -110,4 +126,19 @@ def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any
         batch_size = batch
     else:
         raise MarkerUsageError(f"{DETERMINISM_USAGE}; got batch={batch!r}")
-    return CheckPlan(runs, batch_size)
+    factors = marker_kwargs.get("factors") or ()
+    try:
+        if not isinstance(factors, (str, list, tuple)):
+            raise ValueError("a list of names, or \"all\"")
+        named = parse_factors(factors)
+    except ValueError as error:
+        raise MarkerUsageError(f"{DETERMINISM_USAGE}; got factors={factors!r}: {error}") from None
+    plan = CheckPlan(runs, batch_size)
+    return _with_factors(_with_factors(plan, named, DEFAULT_BATCH_SIZE), suite_factors, DEFAULT_BATCH_SIZE)
+
+
+def _with_factors(plan: CheckPlan, factors: tuple[str, ...], batch_size: int) -> CheckPlan:
+    """`plan` with `factors` added (batch as a batch size, unless the plan has one already)."""
+    others = tuple(name for name in FACTOR_NAMES if name != "batch" and (name in factors or name in plan.factors))
+    batch = plan.batch_size or (batch_size if "batch" in factors else 0)
+    return CheckPlan(plan.runs, batch, others)

@@ -58,7 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(error)) from None
     config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
                                               snapshot_settings)
-    config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism)
+    config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism,
+                                                       settings.factors)
     if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
 

@@ -15,6 +15,11 @@ TOP_K_DEFAULT = 5
 RUNS_DEFAULT = 3
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
+# The factors of the determinism check (determinism/factors.py), in the order the matrix shows them.
+FACTOR_NAMES = ("batch", "cache", "static-cache", "attention", "threads", "dtype")
+# Factors of an engine pytest-llmdet does not have yet: named, so that asking for one says why it is refused.
+FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
+                                  "first), which pytest-llmdet does not have yet"}
 _DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -94,6 +99,26 @@ parse_deterministic_algorithms = _choice(DETERMINISTIC_ALGORITHMS)
 
 
 parse_compare = _choice(COMPARE_MODES)
+
+
+def parse_factors(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Accept `all` or a comma list of factor names (a list of names too); they come back in the matrix's
+    order, each once. An empty value is no factor."""
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"factors are names; allowed values: all, or a comma list of {', '.join(FACTOR_NAMES)}")
+    names = [n for n in names if n]
+    if names == ["all"]:
+        return FACTOR_NAMES
+    future = [n for n in names if n in FUTURE_FACTORS]
+    if future:
+        raise ValueError(f"{future[0]} is {FUTURE_FACTORS[future[0]]}; allowed values: all, or a comma list of "
+                         f"{', '.join(FACTOR_NAMES)}")
+    unknown = [n for n in names if n not in FACTOR_NAMES]
+    if unknown:
+        raise ValueError(f"unknown factor(s) {', '.join(unknown)}; allowed values: all, or a comma list of "
+                         f"{', '.join(FACTOR_NAMES)}")
+    return tuple(n for n in FACTOR_NAMES if n in names)
 
 
 def parse_top_k(value: str) -> int:
@@ -204,6 +229,9 @@ OPTIONS: tuple[Option, ...] = (
            _parse_int(1), metavar="N"),
     Option("check_determinism", "run every test that uses `llm` N times and fail it when the token IDs differ "
            "(as if marked @pytest.mark.llm_determinism)", False, parse_bool, has_ini=False, switch=True),
+    Option("factors", "regenerate every call of every test that uses `llm` once under each factor and fail it "
+           f"when the tokens change: all, or a comma list of {', '.join(FACTOR_NAMES)} (default none)", (),
+           parse_factors, metavar="LIST"),
 )
 MODEL_SETTINGS = ("model", "dtype", "device", "seed", "max_new_tokens", "trust_remote_code", "threads",
                   "inherit_processors", "deterministic_algorithms")
@@ -224,6 +252,7 @@ class Settings(NamedTuple):
     model_base_dir: Path | None = None  # where a relative llm_model path is resolved from
     determinism_runs: int = RUNS_DEFAULT
     check_determinism: bool = False
+    factors: tuple[str, ...] = ()  # --llm-factors / llm_factors: every test that uses `llm` is checked under them
 
 
 class SnapshotSettings(NamedTuple):
@@ -296,7 +325,7 @@ def resolve(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None,
     base_dir = inipath.parent if model_from_ini else invocation_dir
     settings = Settings(**{name: values[name] for name in MODEL_SETTINGS}, model_base_dir=base_dir,
                         determinism_runs=values["determinism_runs"],
-                        check_determinism=values["check_determinism"])
+                        check_determinism=values["check_determinism"], factors=values["factors"])
     mode = "update" if values["snapshot_update"] else "check" if values["snapshot"] else "off"
     if values["snapshot_variant"] and mode != "update":
         raise SettingsError("pytest-llmdet: --llm-snapshot-variant records a variant, so it needs "

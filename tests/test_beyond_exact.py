@@ -151,7 +151,7 @@ def test_json_report_and_junit_properties_describe_every_snapshot_and_determinis
     assert (text["name"], text["status"], text["fingerprint"], text["divergence"]) == ("text", "passed", None, None)
     assert report["determinism"] == [{
         "test": "test_story.py::test_checked", "status": "deterministic", "runs": 2, "kind": None,
-        "position": None, "distinct_outputs": 1, "detail": None}]
+        "position": None, "distinct_outputs": 1, "detail": None, "factors": {}}]
 
     cases = {case.get("name"): case for case in ElementTree.parse(pytester.path / "junit.xml").iter("testcase")}
     properties = {name: {p.get("name"): p.get("value") for p in case.iter("property")}

@@ -217,7 +217,7 @@ def test_the_marker_is_registered_and_bad_arguments_error_that_test(pytester):
     result.stdout.fnmatch_lines(["*pytest-llmdet: usage: @pytest.mark.llm_determinism(runs=N, batch=False)*"
                                  "unknown: rnus"])
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.llm_determinism(runs=None, batch=False): run this test*"])
+    result.stdout.fnmatch_lines(["@pytest.mark.llm_determinism(runs=None, batch=False, factors=None): run this test*"])
     result = pytester.runpytest("--llm-determinism-runs", "0")
     result.stderr.fnmatch_lines(["*bad value '0' for --llm-determinism-runs; allowed values: an integer >= 1"])
     result = pytester.runpytest("-p", "no:llmdet", "--llm-check-determinism")

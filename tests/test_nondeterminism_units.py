@@ -6,11 +6,14 @@ import pytest
 from pytest_llmdet.determinism.probe import companions, left_pad, truncate_at_eos
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
+    FactorCell,
     Verdict,
     compare_batch,
     compare_outputs,
     compare_runs,
     distinct_outputs,
+    factor_cell,
+    matrix_lines,
     prompt_excerpt,
     render_report,
     summary_lines,
@@ -20,6 +23,7 @@ from pytest_llmdet.determinism.runs import (
 )
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
+from pytest_llmdet.settings import FACTOR_NAMES, parse_factors
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 
@@ -214,14 +218,100 @@ def test_a_batch_row_is_cut_after_its_first_eos():
         ({"runs": None}, False, True, CheckPlan(3)),
         ({"batch": True}, False, True, CheckPlan(3, 4)),
         ({"batch": 8, "runs": 1}, False, True, CheckPlan(1, 8)),
+        ({"factors": ["dtype", "cache"]}, False, True, CheckPlan(3, 0, ("cache", "dtype"))),
+        ({"factors": ["batch"], "batch": 8}, False, True, CheckPlan(3, 8)),
+        ({"factors": "batch,threads"}, False, True, CheckPlan(3, 4, ("threads",))),
+        ({"factors": "all", "runs": 2}, False, True, CheckPlan(2, 4, FACTOR_NAMES[1:])),
     ],
 )
 def test_check_plan(kwargs, check_all, uses_llm, expected):
     assert check_plan((), kwargs, 3, check_all, uses_llm) == expected
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "check_all", "uses_llm", "expected"),
+    [
+        (None, False, True, CheckPlan(1, 0, ("cache",))),  # --llm-factors alone re-runs nothing
+        (None, True, True, CheckPlan(3, 0, ("cache",))),  # with --llm-check-determinism, N runs
+        (None, False, False, None),  # a test that does not use llm has no calls to regenerate
+        ({"factors": ["dtype"]}, False, True, CheckPlan(3, 0, ("cache", "dtype"))),  # the marker's and the suite's
+    ],
+)
+def test_check_plan_with_suite_factors(kwargs, check_all, uses_llm, expected):
+    assert check_plan((), kwargs, 3, check_all, uses_llm, default_factors=("cache",)) == expected
+    assert expected is None or expected.factor_names == tuple(n for n in FACTOR_NAMES if n in expected.factors)
+
+
+def test_factor_names_are_parsed_into_the_matrix_order():
+    assert parse_factors("all") == FACTOR_NAMES
+    assert parse_factors(" dtype, batch ,dtype") == ("batch", "dtype")
+    assert parse_factors("") == ()
+    with pytest.raises(ValueError, match="unknown factor.s. kv; allowed values: all, or a comma list of batch"):
+        parse_factors(["cache", "kv"])
+    with pytest.raises(ValueError, match="prefix-cache is a factor of the vLLM engine"):
+        parse_factors("prefix-cache")
+
+
+def test_a_factor_cell_is_the_earliest_difference_equal_or_not_applicable():
+    assert factor_cell([], 0, ["sampled", "sampled"]) == FactorCell("n/a", reason="sampled")
+    assert factor_cell([], 2, []).text() == "="
+    from pytest_llmdet.determinism.runs import batch_difference, compare_outputs
+
+    late = batch_difference(0, "a", 4, compare_outputs(gen([1, 2, 3]), gen([1, 2, 4], margins=[1, 1, 0.25])))
+    early = batch_difference(1, "b", 4, compare_outputs(gen([1, 2]), gen([1, 3], margins=[1, 0.75])))
+    cell = factor_cell([late, early], 2, [])
+    assert (cell.text(), cell.call, cell.reference_margin, cell.changed_margin) == ("1", 2, 0.5, 0.75)
+    assert (cell.reference, cell.changed) == ("alone", "in the batch")
+
+
+def test_the_matrix_shows_a_row_per_test_a_column_per_factor_then_margins_and_reasons():
+    cache = FactorCell("diverged", 3, 1, 0.0031, 0.0042, "with the cache", "without")
+    dtype = FactorCell("diverged", 7, 2, 0.5, 0.25, "float32", "bfloat16", sensitivity=True)
+    same = FactorCell("same")
+    threads = FactorCell("n/a", reason="this session already runs 1 torch thread")
+    verdicts = [
+        Verdict("t.py::b", 1, False, "cache", 3, 2, "x", factors={"cache": cache, "threads": threads}),
+        Verdict("t.py::a", 1, True, "dtype", 7, 2, "y", sensitive=True,
+                factors={"cache": same, "threads": threads, "dtype": dtype}),
+        Verdict("t.py::unchecked_factors", 3, True),
+    ]
+    assert matrix_lines(verdicts) == [
+        "factor matrix (=: same tokens, N: the first diverging token, n/a: not applicable, -: not asked for; "
+        "dtype is a sensitivity (bfloat16 against the loaded dtype), not nondeterminism):",
+        "  test     cache  threads  dtype",
+        "  t.py::a  =      n/a      7",
+        "  t.py::b  3      n/a      -",
+        "margins at the divergences, the largest recorded margin first (a large one is no near-tie: more than "
+        "rounding changed):",
+        "  t.py::a dtype: call 2 token 7: margin 0.5000 float32, 0.2500 bfloat16",
+        "  t.py::b cache: call 1 token 3: margin 0.0031 with the cache, 0.0042 without",
+        "not applicable:",
+        "  threads (2 tests): this session already runs 1 torch thread",
+    ]
+    assert matrix_lines([Verdict("t.py::ok", 3, True)]) == []
+    lines = summary_lines(verdicts)
+    assert lines[0] == "3 checked, 1 deterministic, 1 nondeterministic, 1 dtype-sensitive"
+    assert lines[1:4] == ["worst offenders:", "  t.py::b: x", "  t.py::a: y"]  # a sensitivity after nondeterminism
+
+
+def test_the_matrix_of_a_large_suite_shows_only_the_rows_that_are_not_all_equal():
+    same = FactorCell("same")
+    verdicts = [Verdict(f"t.py::t{i:03}", 1, True, factors={"cache": same}) for i in range(60)]
+    verdicts[7].factors = {"cache": FactorCell("diverged", 2, 1, 0.1, 0.2, "with the cache", "without")}
+    lines = matrix_lines(verdicts)
+    assert lines[1:4] == ["  test        cache", "  t.py::t007  2",
+                          "  … and 59 more tests, every factor = or n/a only where listed below"]
+
+
+def test_verdicts_with_factor_cells_survive_the_trip_to_the_xdist_controller():
+    cell = FactorCell("diverged", 3, 1, 0.1, None, "alone", "in the batch")
+    verdicts = [Verdict("a", 1, False, "batch", 3, 2, "d", factors={"batch": cell, "dtype": FactorCell("n/a")})]
+    assert verdicts_from_data(verdicts_to_data(verdicts)) == verdicts
+
+
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"runs": "3"}, {"runs": True}, {"batch": 1},
-                                    {"batch": "yes"}, {"rnus": 2}])
+                                    {"batch": "yes"}, {"rnus": 2}, {"factors": ["kv"]}, {"factors": 3},
+                                    {"factors": [None]}, {"factors": ["prefix-cache"]}])
 def test_bad_marker_arguments(kwargs):
     with pytest.raises(MarkerUsageError, match="usage: @pytest.mark.llm_determinism"):
         check_plan((), kwargs, 3, False, True)

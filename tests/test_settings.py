@@ -25,6 +25,13 @@ def test_flag_wins_over_ini():
     assert settings.seed == 7
 
 
+def test_factors_come_from_the_flag_or_the_ini_file_in_the_matrix_order():
+    assert resolve().factors == ()
+    assert resolve(ini={"factors": "dtype, cache"}).factors == ("cache", "dtype")
+    assert resolve(flags={"factors": "all"}, ini={"factors": "cache"}).factors == (
+        "batch", "cache", "static-cache", "attention", "threads", "dtype")
+
+
 def test_ini_model_path_is_relative_to_the_ini_file():
     settings = resolve(ini={"model": "models/tiny"}, inipath=Path("/project/pytest.ini"))
     assert settings.model == "models/tiny"
@@ -59,7 +66,7 @@ def test_every_option_comes_from_one_table_with_names_that_match():
     assert both == {
         "llm_model", "llm_dtype", "llm_device", "llm_seed", "llm_max_new_tokens", "llm_trust_remote_code",
         "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
-        "llm_determinism_runs",
+        "llm_determinism_runs", "llm_factors",
     }
     assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}
     assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {

@@ -9,7 +9,7 @@ not reproducible there. torch and transformers are imported inside the functions
 from __future__ import annotations
 
 from pytest_llmdet.determinism.runs import BatchedOutput
-from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.transformers import left_pad  # noqa: F401 - the probe's layout helpers
 from pytest_llmdet.generation import Generation
@@ -22,7 +22,6 @@ COMPANION_TEXTS = (
     "Once upon a time there lived a king and a queen who had no children, and they were very sad.",
     "A short one.",
 )
-_NOT_FROM_SETTINGS = ("num_beams", "do_sample", "seed", "max_new_tokens")
 # Logits processors that see the left padding: in a batch they act differently for reasons of their own, so
 # a difference would not be the model's. (repetition_penalty is safe: the padding repeats a prompt token.)
 _SEE_THE_PADDING = {
@@ -59,14 +58,13 @@ def truncate_at_eos(output: BatchedOutput, eos_ids: set[int]) -> BatchedOutput:
 
 def _plan_for(llm: LLM, generation: Generation) -> GreedyPlan:
     """The call's own generation plan, rebuilt from the settings it recorded; greedy calls only."""
-    settings = dict(generation.settings)
-    if settings.get("do_sample"):
+    if generation.settings.get("do_sample"):
         raise BatchProbeError("a sampled call draws other random numbers inside a batch; "
                               "only greedy calls are probed")
-    overrides = {k: v for k, v in settings.items() if k not in _NOT_FROM_SETTINGS}
-    plan = llm.plan(max_new_tokens=settings["max_new_tokens"], overrides=overrides)
-    if plan.settings != settings:
-        raise BatchProbeError(f"could not rebuild the generation settings of the call: {settings}")
+    try:
+        plan = llm.plan_of(generation)
+    except GenerationArgumentError as error:
+        raise BatchProbeError(str(error)) from None
     for name, why in _SEE_THE_PADDING.items():
         if plan.config.get(name):
             raise BatchProbeError(f"{name}={plan.config[name]} {why}, so a batch would change the output for "
@@ -90,6 +88,15 @@ def generate_in_batch(llm: LLM, generation: Generation,
     # processors that look at every input token (repetition_penalty) then see nothing new in row 0.
     row = llm.generate_rows(rows, plan, pad_id=target[0])[0]
     return truncate_at_eos(BatchedOutput(row.token_ids, row.margins, row.logprobs), row.eos_ids)
+
+
+def batch_problem(llm: LLM, generation: Generation) -> str | None:
+    """Why a call cannot be generated inside a batch (None: it can)."""
+    try:
+        _plan_for(llm, generation)
+    except BatchProbeError as error:
+        return str(error)
+    return None
 
 
 def probe_calls(llm: LLM, calls: list[Generation], batch_size: int = DEFAULT_BATCH_SIZE

@@ -12,10 +12,13 @@ from typing import Any, Protocol
 
 from pytest_llmdet.divergence import Divergence, divergence_of, format_margin, token_label
 from pytest_llmdet.generation import Generation, Prompt
+from pytest_llmdet.settings import FACTOR_NAMES
 
 EXCERPT_CHARS = 40
 MAX_CALL_REPORTS = 8
 MAX_OFFENDERS = 10
+MAX_MATRIX_ROWS = 50  # beyond it, the matrix shows only the rows that are not all `=`
+MAX_MARGIN_LINES = 10
 CAUSES_HINT = ("known causes: batch composition and padding, thread count, dtype, attention kernel, "
                "non-deterministic GPU algorithms, TF32 (README: Nondeterminism detection)")
 
@@ -71,13 +74,58 @@ class RunComparison:
 
 
 @dataclass
-class BatchDifference:
-    """One call whose output alone differs from its output inside a left-padded batch."""
+class FactorDifference:
+    """One call whose output changed when it was generated again under a factor (in a batch, without a KV
+    cache, with another attention implementation, ...); the strings say what was compared, for the report."""
 
-    index: int
+    factor: str  # "batch", "cache", ...
+    index: int  # 0-based position of the call in the test
     prompt: Prompt
-    batch_size: int
     divergence: Divergence
+    vs: str  # "alone vs in a left-padded batch of 4"
+    reference: str  # the call as recorded: "alone"
+    changed: str  # under the factor: "in the batch"
+    where: str  # the change, for the summary: "in a left-padded batch of 4"
+    sensitivity: bool = False  # dtype: a sensitivity, not nondeterminism
+    advice: str = ""  # what to do about it, one line
+
+    @property
+    def heading(self) -> str:
+        return f"{self.factor}-{'sensitive' if self.sensitivity else 'variant'}"
+
+
+@dataclass
+class FactorCell:
+    """One cell of the factor matrix: how a test's calls fared under one factor."""
+
+    status: str  # "same", "diverged" or "n/a"
+    position: int | None = None  # the earliest diverging token
+    call: int | None = None  # 1-based: the call that diverged there
+    reference_margin: float | None = None  # the margins at that token, as recorded and under the factor
+    changed_margin: float | None = None
+    reference: str = ""  # what the two sides were ("alone", "in the batch")
+    changed: str = ""
+    reason: str | None = None  # n/a: why the factor could not be applied
+    sensitivity: bool = False
+
+    def text(self) -> str:
+        """The cell as the matrix shows it: `=`, the first diverging token, or `n/a`."""
+        return {"same": "=", "n/a": "n/a"}.get(self.status, str(self.position))
+
+
+def factor_cell(differences: Sequence[FactorDifference], applied: int, reasons: Sequence[str],
+                sensitivity: bool = False) -> FactorCell:
+    """The matrix cell of one factor of one test: its earliest difference, `=` when the `applied` calls (how
+    many were regenerated under it) agreed, n/a with the `reasons` when none could be."""
+    if not applied:
+        return FactorCell("n/a", reason="; ".join(dict.fromkeys(reasons)) or "no call to regenerate",
+                          sensitivity=sensitivity)
+    if not differences:
+        return FactorCell("same", sensitivity=sensitivity)
+    first = min(differences, key=lambda d: (d.divergence.index, d.index))
+    d = first.divergence
+    return FactorCell("diverged", d.index, first.index + 1, d.reference_margin, d.other_margin, first.reference,
+                      first.changed, sensitivity=sensitivity)
 
 
 @dataclass
@@ -87,19 +135,28 @@ class Verdict:
     nodeid: str
     runs: int
     deterministic: bool
-    kind: str = ""  # "input", "calls", "tokens" or "batch" when not deterministic
+    kind: str = ""  # "input", "calls", "tokens", or the factor ("batch", "cache", "dtype", ...) that changed it
     position: int | None = None  # earliest diverging token, when there is one
     distinct_outputs: int = 1
     detail: str = ""  # one line for the list of offenders
+    sensitive: bool = False  # a sensitivity factor (dtype) changed the tokens
+    factors: dict[str, FactorCell] = field(default_factory=dict)  # the test's row of the factor matrix
 
-    def severity(self) -> tuple[int, int, int]:
-        """Sort key, worst first: a changing input or call count, then the earliest divergence, then the
-        most distinct outputs."""
+    @property
+    def status(self) -> str:
+        """deterministic, nondeterministic, or sensitive (only a sensitivity factor changed the tokens)."""
+        if not self.deterministic:
+            return "nondeterministic"
+        return "sensitive" if self.sensitive else "deterministic"
+
+    def severity(self) -> tuple[int, int, int, int]:
+        """Sort key, worst first: nondeterminism before a sensitivity; a changing input or call count, then
+        the earliest divergence, then the most distinct outputs."""
         if self.kind in ("input", "calls"):
             early = -1
         else:
             early = self.position if self.position is not None else 10**9
-        return (early, -self.distinct_outputs, 0 if self.kind != "batch" else 1)
+        return (int(self.deterministic), early, -self.distinct_outputs, 0 if self.kind != "batch" else 1)
 
 
 # -- comparing ----------------------------------------------------------------------------------------------
@@ -180,7 +237,7 @@ def compare_runs(recordings: Sequence[Sequence[Generation]]) -> RunComparison:
 
 
 def compare_batch(singles: Sequence[Generation], batched: Sequence[TokenOutput | None],
-                  batch_size: int) -> list[BatchDifference]:
+                  batch_size: int) -> list[FactorDifference]:
     """Compare each call's output alone with its output inside a batch (None: that call was not probed)."""
     differences = []
     for index, (single, in_batch) in enumerate(zip(singles, batched, strict=False)):
@@ -188,8 +245,19 @@ def compare_batch(singles: Sequence[Generation], batched: Sequence[TokenOutput |
             continue
         divergence = compare_outputs(single, in_batch)
         if divergence is not None:
-            differences.append(BatchDifference(index, single.prompt, batch_size, divergence))
+            differences.append(batch_difference(index, single.prompt, batch_size, divergence))
     return differences
+
+
+BATCH_ADVICE = ("a serving stack batches requests, so there this output is not reproducible: where the model is "
+                "served batched, compare tolerantly (--llm-compare tolerant) or check the batched output")
+
+
+def batch_difference(index: int, prompt: Prompt, batch_size: int, divergence: Divergence) -> FactorDifference:
+    """A call whose output alone differs from its output as row 0 of a left-padded batch of `batch_size`."""
+    where = f"in a left-padded batch of {batch_size}"
+    return FactorDifference("batch", index, prompt, divergence, f"alone vs {where}", "alone", "in the batch",
+                            where, advice=BATCH_ADVICE)
 
 
 # -- reporting ----------------------------------------------------------------------------------------------
@@ -247,30 +315,39 @@ def render_call_difference(difference: CallDifference, calls: int, decode: Decod
     return lines
 
 
-def render_batch_difference(difference: BatchDifference, calls: int,
-                            decode: Decode | None = None) -> list[str]:
-    """The report lines of one call whose output changed inside a left-padded batch."""
+def render_factor_difference(difference: FactorDifference, calls: int,
+                             decode: Decode | None = None) -> list[str]:
+    """The report lines of one call whose output changed under a factor."""
     d = difference
-    lines = [f"batch-variant: call {d.index + 1} of {calls} ({prompt_excerpt(d.prompt)}) alone vs in a "
-             f"left-padded batch of {d.batch_size}"]
-    return lines + _divergence_lines(d.divergence, "alone", "in the batch", decode)
+    lines = [f"{d.heading}: call {d.index + 1} of {calls} ({prompt_excerpt(d.prompt)}) {d.vs}"]
+    return lines + _divergence_lines(d.divergence, d.reference, d.changed, decode)
 
 
-def render_report(comparison: RunComparison, batch: Sequence[BatchDifference] = (),
+render_batch_difference = render_factor_difference  # the batch probe's report is a factor's
+
+
+def render_report(comparison: RunComparison, factors: Sequence[FactorDifference] = (),
                   decode: Decode | None = None) -> list[str]:
-    """The failure report of a test whose runs (or batch probe) did not agree; [] when everything agreed.
+    """The failure report of a test whose runs (or factors) did not agree; [] when everything agreed.
 
     Calls whose input changed come first: then the test itself, not the model, is not reproducible.
     """
-    if comparison.deterministic and not batch:
+    if comparison.deterministic and not factors:
         return []
     calls = comparison.calls
     lines: list[str] = []
+    names = list(dict.fromkeys(d.factor for d in factors))
     if not comparison.deterministic:
         lines.append(f"pytest-llmdet: {comparison.runs} runs of this test did not generate the same tokens")
-    else:
+    elif names == ["batch"]:
         lines.append(f"pytest-llmdet: {comparison.runs} run{_plural(comparison.runs)} of this test agreed, "
                      "but the batch probe found batch-dependent outputs")
+    else:
+        sensitive = {d.factor for d in factors if d.sensitivity}
+        changed = ", ".join(f"{n} (a sensitivity)" if n in sensitive else n for n in names)
+        agreed = (f"{comparison.runs} runs of this test agreed, but the tokens" if comparison.runs > 1
+                  else "the tokens of this test")
+        lines.append(f"pytest-llmdet: {agreed} changed under {changed}")
     ordered = sorted(comparison.differences, key=lambda d: (not d.changed_input, d.index))
     blocks = [render_call_difference(d, calls, decode) for d in ordered if d.changed_input]
     if len(set(comparison.call_counts)) > 1:
@@ -278,20 +355,26 @@ def render_report(comparison: RunComparison, batch: Sequence[BatchDifference] = 
         blocks.append([f"nondeterministic: the runs made different numbers of llm.generate calls ({counts}); "
                        "does the test's control flow depend on the output or on an unseeded source?"])
     blocks += [render_call_difference(d, calls, decode) for d in ordered if not d.changed_input]
-    blocks += [render_batch_difference(d, calls, decode) for d in batch]
+    blocks += [render_factor_difference(d, calls, decode) for d in factors]
     for block in blocks[:MAX_CALL_REPORTS]:
         lines += block
     if len(blocks) > MAX_CALL_REPORTS:
         lines.append(f"… and {len(blocks) - MAX_CALL_REPORTS} more")
-    if batch or any(d.divergence is not None for d in comparison.differences):
+    if "batch" in names or any(d.divergence is not None for d in comparison.differences):
         lines.append(CAUSES_HINT)  # the model's output moved; a changing input is the test's own doing
+    advice = {d.factor: d.advice for d in factors if d.advice}
+    lines += [f"what to do ({name}): {text}" for name, text in advice.items()]
     return lines
 
 
-def verdict_for(nodeid: str, comparison: RunComparison, batch: Sequence[BatchDifference] = ()) -> Verdict:
-    """Condense a test's comparison into the summary's verdict."""
-    verdict = Verdict(nodeid, comparison.runs, deterministic=comparison.deterministic and not batch)
-    if verdict.deterministic:
+def verdict_for(nodeid: str, comparison: RunComparison, factors: Sequence[FactorDifference] = (),
+                cells: dict[str, FactorCell] | None = None) -> Verdict:
+    """Condense a test's comparison (and its factors' differences and matrix row) into the summary's verdict."""
+    invariance = [d for d in factors if not d.sensitivity]
+    sensitivity = [d for d in factors if d.sensitivity]
+    verdict = Verdict(nodeid, comparison.runs, deterministic=comparison.deterministic and not invariance,
+                      sensitive=bool(sensitivity), factors=dict(cells or {}))
+    if verdict.deterministic and not verdict.sensitive:
         return verdict
     changed = [d for d in comparison.differences if d.changed_input]
     diverged = [d for d in comparison.differences if d.divergence is not None]
@@ -310,25 +393,93 @@ def verdict_for(nodeid: str, comparison: RunComparison, batch: Sequence[BatchDif
         verdict.detail = (f"call {d.index + 1} diverges at token {d.divergence.index}; "
                           f"{d.distinct_outputs} distinct outputs in {d.runs} runs")
     else:
-        b = min(batch, key=lambda b: b.divergence.index)
-        verdict.kind, verdict.position, verdict.distinct_outputs = "batch", b.divergence.index, 2
-        verdict.detail = (f"batch-variant: call {b.index + 1} diverges at token {b.divergence.index} in a "
-                          f"left-padded batch of {b.batch_size}")
+        b = min(invariance or sensitivity, key=lambda b: (b.divergence.index, b.index))
+        verdict.kind, verdict.position, verdict.distinct_outputs = b.factor, b.divergence.index, 2
+        verdict.detail = f"{b.heading}: call {b.index + 1} diverges at token {b.divergence.index} {b.where}"
     return verdict
 
 
 def summary_lines(verdicts: Sequence[Verdict], limit: int = MAX_OFFENDERS) -> list[str]:
-    """The `llm determinism` summary: counts, then the worst offenders (earliest divergence first)."""
+    """The `llm determinism` summary: counts, the worst offenders (earliest divergence first), and the factor
+    matrix when factors were checked."""
     if not verdicts:
         return []
-    bad = sorted((v for v in verdicts if not v.deterministic), key=lambda v: (v.severity(), v.nodeid))
-    good = len(verdicts) - len(bad)
-    lines = [f"{len(verdicts)} checked, {good} deterministic, {len(bad)} nondeterministic"]
+    bad = sorted((v for v in verdicts if v.status != "deterministic"), key=lambda v: (v.severity(), v.nodeid))
+    nondeterministic = sum(v.status == "nondeterministic" for v in verdicts)
+    sensitive = len(bad) - nondeterministic
+    lines = [f"{len(verdicts)} checked, {len(verdicts) - len(bad)} deterministic, {nondeterministic} "
+             "nondeterministic" + (f", {sensitive} dtype-sensitive" if sensitive else "")]
     if bad:
         lines.append("worst offenders:" if len(bad) > 1 else "offender:")
         lines += [f"  {v.nodeid}: {v.detail}" for v in bad[:limit]]
         if len(bad) > limit:
             lines.append(f"  … and {len(bad) - limit} more")
+    return lines + matrix_lines(verdicts)
+
+
+def matrix_lines(verdicts: Sequence[Verdict], limit: int = MAX_MATRIX_ROWS) -> list[str]:
+    """The factor matrix: a row per test checked under factors, a column per factor, each cell `=`, the first
+    diverging token or n/a; then the margins at the divergences and why factors were not applicable."""
+    rows = sorted((v for v in verdicts if v.factors), key=lambda v: v.nodeid)
+    if not rows:
+        return []
+    columns = [name for name in FACTOR_NAMES if any(name in v.factors for v in rows)]
+    legend = "=: same tokens, N: the first diverging token, n/a: not applicable"
+    if any(name not in v.factors for v in rows for name in columns):
+        legend += ", -: not asked for"
+    if "dtype" in columns:
+        legend += "; dtype is a sensitivity (bfloat16 against the loaded dtype), not nondeterminism"
+    shown = rows
+    if len(rows) > limit:
+        shown = [v for v in rows if any(c.status != "same" for c in v.factors.values())][:limit]
+    width = max(len("test"), *(len(v.nodeid) for v in shown)) if shown else len("test")
+    widths = [max(len(name), 3) for name in columns]
+
+    def row(first: str, cells: list[str]) -> str:
+        padded = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
+        return f"  {first.ljust(width)}  {padded}".rstrip()
+
+    lines = [f"factor matrix ({legend}):", row("test", columns)]
+    for v in shown:
+        lines.append(row(v.nodeid, [v.factors[n].text() if n in v.factors else "-" for n in columns]))
+    if len(shown) < len(rows):
+        lines.append(f"  … and {len(rows) - len(shown)} more tests, every factor = or n/a only where listed below")
+    return lines + _margin_lines(rows) + _not_applicable_lines(rows)
+
+
+def _margin_lines(rows: Sequence[Verdict]) -> list[str]:
+    diverged = [(v.nodeid, name, cell) for v in rows for name, cell in v.factors.items() if cell.status == "diverged"]
+    if not diverged:
+        return []
+
+    def recorded(entry: tuple[str, str, FactorCell]) -> float:
+        margin = entry[2].reference_margin
+        return -(margin if margin is not None else float("inf"))  # the call ended there: no near-tie either
+
+    diverged.sort(key=lambda entry: (recorded(entry), entry[0], FACTOR_NAMES.index(entry[1])))
+    lines = ["margins at the divergences, the largest recorded margin first (a large one is no near-tie: more "
+             "than rounding changed):"]
+    for nodeid, name, cell in diverged[:MAX_MARGIN_LINES]:
+        lines.append(f"  {nodeid} {name}: call {cell.call} token {cell.position}: margin "
+                     f"{format_margin(cell.reference_margin)} {cell.reference}, "
+                     f"{format_margin(cell.changed_margin)} {cell.changed}")
+    if len(diverged) > MAX_MARGIN_LINES:
+        lines.append(f"  … and {len(diverged) - MAX_MARGIN_LINES} more")
+    return lines
+
+
+def _not_applicable_lines(rows: Sequence[Verdict]) -> list[str]:
+    groups: dict[tuple[str, str], list[str]] = {}
+    for v in rows:
+        for name, cell in v.factors.items():
+            if cell.status == "n/a":
+                groups.setdefault((name, cell.reason or ""), []).append(v.nodeid)
+    if not groups:
+        return []
+    lines = ["not applicable:"]
+    for (name, reason), tests in sorted(groups.items(), key=lambda g: (FACTOR_NAMES.index(g[0][0]), g[0][1])):
+        where = tests[0] if len(tests) == 1 else f"{len(tests)} tests"
+        lines.append(f"  {name} ({where}): {reason}")
     return lines
 
 
@@ -339,4 +490,6 @@ def verdicts_to_data(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:
 
 def verdicts_from_data(data: Sequence[dict[str, Any]]) -> list[Verdict]:
     """The inverse of `verdicts_to_data`."""
-    return [Verdict(**item) for item in data]
+    return [Verdict(**{**item, "factors": {name: FactorCell(**cell)
+                                           for name, cell in item.get("factors", {}).items()}})
+            for item in data]

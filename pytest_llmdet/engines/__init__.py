@@ -8,6 +8,7 @@
     engines/seeding.py       seeds, deterministic algorithms, the CUDA environment
     engines/step_stats.py    margins, chosen log-probs and top-k recorded step by step
     engines/fingerprint.py   the environment fingerprint of a golden file
+    engines/variation.py     a variation: one change a factor of the determinism check asks an engine for
 
 A new engine (vLLM, an OpenAI-compatible server) is a new module with the same verbs.
 """
@@ -17,8 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     from pytest_llmdet.engines.greedy import GreedyPlan
     from pytest_llmdet.engines.transformers import RowOutput
+    from pytest_llmdet.engines.variation import Variation
     from pytest_llmdet.generation import Prompt
 
 
@@ -46,3 +50,12 @@ class Engine(Protocol):
                       seed: int = 0) -> list[RowOutput]: ...  # one call alone, or a batch (the batch probe)
 
     def describe(self) -> dict[str, Any]: ...  # what the environment fingerprint records of it
+
+    # The factors of the determinism check (determinism/factors.py) change how the engine generates:
+    def baseline(self) -> Variation: ...  # how it generates now: every field of a Variation set
+
+    def attention_implementations(self) -> tuple[str, ...]: ...  # what an attention variation may switch to
+
+    def cannot_vary(self, variation: Variation) -> str | None: ...  # why it cannot apply one (None: it can)
+
+    def varied(self, variation: Variation) -> AbstractContextManager[None]: ...  # generate under it, inside

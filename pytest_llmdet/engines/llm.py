@@ -13,6 +13,8 @@ from pytest_llmdet.engines.prompts import PromptError, check_prompt
 from pytest_llmdet.engines.transformers import RowOutput
 from pytest_llmdet.generation import Generation, Prompt
 
+_NOT_OVERRIDES = ("num_beams", "max_new_tokens")  # recorded settings that LLM.plan sets itself
+
 
 @dataclass
 class GenerationStats:
@@ -93,6 +95,16 @@ class LLM:
     def plan(self, max_new_tokens: int, overrides: dict[str, Any]) -> GreedyPlan:
         """The forced-greedy plan of one call with this run's settings."""
         return self.engine.plan(max_new_tokens, overrides, self.inherit_processors)
+
+    def plan_of(self, generation: Generation) -> GreedyPlan:
+        """The plan a recorded call was generated with, rebuilt from the settings it recorded (its seed
+        included); GenerationArgumentError when they cannot be rebuilt exactly."""
+        settings = dict(generation.settings)
+        overrides = {k: v for k, v in settings.items() if k not in _NOT_OVERRIDES}
+        plan = self.plan(max_new_tokens=settings["max_new_tokens"], overrides=overrides)
+        if plan.settings != settings:
+            raise GenerationArgumentError(f"could not rebuild the generation settings of the call: {settings}")
+        return plan
 
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None) -> list[RowOutput]:

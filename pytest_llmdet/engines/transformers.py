@@ -15,7 +15,12 @@ from pytest_llmdet.engines.models import LoadedModel, ModelSpec
 from pytest_llmdet.engines.prompts import PromptError, check_prompt
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import generate_with_stats
+from pytest_llmdet.engines.variation import Variation, VariationError
 from pytest_llmdet.generation import Prompt
+
+# The attention implementations a variation may switch to, where the model and device support them (flex
+# attention is left out: on first use it compiles with torch.compile, minutes on a CPU).
+ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Config fields that hold how many positions a model supports, by architecture family.
 _POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -61,6 +66,7 @@ class TransformersEngine:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
+        self._config_changes: dict[str, Any] = {}  # GenerationConfig fields a variation sets, while it lasts
 
     @property
     def spec(self) -> ModelSpec:
@@ -130,6 +136,8 @@ class TransformersEngine:
         if config.pad_token_id is None and len(rows) > 1:
             eos = config.eos_token_id
             config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+        for name, value in self._config_changes.items():
+            setattr(config, name, value)
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
         attention_mask = torch.tensor(mask, dtype=torch.long, device=self.device)
         seed_everything(plan.seed if plan.seed is not None else seed)
@@ -140,6 +148,89 @@ class TransformersEngine:
             outputs.append(RowOutput(row_ids, row.margins, row.logprobs, row.top_k_ids, row.top_k_logprobs, eos_ids))
         return outputs
 
+    # -- variations (the factors of the determinism check) ----------------------------------------------
+
+    def baseline(self) -> Variation:
+        """How this engine generates now, in the terms of a variation: every field set."""
+        import torch
+
+        return Variation(use_cache=True, cache_implementation="dynamic",
+                         attn_implementation=str(getattr(self.model.config, "_attn_implementation", None)),
+                         threads=torch.get_num_threads(), dtype=str(self.model.dtype).removeprefix("torch."))
+
+    def attention_implementations(self) -> tuple[str, ...]:
+        """The attention implementations a variation may switch to (whether this model takes each: cannot_vary)."""
+        return ATTENTION_IMPLEMENTATIONS
+
+    def cannot_vary(self, variation: Variation) -> str | None:
+        """Why this engine cannot generate under `variation` (None: it can)."""
+        base = self.baseline()
+        if variation.threads is not None:
+            if not self.device.startswith("cpu"):
+                return (f"the model runs on {self.device}: torch's CPU thread count does not change the kernels "
+                        "that compute its outputs")
+            if base.threads == variation.threads:
+                return (f"this session already runs {base.threads} torch thread{'s' * (base.threads != 1)} "
+                        f"(llm_threads or torch's default), so there is nothing to compare {variation.threads} "
+                        "with; set --llm-threads to the count the other machine uses")
+        if variation.dtype is not None and base.dtype == variation.dtype:
+            return f"the model is loaded in {base.dtype} already; load it in float32 to measure this sensitivity"
+        if variation.cache_implementation is not None and not self._supports_cache_objects():
+            return (f"{type(self.model).__name__} keeps its own cache (transformers ignores "
+                    f"cache_implementation={variation.cache_implementation!r} for it)")
+        if variation.attn_implementation is not None:
+            return self._cannot_use_attention(variation.attn_implementation, base.attn_implementation)
+        return None
+
+    def _supports_cache_objects(self) -> bool:
+        supports = getattr(self.model, "_supports_default_dynamic_cache", None)
+        return bool(supports()) if callable(supports) else False
+
+    def _cannot_use_attention(self, wanted: str, loaded: str | None) -> str | None:
+        if wanted == loaded:
+            return f"the model uses {wanted} attention already"
+        setter = getattr(self.model, "set_attn_implementation", None)
+        if not callable(setter):
+            return f"{type(self.model).__name__} cannot switch its attention implementation"
+        try:
+            setter(wanted)
+        except Exception as error:  # noqa: BLE001 - transformers says why in many ways (ImportError, ValueError)
+            return f"{wanted}: {(str(error).strip().splitlines() or [type(error).__name__])[0]}"
+        finally:
+            with contextlib.suppress(Exception):
+                setter(loaded)
+        return None
+
+    @contextlib.contextmanager
+    def varied(self, variation: Variation) -> Iterator[None]:
+        """While inside, `generate_rows` generates under `variation`; everything is restored on the way out
+        (the weights exactly: a dtype variation keeps the original tensors and puts them back)."""
+        reason = self.cannot_vary(variation)
+        if reason is not None:
+            raise VariationError(reason)
+        import torch
+
+        with contextlib.ExitStack() as stack:
+            changes: dict[str, Any] = {}
+            if variation.use_cache is not None:
+                changes["use_cache"] = variation.use_cache
+            if variation.cache_implementation is not None:
+                # disable_compile: on CUDA transformers would also compile the model for a static cache, which
+                # is another change; the factor is the cache's layout alone.
+                changes.update(cache_implementation=variation.cache_implementation, disable_compile=True)
+            if variation.attn_implementation is not None:
+                loaded = self.model.config._attn_implementation
+                self.model.set_attn_implementation(variation.attn_implementation)
+                stack.callback(self.model.set_attn_implementation, loaded)
+            if variation.threads is not None:
+                stack.callback(torch.set_num_threads, torch.get_num_threads())
+                torch.set_num_threads(variation.threads)
+            if variation.dtype is not None:
+                stack.enter_context(_weights_cast(self.model, getattr(torch, variation.dtype)))
+            self._config_changes = changes
+            stack.callback(self._config_changes.clear)
+            yield
+
     def describe(self) -> dict[str, Any]:
         """What the environment fingerprint records of this engine (engines.fingerprint)."""
         source = self.spec.source
@@ -147,6 +238,24 @@ class TransformersEngine:
                 "revision": getattr(self.model.config, "_commit_hash", None),
                 "dtype": str(self.model.dtype).removeprefix("torch."), "device": self.device,
                 "compute_capability": _compute_capability(self.device)}
+
+
+@contextlib.contextmanager
+def _weights_cast(model: Any, dtype: Any) -> Iterator[None]:
+    # The floating-point parameters cast, as from_pretrained(dtype=...) loads them (buffers such as the rotary
+    # inv_freq stay float32 there too), except the modules the model keeps in float32. The original tensors are
+    # kept and put back, so the model is bit-for-bit what it was; the cast copy costs its size in memory.
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    originals = []
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not any(part in name.split(".") for part in keep):
+            originals.append((parameter, parameter.data))
+            parameter.data = parameter.data.to(dtype)
+    try:
+        yield
+    finally:
+        for parameter, data in originals:
+            parameter.data = data
 
 
 def _compute_capability(device: str) -> str | None:

@@ -10,18 +10,13 @@ determinism/runs.py, the batch probe in determinism/probe.py. Loaded through `py
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, MARKER_ERROR_KEY, PROBE_KEY, PROBE_RESULT_KEY
-
-if TYPE_CHECKING:  # imported where used: a run that checks nothing does not pay for them
-    pass
+from pytest_llmdet.hooks.keys import DETERMINISM_KEY, FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, MARKER_ERROR_KEY
 
 WORKER_OUTPUT = "llmdet_determinism"
-
-
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -30,14 +25,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if state is None or not isinstance(item, pytest.Function) or _setup_only(item.config):
         return None
     marker = item.get_closest_marker("llm_determinism")
-    if marker is None and not (state.check_all and "llm" in item.fixturenames):
+    if marker is None and not ((state.check_all or state.default_factors) and "llm" in item.fixturenames):
         return None  # not checked: pytest runs it as usual
     from pytest_llmdet.hooks.rerun import run_checked
     from pytest_llmdet.markers import MarkerUsageError, check_plan
 
     try:
         plan = check_plan(marker.args if marker else None, marker.kwargs if marker else None,
-                          state.default_runs, state.check_all, "llm" in item.fixturenames)
+                          state.default_runs, state.check_all, "llm" in item.fixturenames, state.default_factors)
     except MarkerUsageError as error:
         item.stash[MARKER_ERROR_KEY] = str(error)  # reported as this test's setup error
         return None
@@ -60,14 +55,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    result = yield  # raises when the test failed: then there is nothing to probe
-    batch_size = item.stash.get(PROBE_KEY, 0)
-    handle = item.stash.get(LLM_KEY, None)
-    if batch_size and handle is not None and handle.calls:
-        from pytest_llmdet.hooks.rerun import probe_in_batch
+    result = yield  # raises when the test failed: then there is nothing to regenerate
+    plan = item.stash.get(FACTORS_KEY, None)
+    if plan is not None and plan.factor_names:
+        from pytest_llmdet.hooks.rerun import check_factors_of
 
-        # Probe while the test's fixtures are still set up: the model is in the state the calls saw.
-        item.stash[PROBE_RESULT_KEY] = probe_in_batch(handle, list(handle.calls), batch_size)
+        # Regenerate while the test's fixtures are still set up: the model is in the state the calls saw.
+        item.stash[FACTORS_RESULT_KEY] = check_factors_of(item.stash.get(LLM_KEY, None), plan)
     return result
 
 
@@ -107,4 +101,4 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(line)
     if state.unchecked:
         terminalreporter.write_line(f"{state.unchecked} not checked: failed or skipped before all runs "
-                                    "completed, or the batch probe could not run")
+                                    "completed, or the batch probe or a factor could not run")

@@ -25,5 +25,5 @@ SNAPSHOTS_KEY: pytest.StashKey[TestSnapshots] = pytest.StashKey()
 PASSIVE_SNAPSHOTS_KEY: pytest.StashKey[bool] = pytest.StashKey()  # set on the re-runs of the determinism check
 CALL_RAN_KEY: pytest.StashKey[bool] = pytest.StashKey()  # the call phase ran: only then may its end write
 MARKER_ERROR_KEY: pytest.StashKey[str] = pytest.StashKey()  # a bad llm_determinism marker, reported at setup
-PROBE_KEY: pytest.StashKey[int] = pytest.StashKey()  # the batch size to probe with at the end of this run's call
-PROBE_RESULT_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.rerun.ProbeResult
+FACTORS_KEY: pytest.StashKey[Any] = pytest.StashKey()  # markers.CheckPlan: factors to check at the end of this call
+FACTORS_RESULT_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.rerun.FactorResult

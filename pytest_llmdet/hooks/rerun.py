@@ -1,6 +1,6 @@
 """Running one determinism-checked test: its plan from the `llm_determinism` marker, the N runs of its full
-protocol (function fixtures torn down between runs), the batch probe, and the verdict that fails the test when
-the runs disagree.
+protocol (function fixtures torn down between runs), the factors (the batch probe among them), and the verdict
+that fails the test when the runs or a factor disagree.
 
 The hooks that call this live in hooks/determinism.py, which pytest imports on every run; this module is
 imported only when a test is checked. The comparison and its report are in determinism/runs.py.
@@ -15,28 +15,29 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pytest
 
 from pytest_llmdet.determinism.runs import (
-    BatchDifference,
-    compare_batch,
+    FactorCell,
+    FactorDifference,
     compare_runs,
     render_report,
     verdict_for,
 )
-from pytest_llmdet.hooks.keys import LLM_KEY, PASSIVE_SNAPSHOTS_KEY, PROBE_KEY, PROBE_RESULT_KEY, SESSION_KEY
-from pytest_llmdet.markers import CheckPlan
+from pytest_llmdet.hooks.keys import FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SESSION_KEY
+from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation
     from pytest_llmdet.hooks.state import DeterminismState
 
 class LLMDetWarning(UserWarning):
-    """Something pytest-llmdet could not check, though the test passed (a call the batch probe skipped)."""
+    """Something pytest-llmdet could not check, though the test passed (a call a factor skipped)."""
 
 
-class ProbeResult(NamedTuple):
-    """What the batch probe found: the calls that changed in a batch, notes on the calls it skipped, and why
-    it could not run at all (or None)."""
+class FactorResult(NamedTuple):
+    """What the factors found: the calls that changed under one, the test's row of the factor matrix, notes on
+    the calls a factor skipped, and why a factor could not run at all (or None)."""
 
-    differences: tuple[BatchDifference, ...] = ()
+    differences: tuple[FactorDifference, ...] = ()
+    cells: dict[str, FactorCell] = {}
     notes: tuple[str, ...] = ()
     error: str | None = None
 
@@ -46,10 +47,10 @@ def run_checked(item: pytest.Function, nextitem: pytest.Item | None, state: Dete
     """The whole protocol of a checked test: run it `plan.runs` times, judge the runs, report once."""
     ihook = item.ihook
     ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
-    reports, recordings = run_repeatedly(item, nextitem, plan.runs, plan.batch_size)
-    probed = item.stash.get(PROBE_RESULT_KEY, None) or ProbeResult()
-    if PROBE_RESULT_KEY in item.stash:
-        del item.stash[PROBE_RESULT_KEY]
+    reports, recordings = run_repeatedly(item, nextitem, plan.runs, plan)
+    probed = item.stash.get(FACTORS_RESULT_KEY, None) or FactorResult()
+    if FACTORS_RESULT_KEY in item.stash:
+        del item.stash[FACTORS_RESULT_KEY]
     if recordings is None:
         state.unchecked += 1
     else:
@@ -59,12 +60,12 @@ def run_checked(item: pytest.Function, nextitem: pytest.Item | None, state: Dete
     ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
 
-def run_repeatedly(item: pytest.Function, nextitem: pytest.Item | None, runs: int, batch_size: int = 0
+def run_repeatedly(item: pytest.Function, nextitem: pytest.Item | None, runs: int, plan: CheckPlan | None = None
                    ) -> tuple[list[pytest.TestReport], list[list[Generation]] | None]:
     """Run the test's full protocol `runs` times and return the last run's reports with every run's recorded
     generations; stop at the first run that does not pass and return its reports, and None, instead.
 
-    With a `batch_size`, the last run's call ends with the batch probe (see `pytest_runtest_call` in
+    With factors in `plan`, the last run's call ends with the factor check (see `pytest_runtest_call` in
     hooks/determinism.py)."""
     from _pytest.runner import runtestprotocol
 
@@ -74,8 +75,8 @@ def run_repeatedly(item: pytest.Function, nextitem: pytest.Item | None, runs: in
         for run in range(runs):
             last = run == runs - 1
             item.stash[PASSIVE_SNAPSHOTS_KEY] = run > 0  # the golden comparison happens on run 1 only
-            if last and batch_size:
-                item.stash[PROBE_KEY] = batch_size
+            if last and plan is not None and plan.factor_names:
+                item.stash[FACTORS_KEY] = plan
             if LLM_KEY in item.stash:
                 del item.stash[LLM_KEY]
             # Between runs, tear down what is not shared with the test's parent (its function-scoped fixtures)
@@ -90,7 +91,7 @@ def run_repeatedly(item: pytest.Function, nextitem: pytest.Item | None, runs: in
             handle = item.stash.get(LLM_KEY, None)
             recordings.append(list(handle.calls) if handle is not None else [])
     finally:
-        for key in (PASSIVE_SNAPSHOTS_KEY, PROBE_KEY):
+        for key in (PASSIVE_SNAPSHOTS_KEY, FACTORS_KEY):
             if key in item.stash:
                 del item.stash[key]
     return reports, recordings
@@ -107,16 +108,16 @@ def _finish_teardown(item: pytest.Item, nextitem: pytest.Item | None,
     return [r for r in reports if r.when != "teardown"] + [teardown]
 
 
-def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Generation]], probed: ProbeResult,
+def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Generation]], probed: FactorResult,
            reports: list[pytest.TestReport]) -> None:
-    """Compare the runs (and take the batch probe's result), record the verdict, and turn the call report into
-    a failure carrying the report when the outputs differ."""
+    """Compare the runs (and take the factors' result), record the verdict, and turn the call report into a
+    failure carrying the report when the outputs differ."""
     comparison = compare_runs(recordings)
     handle = item.stash.get(LLM_KEY, None)
     lines = render_report(comparison, probed.differences, _decoder(handle))
     call = next((r for r in reports if r.when == "call"), None)
     if probed.error is None:
-        verdict = verdict_for(item.nodeid, comparison, probed.differences)
+        verdict = verdict_for(item.nodeid, comparison, probed.differences, probed.cells)
         state.verdicts.append(verdict)
         verdict_line = verdict.detail or f"deterministic in {verdict.runs} runs"
         for report in reports:  # a JUnit XML property of this test (JUnit XML reads the teardown report's)
@@ -142,13 +143,16 @@ def _decoder(handle: Any) -> Callable[[list[int]], str] | None:
     return lambda ids: engine.decode(ids, skip_special_tokens=False)
 
 
-def probe_in_batch(handle: Any, calls: list[Generation], batch_size: int) -> ProbeResult:
-    """Generate each recorded call again inside a batch and compare it with its output alone."""
-    from pytest_llmdet.determinism.probe import probe_calls  # imports the model code: only when a probe runs
+def check_factors_of(handle: Any, plan: CheckPlan) -> FactorResult:
+    """Generate each recorded call of the test again under each factor of `plan` and compare it with what the
+    call gave; with no `llm` handle every factor is n/a."""
+    from pytest_llmdet.determinism.factors import FactorError, check_factors  # imports the model code
 
+    if handle is None:
+        cell = FactorCell("n/a", reason="the test does not use the llm fixture")
+        return FactorResult(cells={name: cell for name in plan.factor_names})
     try:
-        outputs, notes = probe_calls(handle, calls, batch_size)
-    except Exception as error:  # noqa: BLE001 - the probe failing fails the test, with the reason
-        return ProbeResult(error=f"pytest-llmdet: the batch probe could not run: {type(error).__name__}: {error}")
-    return ProbeResult(tuple(compare_batch(calls, outputs, batch_size)), tuple(notes))
-
+        findings = check_factors(handle, list(handle.calls), plan.factor_names, plan.batch_size or DEFAULT_BATCH_SIZE)
+    except FactorError as error:
+        return FactorResult(error=f"pytest-llmdet: {error}")
+    return FactorResult(tuple(findings.differences), findings.cells, tuple(findings.notes))

@@ -29,11 +29,12 @@ if TYPE_CHECKING:
 class DeterminismState:
     """The check's state for one pytest process: its defaults and the verdicts of the tests it checked."""
 
-    def __init__(self, default_runs: int, check_all: bool) -> None:
+    def __init__(self, default_runs: int, check_all: bool, default_factors: tuple[str, ...] = ()) -> None:
         self.default_runs = default_runs
         self.check_all = check_all
+        self.default_factors = default_factors  # --llm-factors: every test that uses `llm` is checked under them
         self.verdicts: list[Verdict] = []
-        self.unchecked = 0  # failed or skipped before all runs completed, or the batch probe could not run
+        self.unchecked = 0  # failed or skipped before all runs completed, or a factor could not run
         self.merged_workers: set[Any] = set()  # xdist workers whose verdicts were added
 
 
