@@ -90,7 +90,7 @@ def test_reruns_leave_a_determinism_checked_test_to_its_own_runs_and_the_header_
         HEADER.format(n=2),
         "*AssertionError: fails on its first attempt only*",
         "*= llm determinism =*",
-        "1 not checked: failed or skipped before all runs completed, or the batch probe could not run",
+        "1 not checked: failed or skipped before all runs completed, or the batch probe or a factor could not run",
     ])
 
 
