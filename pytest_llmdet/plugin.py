@@ -28,6 +28,7 @@ pytest_plugins = ["pytest_llmdet.hooks.determinism"]
 
 WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
+SKIP_WITHOUT_SNAPSHOTS = "needs --llm-snapshot"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +64,19 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
 
         config.pluginmanager.register(SnapshotPlugin(config.stash[SESSION_KEY]), "llmdet-snapshots")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Without --llm-snapshot a test that asks for llm_snapshot is skipped before any of its fixtures is set
+    # up: `def test(llm, llm_snapshot)` would otherwise load the model only to skip (a skip mark is evaluated
+    # before fixtures, whatever the argument order; the fixture still skips one reached by getfixturevalue).
+    if config.stash[SESSION_KEY].snapshots_on:
+        return
+    skip = None
+    for item in items:
+        if "llm_snapshot" in getattr(item, "fixturenames", ()):
+            skip = skip or pytest.mark.skip(reason=SKIP_WITHOUT_SNAPSHOTS)
+            item.add_marker(skip)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -118,7 +132,7 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     """This test's golden snapshot: `assert llm.generate(...) == llm_snapshot`; needs --llm-snapshot."""
     llmdet = request.config.stash[SESSION_KEY]
     if not llmdet.snapshots_on:
-        pytest.skip("needs --llm-snapshot")
+        pytest.skip(SKIP_WITHOUT_SNAPSHOTS)
     from pytest_llmdet.hooks.snapshots import snapshot_fixture
 
     yield from snapshot_fixture(request, llmdet)
