@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
-                                              snapshot_settings)
+                                              snapshot_settings, worker=_worker_id(config))
     config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism)
     if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
@@ -79,6 +79,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def _worker_id(config: pytest.Config) -> str | None:
+    return getattr(config, "workerinput", {}).get("workerid")  # set by pytest-xdist in its workers
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_llmdet.engines.models import ModelLoadError
     from pytest_llmdet.header import header_lines, snapshot_header_line
@@ -89,7 +93,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     except ModelLoadError:
         source = None
     s = session.snapshot_settings
-    return header_lines(session.settings, source) + [
+    workers = config.getoption("numprocesses", None)  # pytest-xdist's -n, a number by now (-n auto too)
+    workers = workers if isinstance(workers, int) and session.worker is None else None  # the controller's
+    return header_lines(session.settings, source, workers) + [
         snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)]
 
 
@@ -145,7 +151,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller decides and reports
-        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=getattr(config, "workerinput", {}).get("workerid"))
+        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=llmdet.worker)
         return
     report_path = config.getoption("llmdet_report")
     if report_path:
