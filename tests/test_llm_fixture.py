@@ -499,3 +499,25 @@ def test_a_device_map_is_passed_to_from_pretrained_and_recorded_in_the_fingerpri
     assert placed == ["balanced", None]
     assert "device_map" not in environment_fingerprint(**TransformersEngine(plain).describe(), generation={},
                                                        weights=False)
+
+
+def test_a_device_map_loads_through_accelerate_and_gives_the_same_tokens(pytester):
+    pytest.importorskip("accelerate")
+    pytester.makepyfile(
+        """
+        import json, pathlib
+
+        def test_it(llm, llm_snapshot):
+            assert llm.generate("The fox", max_new_tokens=8) == llm_snapshot
+        """
+    )
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=1)
+    golden = next(pytester.path.rglob("test_it.json"))
+    recorded = json.loads(golden.read_text(encoding="utf-8"))
+    golden.unlink()
+    result = pytester.runpytest("--llm-snapshot-update", "--llm-device-map", "auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["  pytest-llmdet/embedded-tiny-qwen2 float32 device_map auto (inputs on cpu): *s"])
+    mapped = json.loads(golden.read_text(encoding="utf-8"))
+    assert mapped["fingerprint"]["device_map"] == "auto" and "device_map" not in recorded["fingerprint"]
+    assert mapped["snapshots"]["0"]["token_ids"] == recorded["snapshots"]["0"]["token_ids"]
