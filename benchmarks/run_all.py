@@ -30,7 +30,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-BENCHMARKS = ("import", "suite", "reruns", "margins", "memory", "scale", "fingerprint")
+BENCHMARKS = ("import", "suite", "reruns", "margins", "memory", "scale", "fingerprint", "realsize")
 HERE = Path(__file__).resolve().parent
 
 
