@@ -146,10 +146,9 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
     import torch
 
     name = "compute-capability variant key recorded"
-    if not device.startswith("cuda"):
-        return Check(name, "skipped", "no compute capability on the CPU", must_pass=False)
-    major, minor = torch.cuda.get_device_capability(0)
-    key = f"cuda:bfloat16:{major}.{minor}"
+    cuda = device.startswith("cuda")
+    capability = "{}.{}".format(*torch.cuda.get_device_capability(0)) if cuda else None
+    key = f"cuda:bfloat16:{capability}" if cuda else "cpu:bfloat16"  # --cpu: the same steps, no capability
     body = ("import pytest\n\n"
             f"PROMPTS = {PROBE_PROMPTS[:6]!r}\n\n\n"
             "@pytest.mark.parametrize('prompt', PROMPTS)\n"
@@ -162,7 +161,8 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
             pytest_run(folder, "--llm-snapshot", "--llm-model", str(model), "--llm-device", device,
                        "--llm-dtype", "bfloat16")]
     on_cuda = suite(work / "fingerprint", body)
-    runs.append(pytest_run(on_cuda, "--llm-snapshot-update", "--llm-model", str(model), "--llm-device", device))
+    if cuda:
+        runs.append(pytest_run(on_cuda, "--llm-snapshot-update", "--llm-model", str(model), "--llm-device", device))
     failed = next((run for run in runs if run.returncode), None)
     if failed is not None:
         return Check(name, "FAILED", tail(failed))
@@ -170,14 +170,15 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
             for entry in json.loads(path.read_text(encoding="utf-8"))["snapshots"].values()
             for k in entry.get("variants", {})]
     capabilities = {json.loads(p.read_text(encoding="utf-8"))["fingerprint"].get("compute_capability")
-                    for p in (on_cuda / "__llm_snapshots__").rglob("*.json")}
-    if set(keys) - {key} or capabilities != {f"{major}.{minor}"}:
+                    for p in (on_cuda / "__llm_snapshots__").rglob("*.json")} if cuda else {None}
+    if set(keys) - {key} or capabilities != {capability}:
         return Check(name, "FAILED", f"variant keys {sorted(set(keys))}, fingerprint compute_capability "
-                     f"{sorted(map(str, capabilities))}; expected {key} and {major}.{minor}")
+                     f"{sorted(map(str, capabilities))}; expected {key} and {capability}")
     recorded = (f"{key} recorded for {len(keys)} of 6 snapshots (the others equal the CPU float32 default)"
-                if keys else "no variant needed: all 6 outputs in bfloat16 on cuda equal the CPU float32 ones")
-    return Check(name, "passed", f"{recorded}; the bf16 check on cuda passes against them; a fingerprint recorded "
-                 f"on cuda holds compute_capability {major}.{minor}")
+                if keys else f"no variant needed: all 6 outputs in bfloat16 on {device} equal the CPU float32 ones")
+    fingerprint = (f"a fingerprint recorded on cuda holds compute_capability {capability}" if cuda
+                   else "no compute capability on the CPU")
+    return Check(name, "passed", f"{recorded}; the bf16 check on {device} passes against them; {fingerprint}")
 
 
 def worker_devices(work: Path, device: str, model: Path) -> Check:
