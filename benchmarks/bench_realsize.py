@@ -134,12 +134,19 @@ def measure(repeats: int, tests: int = TESTS, new_tokens: int = NEW_TOKENS,
     rows = [[name, seconds(wall[name]), f"{ratio(wall[name], floor):.3f}x", len(runs[name])] for name in runs]
     rows += [[f"peak RSS, one {memory_tokens}-token call: {name}", f"{peak[name]:.0f} MB (+{growth[name]:.1f} MB)",
               f"{ratio(peak[name], peak[BARE]):.3f}x", 1] for name in memory]
+    resolved = any(growth[name] > 0 for name in memory)
+    spread = {name: f"{min(r.wall for r in values):.1f} to {max(r.wall for r in values):.1f} s"
+              for name, values in runs.items()}
     notes = [
-        f"gate / bare loop = {gate_ratio:.3f}x (goal <= {GOAL}): {verdict(gate_ratio, GOAL)}; "
+        f"gate / bare loop = {gate_ratio:.3f}x (goal <= {GOAL}): {verdict(gate_ratio, GOAL)}; runs ranged "
+        f"{spread['pytest --llm-snapshot']} (gate) and {spread['bare model.generate loop']} (loop); "
         f"{tests} tests x {new_tokens} new tokens; whole-process wall time, medians",
         f"peak memory: LLM.generate {memory_ratio:.3f}x a bare model.generate (goal <= {GOAL}): "
-        f"{verdict(memory_ratio, GOAL)}; the old output_scores path {ratio(peak[OLD], peak[BARE]):.3f}x "
-        "('+' = how far the call raised the peak RSS over the RSS before it)",
+        f"{verdict(memory_ratio, GOAL) if resolved else 'not resolved'}; the old output_scores path "
+        f"{ratio(peak[OLD], peak[BARE]):.3f}x ('+' = how far the call raised the peak RSS over the RSS before it)"
+        + ("" if resolved else "; no variant, not even the old path, raised the peak RSS: beside 1.5 GB of weights "
+           "(file-backed pages the kernel may drop and reload) the RSS does not resolve one call's scores; "
+           "bench_memory.py (a small model) and gpu_check.py (torch.cuda.max_memory_allocated) measure the ratio"),
         f"random Qwen2ForCausalLM shaped like Qwen2-0.5B: {parameters / 1e6:.0f}M parameters, {weights_gb:.2f} GB "
         f"of float32 weights, vocabulary {SHAPE['vocab']}; the same texts from the gate and the loop: "
         f"{same}/{tests}; torch threads: {common.TORCH_THREADS or 'default'}",
@@ -152,7 +159,8 @@ def measure(repeats: int, tests: int = TESTS, new_tokens: int = NEW_TOKENS,
                       for name, values in runs.items()}, "memory": memory},
         ratios={"gate_vs_bare": gate_ratio, "memory_vs_bare": memory_ratio,
                 "old_memory_vs_bare": ratio(peak[OLD], peak[BARE])},
-        met={"gate": gate_ratio <= GOAL, "memory": memory_ratio <= GOAL}, parameters=parameters, same_outputs=same,
+        met={"gate": gate_ratio <= GOAL, "memory": memory_ratio <= GOAL if resolved else None},
+        parameters=parameters, same_outputs=same,
     )
 
 
