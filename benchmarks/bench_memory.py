@@ -62,9 +62,11 @@ MMAP_THRESHOLD = str(128 * 1024)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
-def build_model(folder: Path, vocab: int = VOCAB, hidden: int = HIDDEN, layers: int = LAYERS) -> Path:
-    """A random Qwen2-shaped causal LM with a `vocab`-token byte-level BPE tokenizer, saved to `folder`; no EOS
-    token anywhere, so greedy generation runs to max_new_tokens."""
+def build_model(folder: Path, vocab: int = VOCAB, hidden: int = HIDDEN, layers: int = LAYERS,
+                intermediate: int | None = None, heads: int = 4, kv_heads: int = 2) -> Path:
+    """A random Qwen2-shaped causal LM with a `vocab`-token byte-level BPE tokenizer, saved to `folder` in
+    float32; no EOS token anywhere, so greedy generation runs to max_new_tokens. `intermediate` defaults to 3 x
+    `hidden`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -82,8 +84,9 @@ def build_model(folder: Path, vocab: int = VOCAB, hidden: int = HIDDEN, layers: 
     backend.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>").save_pretrained(folder)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    config = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=1024,
                          tie_word_embeddings=True, bos_token_id=None, eos_token_id=None, pad_token_id=0)
     model = Qwen2ForCausalLM(config)
     model.generation_config = GenerationConfig(pad_token_id=0)
@@ -94,8 +97,9 @@ def build_model(folder: Path, vocab: int = VOCAB, hidden: int = HIDDEN, layers: 
 # -- one measured process -------------------------------------------------------------------------------------
 
 
-def child(variant: str, model_dir: str, new_tokens: int) -> None:
-    """Load the model, warm the variant up, then print the peak-RSS growth of one `new_tokens` call as JSON."""
+def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") -> None:
+    """Load the model, warm the variant up, then print the peak-memory growth of one `new_tokens` call as JSON:
+    the process's RSS on the CPU, torch's allocated GPU memory (torch.cuda.max_memory_allocated) on CUDA."""
     import gc
     import resource
     import time
@@ -109,7 +113,8 @@ def child(variant: str, model_dir: str, new_tokens: int) -> None:
     from pytest_llmdet.engines.seeding import configure_torch
 
     configure_torch("warn", common.TORCH_THREADS)
-    loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, [])))
+    loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, []), device=device))
+    cuda = loaded.device.startswith("cuda")
     llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=new_tokens, inherit_processors=True)
     llm.capture_top_k = 5 if variant == "plugin-topk" else 0
     model = loaded.model
@@ -118,7 +123,7 @@ def child(variant: str, model_dir: str, new_tokens: int) -> None:
         plan = hf.plan_generation(loaded.generation_config, max_new_tokens=count)
         extra = {"output_scores": True, "return_dict_in_generate": True} if scores else {}
         config = GenerationConfig(**plan.config, **extra)
-        input_ids = torch.tensor([llm.encode(PROMPT)], dtype=torch.long)
+        input_ids = torch.tensor([llm.encode(PROMPT)], dtype=torch.long, device=loaded.device)
         with torch.inference_mode(), hf._only_generation_config(model, config):
             output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                     generation_config=config)
@@ -137,15 +142,23 @@ def child(variant: str, model_dir: str, new_tokens: int) -> None:
 
     call(8)
     gc.collect()
-    reset = reset_peak_rss()  # else the peak of loading the model would hide the call's
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:  # bytes torch's allocator handed out: exact, whatever else the GPU holds
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        reset, before = True, torch.cuda.memory_allocated() / 1024
+    else:
+        reset = reset_peak_rss()  # else the peak of loading the model would hide the call's
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     tokens = call(new_tokens)
+    if cuda:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = torch.cuda.max_memory_allocated() / 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"variant": variant, "tokens": len(tokens), "token_sum": sum(tokens), "wall": wall,
                       "before_mb": before / 1024, "peak_mb": after / 1024, "growth_mb": (after - before) / 1024,
-                      "peak_reset": reset}))
+                      "peak_reset": reset, "device": loaded.device}))
 
 
 def reset_peak_rss() -> bool:
@@ -169,7 +182,7 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
         log(f"building a random Qwen2 model with a {VOCAB}-token vocabulary ...")
         model_dir = build_model(work / "model")
         env = child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
-        cases = {name: (lambda variant=variant: _child_result(variant, model_dir, new_tokens, env))
+        cases = {name: (lambda variant=variant: child_result(variant, model_dir, new_tokens, env))
                  for name, variant in VARIANTS.items()}
         log(f"measuring {len(cases)} variants x {repeats} processes, interleaved ...")
         results = interleaved(cases, repeats, warmup=0, progress=log)
@@ -213,9 +226,11 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     )
 
 
-def _child_result(variant: str, model_dir: Path, new_tokens: int, env: dict[str, str]) -> dict[str, Any]:
+def child_result(variant: str, model_dir: Path, new_tokens: int, env: dict[str, str],
+                 device: str = "cpu") -> dict[str, Any]:
+    """One fresh process measuring `variant` on the model in `model_dir` (see `child`): its JSON result."""
     run = run_command([sys.executable, __file__, "--child", variant, str(model_dir), str(new_tokens),
-                       "--threads", str(common.TORCH_THREADS or "default")], common.REPO, env=env)
+                       "--threads", str(common.TORCH_THREADS or "default"), "--device", device], common.REPO, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -224,7 +239,8 @@ def main() -> None:
         variant, model_dir, new_tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
         threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
         common.TORCH_THREADS = None if threads == "default" else int(threads)
-        child(variant, model_dir, new_tokens)
+        device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+        child(variant, model_dir, new_tokens, device)
         return
     args = standard_arguments(__doc__.splitlines()[0])
     section = measure(repeats=1 if args.quick else 3)

@@ -30,7 +30,8 @@ from common import (  # noqa: E402
     write_json,
 )
 
-BENCHMARKS = ("import", "suite", "reruns", "margins", "memory", "scale", "fingerprint", "factors")
+BENCHMARKS = ("import", "suite", "reruns", "margins", "memory", "scale", "fingerprint", "factors",
+              "realsize")
 HERE = Path(__file__).resolve().parent
 
 

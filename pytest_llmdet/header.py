@@ -3,10 +3,11 @@ section of the terminal summary (model loads by worker, generations)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pytest_llmdet.engines.greedy import model_config_use
-from pytest_llmdet.engines.models import ModelSource, read_local_generation_config
+from pytest_llmdet.engines.models import ModelSource, auto_device, cuda_device_count, read_local_generation_config
 from pytest_llmdet.settings import Settings
 from pytest_llmdet.versions import package_version
 
@@ -34,19 +35,37 @@ def generation_config_line(model_config: dict[str, Any] | None, inherit_processo
     return "; ".join(parts)
 
 
-def header_lines(settings: Settings, source: ModelSource | None) -> list[str]:
-    """The report header: model and where it came from, dtype, device, seed, versions, generation config."""
+def header_lines(settings: Settings, source: ModelSource | None, workers: int | None = None) -> list[str]:
+    """The report header: model and where it came from, dtype, device, seed, versions, generation config;
+    under pytest-xdist (`workers` of them) with `llm_device = auto`, the device of each worker."""
     model = source.describe() if source else f"{settings.model} (not found: see the test errors)"
     config = read_local_generation_config(source) if source else None
-    return [
+    device = f"device_map {settings.device_map}" if settings.device_map else f"device {settings.device}"
+    lines = [
         f"llmdet: model {model}",
-        f"llmdet: dtype {settings.dtype}, device {settings.device}, seed {settings.seed}, "
+        f"llmdet: dtype {settings.dtype}, {device}, seed {settings.seed}, "
         f"max_new_tokens {settings.max_new_tokens}, deterministic algorithms {settings.deterministic_algorithms}"
         + (f", threads {settings.threads}" if settings.threads else ""),
         f"llmdet: torch {package_version('torch', 'not installed')}, "
         f"transformers {package_version('transformers', 'not installed')}",
         "llmdet: " + generation_config_line(config, settings.inherit_processors),
     ]
+    if workers and settings.device == "auto" and not settings.device_map:
+        # Counting CUDA devices imports torch: only in this case (the workers import it anyway to load).
+        lines.insert(2, worker_devices_line(workers, cuda_device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")))
+    return lines
+
+
+def worker_devices_line(workers: int, cuda_devices: int, visible: str | None) -> str:
+    """Which pytest-xdist worker puts its models where under `llm_device = auto` (engines.models.auto_device)."""
+    if cuda_devices < 1:
+        return f"llmdet: device auto, {workers} xdist workers: no CUDA device, every worker on cpu"
+    shown = 8  # a line, not a wall: the rule is in the README
+    pairs = ", ".join(f"gw{k} {auto_device(f'gw{k}', cuda_devices)}" for k in range(min(workers, shown)))
+    more = f", ... (gwK on cuda:(K mod {cuda_devices}))" if workers > shown else ""
+    where = f" of CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""
+    return (f"llmdet: device auto, {workers} xdist workers on {cuda_devices} CUDA device(s){where}: "
+            f"{pairs}{more}")
 
 
 def summary_lines(loads: list[dict[str, Any]], generations: dict[str, Any]) -> list[str]:

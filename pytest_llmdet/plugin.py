@@ -28,6 +28,7 @@ pytest_plugins = ["pytest_llmdet.hooks.determinism"]
 
 WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
+SKIP_WITHOUT_SNAPSHOTS = "needs --llm-snapshot"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,13 +58,30 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
-                                              snapshot_settings)
+                                              snapshot_settings, worker=_worker_id(config))
     config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism,
                                                        settings.factors)
     if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
 
         config.pluginmanager.register(SnapshotPlugin(config.stash[SESSION_KEY]), "llmdet-snapshots")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Without --llm-snapshot a test that asks for llm_snapshot is skipped before any of its fixtures is set
+    # up: `def test(llm, llm_snapshot)` would otherwise load the model only to skip (a skip mark is evaluated
+    # before fixtures, whatever the argument order; the fixture still skips one reached by getfixturevalue).
+    if config.stash[SESSION_KEY].snapshots_on:
+        return
+    skip = None
+    for item in items:
+        if "llm_snapshot" in getattr(item, "fixturenames", ()):
+            skip = skip or pytest.mark.skip(reason=SKIP_WITHOUT_SNAPSHOTS)
+            item.add_marker(skip)
+
+
+def _worker_id(config: pytest.Config) -> str | None:
+    return getattr(config, "workerinput", {}).get("workerid")  # set by pytest-xdist in its workers
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -77,7 +95,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         source = None
     s = session.snapshot_settings
     reruns = getattr(config.option, "force_reruns", None) or getattr(config.option, "reruns", None)  # rerunfailures
-    return header_lines(session.settings, source) + [
+    workers = config.getoption("numprocesses", None)  # pytest-xdist's -n, a number by now (-n auto too)
+    workers = workers if isinstance(workers, int) and session.worker is None else None  # the controller's
+    return header_lines(session.settings, source, workers) + [
         snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)] + reruns_header_line(reruns)
 
 
@@ -123,7 +143,7 @@ def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     """This test's golden snapshot: `assert llm.generate(...) == llm_snapshot`; needs --llm-snapshot."""
     llmdet = request.config.stash[SESSION_KEY]
     if not llmdet.snapshots_on:
-        pytest.skip("needs --llm-snapshot")
+        pytest.skip(SKIP_WITHOUT_SNAPSHOTS)
     from pytest_llmdet.hooks.snapshots import snapshot_fixture
 
     yield from snapshot_fixture(request, llmdet)
@@ -136,7 +156,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
     workeroutput = getattr(config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller decides and reports
-        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=getattr(config, "workerinput", {}).get("workerid"))
+        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=llmdet.worker)
         return
     report_path = config.getoption("llmdet_report")
     if report_path:

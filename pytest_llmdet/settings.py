@@ -20,6 +20,7 @@ FACTOR_NAMES = ("batch", "cache", "static-cache", "attention", "threads", "dtype
 # Factors of an engine pytest-llmdet does not have yet: named, so that asking for one says why it is refused.
 FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
                                   "first), which pytest-llmdet does not have yet"}
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
 _DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -96,6 +97,9 @@ def _parse_int(minimum: int, maximum: Callable[[], int] | None = None,
 
 
 parse_deterministic_algorithms = _choice(DETERMINISTIC_ALGORITHMS)
+
+
+parse_device_map = _choice(DEVICE_MAPS)
 
 
 parse_compare = _choice(COMPARE_MODES)
@@ -191,6 +195,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("dtype", f"model dtype: {', '.join(DTYPES)} (default float32)", "float32", parse_dtype),
     Option("device", "device: cpu, auto (CUDA when available), cuda, cuda:N, mps (default cpu)", "cpu",
            parse_device),
+    Option("device_map", "load through accelerate's device map, spread over the visible devices: "
+           f"{', '.join(DEVICE_MAPS)} (default: off, the whole model on llm_device; needs accelerate)", None,
+           parse_device_map),
     Option("seed", "seed for python, numpy and torch before each test and each generate: 0 to 2**32-1 "
            "(default 0)", 0, _parse_int(0, lambda: SEED_MAX, lambda: "2**32 - 1, numpy's largest seed")),
     Option("max_new_tokens", "new tokens per generate call (default 32)", 32, _parse_int(1)),
@@ -233,7 +240,7 @@ OPTIONS: tuple[Option, ...] = (
            f"when the tokens change: all, or a comma list of {', '.join(FACTOR_NAMES)} (default none)", (),
            parse_factors, metavar="LIST"),
 )
-MODEL_SETTINGS = ("model", "dtype", "device", "seed", "max_new_tokens", "trust_remote_code", "threads",
+MODEL_SETTINGS = ("model", "dtype", "device", "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
                   "inherit_processors", "deterministic_algorithms")
 
 
@@ -243,6 +250,7 @@ class Settings(NamedTuple):
     model: str | None = None
     dtype: str = "float32"
     device: str = "cpu"
+    device_map: str | None = None  # accelerate's device map (llm_device is then not used)
     seed: int = 0
     max_new_tokens: int = 32
     trust_remote_code: bool = False

@@ -113,3 +113,35 @@ def test_callgrind_total_takes_the_largest_count_and_refuses_output_without_one(
     assert bench_import.callgrind_total(stderr) == 2_638_335_582
     with pytest.raises(RuntimeError, match="no instruction count"):
         bench_import.callgrind_total("valgrind: command not found")
+
+
+def test_realsize_counts_parameters_from_the_safetensors_headers(tmp_path):
+    import bench_realsize
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"embed": torch.zeros(32, 8), "norm": torch.zeros(8)}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    assert bench_realsize.parameter_count(tmp_path) == 32 * 8 + 8
+    prompts = bench_realsize.prompts(10)
+    assert len({p[0]["content"] for p in prompts}) == 10 and prompts[0][0]["role"] == "user"
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is here: the check itself would run (python benchmarks/gpu_check.py)")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=common.child_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("gpu_check.py needs a CUDA device, and torch sees none here")
+
+
+def test_gpu_check_fails_only_on_a_check_that_must_pass():
+    import gpu_check
+
+    assert gpu_check.Check("strict", "FAILED", "exit 1").failed
+    assert not gpu_check.Check("strict", "passed", "").failed
+    assert not gpu_check.Check("bf16 probe", "none found", "", must_pass=False).failed
+    assert not gpu_check.Check("workers", "skipped", "no xdist", must_pass=False).failed

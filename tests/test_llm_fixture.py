@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 from conftest import copy_model
 
 RECORD_TOKENS = """
@@ -276,7 +277,7 @@ def test_a_failed_load_is_remembered_not_retried(monkeypatch):
 
     calls = []
 
-    def failing_load(spec):
+    def failing_load(spec, worker=None):
         calls.append(spec)
         raise models.ModelLoadError("no such model")
 
@@ -450,3 +451,139 @@ def test_a_missing_model_names_each_path_tried_once(tmp_path):
         f"model 'models/../nope/x/y' not found: none of {here}/nope/x/y, {there}/nope/x/y is a directory, and "
         "'models/../nope/x/y' is not a hub id (org/name); point --llm-model / llm_model (or @pytest.mark.llm_model) "
         "at a model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat")
+
+
+# -- devices: one CUDA device per xdist worker, accelerate's device map -----------------------------------------
+
+FAKE_CUDA = """
+import torch
+
+# Two CUDA devices that hold nothing: torch sees them, and a model "moved" there stays on the CPU.
+torch.cuda.is_available = lambda: True
+torch.cuda.device_count = lambda: 2
+_to = torch.nn.Module.to
+
+
+def _to_cpu_for_cuda(self, *args, **kwargs):
+    target = args[0] if args else kwargs.get("device")
+    return self if str(target).startswith("cuda") else _to(self, *args, **kwargs)
+
+
+torch.nn.Module.to = _to_cpu_for_cuda
+"""
+
+
+@pytest.mark.parametrize(("worker", "cuda_devices", "device"), [
+    (None, 0, "cpu"), ("gw0", 0, "cpu"), ("gw3", 0, "cpu"),
+    (None, 2, "cuda"), ("gw0", 2, "cuda:0"), ("gw1", 2, "cuda:1"), ("gw2", 2, "cuda:0"), ("gw7", 3, "cuda:1"),
+    ("gw5", 1, "cuda:0"), ("master", 2, "cuda"),
+])
+def test_auto_puts_xdist_worker_k_on_cuda_k_mod_the_device_count(worker, cuda_devices, device):
+    from pytest_llmdet.engines.models import auto_device
+
+    assert auto_device(worker, cuda_devices) == device
+
+
+def test_auto_counts_the_cuda_devices_torch_sees(monkeypatch):
+    import torch
+
+    from pytest_llmdet.engines.models import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # CUDA_VISIBLE_DEVICES shapes this count
+    assert [resolve_device("auto", f"gw{k}") for k in range(4)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto", "gw1") == "cpu"
+
+
+def test_auto_under_xdist_gives_each_worker_its_own_device_and_says_so(pytester, monkeypatch):
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    pytester.makeconftest(FAKE_CUDA)
+    for name in ("a", "b", "c", "d"):
+        pytester.makepyfile(**{f"test_{name}": (
+            "import os\n\n"
+            "def test_it(llm):\n"
+            "    assert llm.device == f\"cuda:{int(os.environ['PYTEST_XDIST_WORKER'][2:]) % 2}\"\n")})
+    result = pytester.runpytest_subprocess("-n", "2", "--llm-device", "auto")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines([
+        "llmdet: dtype float32, device auto, seed 0, *",
+        "llmdet: device auto, 2 xdist workers on 2 CUDA device(s) of CUDA_VISIBLE_DEVICES=2,3: gw0 cuda:0, gw1 cuda:1",
+        "*= llm =*",
+        "model loads: 2 (*s)",
+        "  gw0: pytest-llmdet/embedded-tiny-qwen2 float32 cuda:0: *s",
+        "  gw1: pytest-llmdet/embedded-tiny-qwen2 float32 cuda:1: *s",
+    ])
+
+
+def test_auto_under_xdist_without_cuda_puts_every_worker_on_the_cpu():
+    from pytest_llmdet.header import worker_devices_line
+
+    assert worker_devices_line(2, 0, None) == \
+        "llmdet: device auto, 2 xdist workers: no CUDA device, every worker on cpu"
+    assert worker_devices_line(10, 4, None).endswith(
+        "gw0 cuda:0, gw1 cuda:1, gw2 cuda:2, gw3 cuda:3, gw4 cuda:0, gw5 cuda:1, gw6 cuda:2, gw7 cuda:3, ... "
+        "(gwK on cuda:(K mod 4))")
+
+
+def test_a_device_map_without_accelerate_errors_saying_what_to_install(pytester, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # not importable, whether or not it is installed here
+    pytester.makepyfile("def test_it(llm):\n    pass\n")
+    result = pytester.runpytest("--llm-device-map", "auto")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "llmdet: dtype float32, device_map auto, seed 0, *",
+        "*llm_device_map = auto loads model 'pytest-llmdet/embedded-tiny-qwen2' through accelerate's device map, "
+        "but accelerate is not installed. Install it (pip install accelerate), or leave llm_device_map unset to "
+        "put the whole model on llm_device.",
+    ])
+
+
+def test_a_device_map_is_passed_to_from_pretrained_and_recorded_in_the_fingerprint(monkeypatch):
+    from pytest_llmdet.engines import models
+    from pytest_llmdet.engines.fingerprint import environment_fingerprint
+    from pytest_llmdet.engines.transformers import TransformersEngine
+
+    placed = []
+    load = transformers.AutoModelForCausalLM.from_pretrained
+
+    def from_pretrained(*args, device_map=None, **kwargs):  # accelerate is not needed to see what was asked
+        placed.append(device_map)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "accelerate_installed", lambda: True)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    loaded = models.load_model(models.ModelSpec(models.resolve_source(None, []), device_map="balanced"))
+    assert placed == ["balanced"] and loaded.device == "cpu"
+    fingerprint = environment_fingerprint(**TransformersEngine(loaded).describe(), generation={}, weights=False)
+    assert fingerprint["device_map"] == "balanced"
+    plain = models.load_model(models.ModelSpec(models.resolve_source(None, [])))
+    assert placed == ["balanced", None]
+    assert "device_map" not in environment_fingerprint(**TransformersEngine(plain).describe(), generation={},
+                                                       weights=False)
+
+
+def test_a_device_map_loads_through_accelerate_and_gives_the_same_tokens(pytester):
+    pytest.importorskip("accelerate")
+    pytester.makepyfile(
+        """
+        import json, pathlib
+
+        def test_it(llm, llm_snapshot):
+            assert llm.generate("The fox", max_new_tokens=8) == llm_snapshot
+        """
+    )
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=1)
+    golden = next(pytester.path.rglob("test_it.json"))
+    recorded = json.loads(golden.read_text(encoding="utf-8"))
+    golden.unlink()
+    result = pytester.runpytest("--llm-snapshot-update", "--llm-device-map", "auto")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["  pytest-llmdet/embedded-tiny-qwen2 float32 device_map auto (inputs on cpu): *s"])
+    mapped = json.loads(golden.read_text(encoding="utf-8"))
+    assert mapped["fingerprint"]["device_map"] == "auto" and "device_map" not in recorded["fingerprint"]
+    assert mapped["snapshots"]["0"]["token_ids"] == recorded["snapshots"]["0"]["token_ids"]

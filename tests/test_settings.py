@@ -43,6 +43,7 @@ def test_ini_model_path_is_relative_to_the_ini_file():
     [
         ("dtype", "fp33", "float32, bfloat16, float16, auto"),
         ("device", "gpu", "cpu, auto, cuda, cuda:N, mps"),
+        ("device_map", "everywhere", "auto, balanced, balanced_low_0, sequential"),
         ("seed", "-1", "an integer >= 0"),
         ("max_new_tokens", "0", "an integer >= 1"),
         ("trust_remote_code", "maybe", "true, false"),
@@ -64,7 +65,8 @@ def test_a_bad_value_names_the_option_and_the_allowed_values(name, value, allowe
 def test_every_option_comes_from_one_table_with_names_that_match():
     both = {o.ini for o in OPTIONS if o.has_flag and o.has_ini}
     assert both == {
-        "llm_model", "llm_dtype", "llm_device", "llm_seed", "llm_max_new_tokens", "llm_trust_remote_code",
+        "llm_model", "llm_dtype", "llm_device", "llm_device_map", "llm_seed", "llm_max_new_tokens",
+        "llm_trust_remote_code",
         "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
         "llm_determinism_runs", "llm_factors",
     }

@@ -31,6 +31,35 @@ def test_without_flags_snapshot_tests_are_skipped(pytester):
     assert golden_files(pytester.path) == {}
 
 
+def test_without_flags_snapshot_tests_are_skipped_before_any_fixture_whatever_the_argument_order(pytester):
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture
+        def witness():
+            print("witness set up")
+        """
+    )
+    pytester.makepyfile(test_order="""
+        import pytest
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_llm_first(llm, llm_snapshot, witness, n):
+            assert llm.generate("The fox") == llm_snapshot
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_snapshot_first(llm_snapshot, witness, llm, n):
+            assert llm.generate("The fox") == llm_snapshot
+        """)
+    result = pytester.runpytest("-rs", "-s")
+    result.assert_outcomes(skipped=6)
+    result.stdout.fnmatch_lines(["SKIPPED [3] test_order.py:3: needs --llm-snapshot",
+                                 "SKIPPED [3] test_order.py:7: needs --llm-snapshot"])
+    output = result.stdout.str()
+    assert "model loads" not in output and "witness set up" not in output
+
+
 def test_record_then_check_passes(pytester):
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest("--llm-snapshot-update")

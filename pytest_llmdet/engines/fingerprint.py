@@ -47,9 +47,10 @@ def _hash_file(path: Path) -> str:
 def environment_fingerprint(
     *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
-    compute_capability: str | None = None, weights: bool = True,
+    compute_capability: str | None = None, weights: bool = True, device_map: str | None = None,
 ) -> dict[str, Any]:
-    """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings.
+    """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings, and
+    accelerate's device map when one placed the model.
 
     `weights=False` leaves out a local model's weights hash (reading every weight file) for a check that does
     not need it: one that passes, with no JSON report asked for."""
@@ -66,6 +67,8 @@ def environment_fingerprint(
         "transformers": package_version("transformers"),
         "generation": generation,
     }
+    if device_map is not None:  # only then: the fingerprints of golden files recorded without one stay as they are
+        fingerprint["device_map"] = device_map
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
         fingerprint["compute_capability"] = compute_capability
     return fingerprint

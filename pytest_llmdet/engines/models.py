@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -44,6 +45,7 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
+    device_map: str | None = None  # accelerate's device map (auto, balanced, ...): `device` is then not used
 
 
 _WHAT_TO_SET = "--llm-model / llm_model (or @pytest.mark.llm_model)"
@@ -90,12 +92,37 @@ def read_local_generation_config(source: ModelSource) -> dict[str, Any] | None:
         return None
 
 
-def resolve_device(device: str) -> str:
-    """Turn `auto` into cuda or cpu, and check that the requested device exists."""
+def auto_device(worker: str | None, cuda_devices: int) -> str:
+    """Where `llm_device = auto` puts the model: cpu without CUDA; with CUDA, pytest-xdist worker `gwK` on
+    cuda:(K mod cuda_devices), one device per worker, and a process outside xdist on cuda. `cuda_devices`
+    counts the visible devices (torch's count honours CUDA_VISIBLE_DEVICES)."""
+    if cuda_devices < 1:
+        return "cpu"
+    index = worker_index(worker)
+    return "cuda" if index is None else f"cuda:{index % cuda_devices}"
+
+
+def worker_index(worker: str | None) -> int | None:
+    """K of pytest-xdist's worker id `gwK`; None outside xdist (or for an id of another shape)."""
+    if worker is None or not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    return int(worker[2:])
+
+
+def cuda_device_count() -> int:
+    """The CUDA devices torch can see (0 without CUDA); imports torch."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_device(device: str, worker: str | None = None) -> str:
+    """Turn `auto` into a device (see `auto_device`; `worker` is the pytest-xdist worker id), and check that
+    the requested device exists."""
     import torch
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return auto_device(worker, cuda_device_count())
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ModelLoadError(f"llm_device={device} but torch sees no CUDA device; use cpu or auto")
@@ -119,30 +146,47 @@ class LoadedModel:
     generation_config: dict[str, Any] = field(default_factory=dict)
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load a model and tokenizer through `from_pretrained`, in eval mode, on the requested device."""
+def accelerate_installed() -> bool:
+    """Whether accelerate, which transformers needs for a device map, can be imported."""
+    return importlib.util.find_spec("accelerate") is not None
+
+
+def load_model(spec: ModelSpec, worker: str | None = None) -> LoadedModel:
+    """Load a model and tokenizer through `from_pretrained`, in eval mode, on the requested device (`auto`:
+    see `auto_device`; `worker` is the pytest-xdist worker id), or spread by accelerate's device map."""
     started = time.perf_counter()
     import torch
     import transformers
     from transformers.utils import logging as hf_logging
 
     source = spec.source
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.device, worker) if spec.device_map is None else None
+    if spec.device_map is not None and not accelerate_installed():
+        raise ModelLoadError(
+            f"llm_device_map = {spec.device_map} loads model {source.name!r} through accelerate's device map, "
+            "but accelerate is not installed. Install it (pip install accelerate), or leave llm_device_map "
+            "unset to put the whole model on llm_device."
+        )
     dtype = "auto" if spec.dtype == "auto" else getattr(torch, spec.dtype)
     kwargs = {"trust_remote_code": spec.trust_remote_code}
+    placement = {} if spec.device_map is None else {"device_map": spec.device_map}
     verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # loading chatter and progress bars are not the test log's concern
     hf_logging.disable_progress_bar()
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source.location, **kwargs)
-        model = transformers.AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **kwargs)
+        model = transformers.AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, **placement,
+                                                                  **kwargs)
     except Exception as error:  # noqa: BLE001 - any failure here becomes one clear message
         raise ModelLoadError(_explain_load_failure(source, error)) from error
     finally:
         hf_logging.set_verbosity(verbosity)
         if progress:
             hf_logging.enable_progress_bar()
-    model.to(device)
+    if device is None:  # placed by the device map: inputs go where the first layers are
+        device = str(model.device)
+    else:
+        model.to(device)
     model.eval()
     generation_config = model.generation_config.to_diff_dict() if model.generation_config is not None else {}
     generation_config.pop("transformers_version", None)
@@ -190,13 +234,14 @@ class ModelPool:
 
     loaded: dict[ModelSpec, LoadedModel] = field(default_factory=dict)
     failed: dict[ModelSpec, ModelLoadError] = field(default_factory=dict)
+    worker: str | None = None  # the pytest-xdist worker id of this process: `auto` picks its device by it
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         if spec in self.failed:
             raise self.failed[spec]
         if spec not in self.loaded:
             try:
-                self.loaded[spec] = load_model(spec)
+                self.loaded[spec] = load_model(spec, self.worker)
             except ModelLoadError as error:
                 self.failed[spec] = error
                 raise

@@ -237,7 +237,7 @@ class TransformersEngine:
         return {"model": source.name, "source_kind": source.kind, "location": source.location,
                 "revision": getattr(self.model.config, "_commit_hash", None),
                 "dtype": str(self.model.dtype).removeprefix("torch."), "device": self.device,
-                "compute_capability": _compute_capability(self.device)}
+                "compute_capability": _compute_capability(self.device), "device_map": self.spec.device_map}
 
 
 @contextlib.contextmanager

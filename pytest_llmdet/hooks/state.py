@@ -21,7 +21,7 @@ from pytest_llmdet.settings import (
 if TYPE_CHECKING:
     from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
-    from pytest_llmdet.engines.models import ModelPool, ModelSpec
+    from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSpec
     from pytest_llmdet.golden.ledger import SnapshotRun
     from pytest_llmdet.golden.snapshot import TestSnapshots
 
@@ -42,8 +42,9 @@ class LLMDetSession:
     """One pytest run (one per xdist worker): settings, loaded models, snapshots and statistics."""
 
     def __init__(self, settings: Settings, rootdir: Path, invocation_dir: Path,
-                 snapshot_settings: SnapshotSettings | None = None) -> None:
+                 snapshot_settings: SnapshotSettings | None = None, worker: str | None = None) -> None:
         self.settings = settings
+        self.worker = worker  # the pytest-xdist worker id (gw0, gw1, ...), None outside xdist
         self.rootdir = rootdir
         self.invocation_dir = invocation_dir
         self.snapshot_settings = snapshot_settings or SnapshotSettings()
@@ -59,7 +60,7 @@ class LLMDetSession:
         """The models loaded so far."""
         from pytest_llmdet.engines.models import ModelPool
 
-        return ModelPool()
+        return ModelPool(worker=self.worker)
 
     @cached_property
     def stats(self) -> GenerationStats:
@@ -93,7 +94,7 @@ class LLMDetSession:
         s = self.settings
         base_dirs = [s.model_base_dir] if s.model_base_dir else []
         return ModelSpec(resolve_source(s.model, base_dirs + [self.rootdir]), s.dtype, s.device,
-                         s.trust_remote_code)
+                         s.trust_remote_code, s.device_map)
 
     def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
         """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
@@ -102,7 +103,7 @@ class LLMDetSession:
 
         choice = model_choice(args, kwargs, self.settings)
         source = resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
-        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code)
+        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code, self.settings.device_map)
 
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
@@ -206,7 +207,7 @@ class LLMDetSession:
         loaded = self.pool.loaded.values() if "pool" in self.__dict__ else ()
         stats = self.stats if "stats" in self.__dict__ else None
         return {
-            "loads": [{"model": describe_spec(m.spec), "seconds": m.load_seconds, "worker": worker} for m in loaded],
+            "loads": [{"model": describe_loaded(m), "seconds": m.load_seconds, "worker": worker} for m in loaded],
             "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
             "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
@@ -226,9 +227,12 @@ def workers_data(config: Any) -> list[dict[str, Any]]:
     return list(getattr(config, _WORKERS, {}).values())
 
 
-def describe_spec(spec: ModelSpec) -> str:
-    """One line naming a loaded model: name, dtype and device."""
-    return f"{spec.source.name} {spec.dtype} {spec.device}"
+def describe_loaded(loaded: LoadedModel) -> str:
+    """One line naming a loaded model: name, dtype and the device it was put on (`auto` resolved), or the
+    device map that placed it."""
+    spec = loaded.spec
+    where = loaded.device if spec.device_map is None else f"device_map {spec.device_map} (inputs on {loaded.device})"
+    return f"{spec.source.name} {spec.dtype} {where}"
 
 
-__all__ = ["LLMDetSession", "describe_spec"]
+__all__ = ["LLMDetSession", "describe_loaded"]
