@@ -15,6 +15,7 @@ from pytest_llmdet.settings import (
     parse_compare,
     parse_device,
     parse_dtype,
+    parse_engine,
     parse_factors,
     parse_top_k,
 )
@@ -22,8 +23,9 @@ from pytest_llmdet.settings import (
 DEFAULT_BATCH_SIZE = 4  # the batch probe's batch with `batch=True`
 
 MARKERS = (
-    "llm_model(name, dtype=None, device=None, trust_remote_code=None): the `llm` fixture of this test uses "
-    "another model (a hub id or a local directory); each distinct model loads once per session",
+    "llm_model(name, dtype=None, device=None, trust_remote_code=None, engine=None): the `llm` fixture of this "
+    "test uses another model (a hub id or a local directory) or another engine (transformers, vllm, openai; "
+    "the name may then be left out); each distinct model loads once per session",
     'llm_snapshot(compare="exact" or "tolerant", top_k=N): how this test\'s golden snapshots are compared',
     "llm_determinism(runs=None, batch=False, factors=None): run this test `runs` times (default "
     "--llm-determinism-runs) and fail it if any llm.generate call gives other token IDs in another run; "
@@ -32,7 +34,8 @@ MARKERS = (
     "and compares",
 )
 
-MODEL_USAGE = 'usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)'
+MODEL_USAGE = ('usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=..., '
+               'engine=...), or @pytest.mark.llm_model(engine="vllm") for the run\'s model on another engine')
 SNAPSHOT_USAGE = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
 DETERMINISM_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
                      "batch=True or a batch size >= 2; factors=[...]: \"all\" or a list of "
@@ -46,10 +49,11 @@ class MarkerUsageError(ValueError):
 class ModelChoice(NamedTuple):
     """What `@pytest.mark.llm_model` asks for: the model (as written) and its dtype, device and trust."""
 
-    name: str
+    name: str | None  # None: the run's model (a marker that names only an engine)
     dtype: str
     device: str
     trust_remote_code: bool
+    engine: str = "transformers"
 
 
 class CheckPlan(NamedTuple):
@@ -68,17 +72,19 @@ class CheckPlan(NamedTuple):
 
 def model_choice(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: Settings) -> ModelChoice:
     """The arguments of `@pytest.mark.llm_model(...)`, the run's settings filling in what it leaves out."""
-    unknown = set(kwargs) - {"dtype", "device", "trust_remote_code"}
-    if len(args) != 1 or not isinstance(args[0], str) or unknown:
+    unknown = set(kwargs) - {"dtype", "device", "trust_remote_code", "engine"}
+    engine_only = not args and "engine" in kwargs
+    if not engine_only and (len(args) != 1 or not isinstance(args[0], str)) or len(args) > 1 or unknown:
         raise SettingsError(MODEL_USAGE + (f"; unknown argument(s): {', '.join(sorted(unknown))}" if unknown else ""))
     try:
         dtype = parse_dtype(str(kwargs.get("dtype", defaults.dtype)))
         device = parse_device(str(kwargs.get("device", defaults.device)))
         trust = kwargs.get("trust_remote_code", defaults.trust_remote_code)
         trust = parse_bool(str(trust)) if not isinstance(trust, bool) else trust
+        engine = parse_engine(str(kwargs.get("engine", defaults.engine)))
     except ValueError as error:
         raise SettingsError(f"bad argument to @pytest.mark.llm_model: {error}") from None
-    return ModelChoice(args[0], dtype, device, trust)
+    return ModelChoice(args[0] if args else None, dtype, device, trust, engine)
 
 
 def compare_plan(default: SnapshotSettings, marker_args: tuple[Any, ...] | None,

@@ -21,6 +21,18 @@ FACTOR_NAMES = ("batch", "cache", "static-cache", "attention", "threads", "dtype
 FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
                                   "first), which pytest-llmdet does not have yet"}
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
+ENGINES = ("transformers", "vllm", "openai")  # what generates: engines/transformers.py, vllm.py, openai_server.py
+API_KEY_ENV_DEFAULT = "OPENAI_API_KEY"
+REQUEST_TIMEOUT_DEFAULT = 60.0  # seconds a request to an OpenAI-compatible server may take
+# Arguments of vllm.LLM that other settings own: pytest-llmdet sets them, so that the forced-greedy plan holds.
+VLLM_OWNED_ARGS = {
+    "model": "--llm-model / llm_model", "tokenizer": "--llm-model / llm_model (prompts are tokenized locally)",
+    "dtype": "--llm-dtype / llm_dtype", "trust_remote_code": "--llm-trust-remote-code / llm_trust_remote_code",
+    "seed": "--llm-seed / llm_seed", "generation_config": "pytest-llmdet (\"vllm\": the model's defaults stay out)",
+    "logprobs_mode": "pytest-llmdet (processed_logprobs: margins as the transformers engine computes them)",
+}
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ARG_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _DEVICE_RE = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -125,6 +137,82 @@ def parse_factors(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in FACTOR_NAMES if n in names)
 
 
+parse_engine = _choice(ENGINES)
+
+
+def parse_base_url(value: str) -> str:
+    """Accept an http(s) URL of an OpenAI-compatible API, such as http://127.0.0.1:8000/v1."""
+    url = value.strip()
+    if not re.match(r"^https?://[^/\s]+", url) or any(ch.isspace() for ch in url):
+        raise ValueError("allowed values: the http:// or https:// URL of an OpenAI-compatible API, such as "
+                         "http://127.0.0.1:8000/v1")
+    return url.rstrip("/")
+
+
+def parse_env_name(value: str) -> str:
+    """Accept the name of an environment variable (the value is read from the environment, never from here)."""
+    name = value.strip()
+    if not _ENV_NAME_RE.match(name):
+        raise ValueError("allowed values: the name of an environment variable such as OPENAI_API_KEY (the key "
+                         "itself never goes in a setting)")
+    return name
+
+
+def parse_timeout(value: str) -> float:
+    """Accept a number of seconds > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number == float("inf"):
+        raise ValueError("allowed values: a number of seconds > 0")
+    return number
+
+
+def parse_engine_args(value: str) -> tuple[tuple[str, Any], ...]:
+    """Accept space-separated key=value pairs for vllm.LLM, such as `tensor_parallel_size=2 enforce_eager=true`;
+    a value is an integer, a number, true/false/none, JSON in brackets or braces, or else a string. They come
+    back sorted by key, each key once."""
+    import json
+    import shlex
+
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise ValueError(f"{error}; write key=value pairs separated by spaces") from None
+    pairs: dict[str, Any] = {}
+    for word in words:
+        key, equals, raw = word.partition("=")
+        if not equals or not _ARG_NAME_RE.match(key):
+            raise ValueError(f"{word!r} is not key=value; write pairs such as tensor_parallel_size=2 "
+                             "max_model_len=2048 enforce_eager=true")
+        if key in VLLM_OWNED_ARGS:
+            raise ValueError(f"{key} is set by {VLLM_OWNED_ARGS[key]}, not by the engine arguments")
+        if key in pairs:
+            raise ValueError(f"{key} is given twice")
+        pairs[key] = _engine_arg_value(raw, json)
+    return tuple(sorted(pairs.items()))
+
+
+def _engine_arg_value(raw: str, json: Any) -> Any:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    if raw[:1] in "[{":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ValueError(f"{raw!r} is not valid JSON") from None
+    return raw
+
+
 def parse_top_k(value: str) -> int:
     """Accept an integer >= 1."""
     return _parse_int(1)(value)
@@ -198,6 +286,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("device_map", "load through accelerate's device map, spread over the visible devices: "
            f"{', '.join(DEVICE_MAPS)} (default: off, the whole model on llm_device; needs accelerate)", None,
            parse_device_map),
+    Option("engine", f"what generates: {', '.join(ENGINES)} (default transformers; vllm needs "
+           "pytest-llmdet[vllm], openai a running server and pytest-llmdet[openai])", "transformers", parse_engine,
+           metavar="ENGINE"),
+    Option("base_url", "with --llm-engine openai: the server's OpenAI-compatible API, such as "
+           "http://127.0.0.1:8000/v1", None, parse_base_url, metavar="URL"),
+    Option("api_key_env", f"with --llm-engine openai: the environment variable that holds the API key (default "
+           f"{API_KEY_ENV_DEFAULT}; the key is never written anywhere)", API_KEY_ENV_DEFAULT, parse_env_name,
+           metavar="NAME"),
+    Option("request_timeout", f"with --llm-engine openai: seconds a request to the server may take (default "
+           f"{REQUEST_TIMEOUT_DEFAULT:g})", REQUEST_TIMEOUT_DEFAULT, parse_timeout, metavar="SECONDS"),
+    Option("vllm_args", "with --llm-engine vllm: arguments of vllm.LLM as key=value pairs, such as "
+           "\"tensor_parallel_size=2 max_model_len=2048 enforce_eager=true\"", (), parse_engine_args,
+           metavar="PAIRS"),
     Option("seed", "seed for python, numpy and torch before each test and each generate: 0 to 2**32-1 "
            "(default 0)", 0, _parse_int(0, lambda: SEED_MAX, lambda: "2**32 - 1, numpy's largest seed")),
     Option("max_new_tokens", "new tokens per generate call (default 32)", 32, _parse_int(1)),
@@ -240,7 +341,8 @@ OPTIONS: tuple[Option, ...] = (
            f"when the tokens change: all, or a comma list of {', '.join(FACTOR_NAMES)} (default none)", (),
            parse_factors, metavar="LIST"),
 )
-MODEL_SETTINGS = ("model", "dtype", "device", "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
+MODEL_SETTINGS = ("model", "engine", "base_url", "api_key_env", "request_timeout", "vllm_args", "dtype", "device",
+                  "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
                   "inherit_processors", "deterministic_algorithms")
 
 
@@ -248,6 +350,11 @@ class Settings(NamedTuple):
     """The resolved model and determinism settings of one pytest run."""
 
     model: str | None = None
+    engine: str = "transformers"  # transformers, vllm or openai
+    base_url: str | None = None  # the openai engine's server
+    api_key_env: str = API_KEY_ENV_DEFAULT
+    request_timeout: float = REQUEST_TIMEOUT_DEFAULT
+    vllm_args: tuple[tuple[str, Any], ...] = ()  # the vllm engine's arguments of vllm.LLM, sorted by key
     dtype: str = "float32"
     device: str = "cpu"
     device_map: str | None = None  # accelerate's device map (llm_device is then not used)
@@ -334,6 +441,9 @@ def resolve(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None,
     settings = Settings(**{name: values[name] for name in MODEL_SETTINGS}, model_base_dir=base_dir,
                         determinism_runs=values["determinism_runs"],
                         check_determinism=values["check_determinism"], factors=values["factors"])
+    if settings.engine == "openai" and settings.base_url is None:
+        raise SettingsError("pytest-llmdet: --llm-engine openai needs the server's URL: set --llm-base-url or "
+                            "llm_base_url, such as http://127.0.0.1:8000/v1")
     mode = "update" if values["snapshot_update"] else "check" if values["snapshot"] else "off"
     if values["snapshot_variant"] and mode != "update":
         raise SettingsError("pytest-llmdet: --llm-snapshot-variant records a variant, so it needs "

@@ -50,6 +50,13 @@ def test_ini_model_path_is_relative_to_the_ini_file():
         ("threads", "two", "an integer >= 1"),
         ("inherit_processors", "perhaps", "true, false"),
         ("deterministic_algorithms", "always", "warn, strict, off"),
+        ("engine", "tgi", "transformers, vllm, openai"),
+        ("base_url", "localhost:8000", "the http:// or https:// URL"),
+        ("api_key_env", "sk-123 abc", "the name of an environment variable"),
+        ("request_timeout", "0", "a number of seconds > 0"),
+        ("vllm_args", "tensor_parallel_size", "is not key=value"),
+        ("vllm_args", "dtype=half", "dtype is set by --llm-dtype / llm_dtype"),
+        ("vllm_args", "a=1 a=2", "a is given twice"),
     ],
 )
 def test_a_bad_value_names_the_option_and_the_allowed_values(name, value, allowed):
@@ -68,7 +75,8 @@ def test_every_option_comes_from_one_table_with_names_that_match():
         "llm_model", "llm_dtype", "llm_device", "llm_device_map", "llm_seed", "llm_max_new_tokens",
         "llm_trust_remote_code",
         "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
-        "llm_determinism_runs", "llm_factors",
+        "llm_determinism_runs", "llm_factors", "llm_engine", "llm_base_url", "llm_api_key_env",
+        "llm_request_timeout", "llm_vllm_args",
     }
     assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}
     assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {

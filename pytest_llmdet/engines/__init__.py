@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from pytest_llmdet.engines.greedy import GreedyPlan
-    from pytest_llmdet.engines.transformers import RowOutput
+    from pytest_llmdet.engines.rows import RowOutput
     from pytest_llmdet.engines.variation import Variation
     from pytest_llmdet.generation import Prompt
 

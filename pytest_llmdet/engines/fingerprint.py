@@ -14,6 +14,7 @@ from typing import Any
 from pytest_llmdet.versions import package_version
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+DEFAULT_ENGINE = "transformers"
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -48,9 +49,12 @@ def environment_fingerprint(
     *, model: str, source_kind: str, location: str, revision: str | None, dtype: str, device: str,
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
     compute_capability: str | None = None, weights: bool = True, device_map: str | None = None,
+    engine: str = "transformers", engine_version: str | None = None, engine_arguments: dict[str, Any] | None = None,
+    served_model: str | None = None, logprobs: str | None = None,
 ) -> dict[str, Any]:
     """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings, and
-    accelerate's device map when one placed the model.
+    accelerate's device map when one placed the model, and the engine when it is not transformers (its
+    version and arguments, the served model, and whether the margins come from processed log-probs).
 
     `weights=False` leaves out a local model's weights hash (reading every weight file) for a check that does
     not need it: one that passes, with no JSON report asked for."""
@@ -69,14 +73,30 @@ def environment_fingerprint(
     }
     if device_map is not None:  # only then: the fingerprints of golden files recorded without one stay as they are
         fingerprint["device_map"] = device_map
+    if engine != DEFAULT_ENGINE:  # only then: golden files recorded on transformers keep their fingerprints
+        fingerprint["engine"] = engine
+        fingerprint["engine_version"] = engine_version
+        if engine_arguments:
+            fingerprint["engine_arguments"] = dict(sorted(engine_arguments.items()))
+        if served_model is not None:
+            fingerprint["served_model"] = served_model
+        fingerprint["logprobs"] = logprobs
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
         fingerprint["compute_capability"] = compute_capability
     return fingerprint
 
 
+def engine_of(fingerprint: dict[str, Any] | None) -> str:
+    """The engine that produced a fingerprint (transformers when it names none)."""
+    return str((fingerprint or {}).get("engine") or DEFAULT_ENGINE)
+
+
 def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The fields that differ, as `field: old → new` lines (nested settings flattened)."""
+    """The fields that differ, as `field: old → new` lines (nested settings flattened; a fingerprint that names
+    no engine was recorded on transformers, so a check on vLLM says `engine: transformers → vllm`)."""
     old, new = _flatten(recorded), _flatten(current)
+    for side in (old, new):
+        side.setdefault("engine", DEFAULT_ENGINE)
     return [
         f"{key}: {old.get(key, '(absent)')} → {new.get(key, '(absent)')}"
         for key in sorted(set(old) | set(new))

@@ -10,7 +10,7 @@ from typing import Any
 from pytest_llmdet.engines import Engine
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.prompts import PromptError, check_prompt
-from pytest_llmdet.engines.transformers import RowOutput
+from pytest_llmdet.engines.rows import RowOutput
 from pytest_llmdet.generation import Generation, Prompt
 
 _NOT_OVERRIDES = ("num_beams", "max_new_tokens")  # recorded settings that LLM.plan sets itself
@@ -109,6 +109,7 @@ class LLM:
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None) -> list[RowOutput]:
         """Every row of prompt token IDs generated in one batch (engines.Engine.generate_rows), seeded."""
+        __tracebackhide__ = _is_usage_error
         return self.engine.generate_rows(rows, plan, top_k=top_k, pad_id=pad_id, seed=self.seed)
 
     def _check_length(self, prompt_ids: list[int], max_new_tokens: int) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ class ModelSpec:
     device: str = "cpu"
     trust_remote_code: bool = False
     device_map: str | None = None  # accelerate's device map (auto, balanced, ...): `device` is then not used
+    engine: str = "transformers"  # what generates: transformers, vllm or openai (engines/registry.py)
+    engine_args: tuple[tuple[str, Any], ...] = ()  # vllm: arguments of vllm.LLM, sorted by key
+    base_url: str | None = None  # openai: the server's OpenAI-compatible API
+    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable of the key (never the key itself)
+    request_timeout: float = 60.0  # openai: seconds a request may take
 
 
 _WHAT_TO_SET = "--llm-model / llm_model (or @pytest.mark.llm_model)"
@@ -136,7 +142,9 @@ def resolve_device(device: str, worker: str | None = None) -> str:
 
 @dataclass
 class LoadedModel:
-    """A model and its tokenizer, loaded once and shared by every test that asks for the same spec."""
+    """A model and its tokenizer, loaded once and shared by every test that asks for the same spec. On the vllm
+    engine `model` is the vllm.LLM, on the openai engine the client of the server; `details` hold what the
+    engine says of itself (its version, the served model)."""
 
     spec: ModelSpec
     model: Any
@@ -144,6 +152,7 @@ class LoadedModel:
     device: str
     load_seconds: float
     generation_config: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def accelerate_installed() -> bool:
@@ -235,13 +244,15 @@ class ModelPool:
     loaded: dict[ModelSpec, LoadedModel] = field(default_factory=dict)
     failed: dict[ModelSpec, ModelLoadError] = field(default_factory=dict)
     worker: str | None = None  # the pytest-xdist worker id of this process: `auto` picks its device by it
+    load: Callable[[ModelSpec, str | None], LoadedModel] | None = None  # every engine's (registry.load); None:
+    # transformers' load_model
 
     def get(self, spec: ModelSpec) -> LoadedModel:
         if spec in self.failed:
             raise self.failed[spec]
         if spec not in self.loaded:
             try:
-                self.loaded[spec] = load_model(spec, self.worker)
+                self.loaded[spec] = (self.load or load_model)(spec, self.worker)
             except ModelLoadError as error:
                 self.failed[spec] = error
                 raise

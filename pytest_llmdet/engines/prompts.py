@@ -95,3 +95,16 @@ def _check_text(text: str, where: str) -> None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:39] + "…"
+
+
+def encode_prompt(tokenizer: Any, prompt: Prompt, model_name: str) -> list[int]:
+    """Token IDs of a prompt, always with the model's own (local) tokenizer, so that every engine is given
+    the same IDs: a string as the tokenizer encodes it, chat messages rendered with the tokenizer's chat
+    template and the generation prompt. The prompt is checked first (PromptError)."""
+    prompt = check_prompt(prompt)
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise PromptError(f"model {model_name!r} has no chat template; pass the prompt as a string")
+    encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])

@@ -7,12 +7,12 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
 from pytest_llmdet.engines.models import LoadedModel, ModelSpec
-from pytest_llmdet.engines.prompts import PromptError, check_prompt
+from pytest_llmdet.engines.prompts import encode_prompt
+from pytest_llmdet.engines.rows import RowOutput
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import generate_with_stats
 from pytest_llmdet.engines.variation import Variation, VariationError
@@ -24,19 +24,6 @@ ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Config fields that hold how many positions a model supports, by architecture family.
 _POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-@dataclass
-class RowOutput:
-    """What one row of a `generate` call gave: its new tokens and, per step, the margin, the chosen token's
-    log-prob and (with top-k) the candidates; `eos_ids` are the tokens that end a generation."""
-
-    token_ids: list[int]
-    margins: list[float]
-    logprobs: list[float]
-    top_k_ids: list[list[int]] | None
-    top_k_logprobs: list[list[float]] | None
-    eos_ids: frozenset[int]
 
 
 @contextlib.contextmanager
@@ -106,16 +93,8 @@ class TransformersEngine:
                                known_fields=_known_generation_fields())
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token IDs of a prompt: a string as the tokenizer encodes it, or chat messages rendered with the
-        tokenizer's chat template and the generation prompt. The prompt is checked first (PromptError)."""
-        tokenizer = self.tokenizer
-        prompt = check_prompt(prompt)
-        if isinstance(prompt, str):
-            return list(tokenizer(prompt)["input_ids"])
-        if not getattr(tokenizer, "chat_template", None):
-            raise PromptError(f"model {self.name!r} has no chat template; pass the prompt as a string")
-        encoded = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(encoded["input_ids"])
+        """Token IDs of a prompt (engines.prompts.encode_prompt): the same on every engine."""
+        return encode_prompt(self.tokenizer, prompt, self.name)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)

@@ -2,9 +2,11 @@
 
 A snapshot holds a default entry (recorded in the environment of the file's fingerprint) and optional
 variants keyed by environment: `<device type>:<dtype>` or `<device type>:<dtype>:<compute capability>`, such as
-`cpu:bfloat16` or `cuda:float16:8.0`. For the current environment the best candidate wins: an exact match
+`cpu:bfloat16` or `cuda:float16:8.0`, with the engine in front when it is not transformers (`vllm/cuda:bfloat16`,
+`openai/server:unknown`). For the current environment the best candidate wins: an exact match
 first (device type, dtype and, when the key names one, compute capability), then the same device type and
-dtype, then the same device type, then the default; on a tie the default wins, then the first key in order.
+dtype, then the same device type, then the default; on a tie the default wins, then the first key in order. A
+candidate of another engine never matches.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DEFAULT = None  # the variant name of the default entry
+DEFAULT_ENGINE = "transformers"  # the engine of a key or fingerprint that names none
 
 
 @dataclass(frozen=True)
@@ -23,10 +26,12 @@ class Environment:
     device_type: str
     dtype: str
     capability: str | None = None
+    engine: str = DEFAULT_ENGINE
 
     @property
     def key(self) -> str:
-        return ":".join(part for part in (self.device_type, self.dtype, self.capability) if part)
+        key = ":".join(part for part in (self.device_type, self.dtype, self.capability) if part)
+        return key if self.engine == DEFAULT_ENGINE else f"{self.engine}/{key}"
 
 
 def environment_of(fingerprint: Mapping[str, Any] | None) -> Environment | None:
@@ -35,20 +40,23 @@ def environment_of(fingerprint: Mapping[str, Any] | None) -> Environment | None:
         return None
     capability = fingerprint.get("compute_capability")
     return Environment(str(fingerprint["device_type"]), str(fingerprint["dtype"]),
-                       str(capability) if capability else None)
+                       str(capability) if capability else None, str(fingerprint.get("engine") or DEFAULT_ENGINE))
 
 
 def parse_key(key: str) -> Environment | None:
     """The environment of a variant key, or None when the key is malformed."""
-    parts = key.split(":")
+    engine, slash, rest = key.rpartition("/")
+    if slash and not engine:
+        return None
+    parts = rest.split(":")
     if len(parts) not in (2, 3) or not all(parts):
         return None
-    return Environment(*parts)
+    return Environment(parts[0], parts[1], parts[2] if len(parts) == 3 else None, engine or DEFAULT_ENGINE)
 
 
 def match_score(candidate: Environment | None, current: Environment) -> int:
-    """3 exact, 2 same device type and dtype, 1 same device type, 0 no match."""
-    if candidate is None or candidate.device_type != current.device_type:
+    """3 exact, 2 same device type and dtype, 1 same device type, 0 no match (another engine never matches)."""
+    if candidate is None or candidate.device_type != current.device_type or candidate.engine != current.engine:
         return 0
     if candidate.dtype != current.dtype:
         return 1

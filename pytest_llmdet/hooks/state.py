@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_llmdet.settings import (
     ComparePlan,
     Settings,
+    SettingsError,
     SnapshotSettings,
 )
 
@@ -59,8 +60,9 @@ class LLMDetSession:
     def pool(self) -> ModelPool:
         """The models loaded so far."""
         from pytest_llmdet.engines.models import ModelPool
+        from pytest_llmdet.engines.registry import load
 
-        return ModelPool(worker=self.worker)
+        return ModelPool(worker=self.worker, load=load)
 
     @cached_property
     def stats(self) -> GenerationStats:
@@ -93,8 +95,22 @@ class LLMDetSession:
 
         s = self.settings
         base_dirs = [s.model_base_dir] if s.model_base_dir else []
+        fields = {"device_map": s.device_map, **self._engine_fields(s.engine)}
         return ModelSpec(resolve_source(s.model, base_dirs + [self.rootdir]), s.dtype, s.device,
-                         s.trust_remote_code, s.device_map)
+                         s.trust_remote_code, **fields)
+
+    def _engine_fields(self, engine: str) -> dict[str, Any]:
+        """The spec fields of `engine`: only those it uses, so that one model on one engine is one spec."""
+        s = self.settings
+        if engine == "vllm":
+            return {"engine": engine, "engine_args": s.vllm_args, "device_map": None}
+        if engine == "openai":
+            if s.base_url is None:
+                raise SettingsError("the openai engine needs the server's URL: set --llm-base-url or "
+                                    "llm_base_url, such as http://127.0.0.1:8000/v1")
+            return {"engine": engine, "base_url": s.base_url, "api_key_env": s.api_key_env,
+                    "request_timeout": s.request_timeout, "device_map": None}
+        return {}
 
     def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
         """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
@@ -102,21 +118,26 @@ class LLMDetSession:
         from pytest_llmdet.markers import model_choice
 
         choice = model_choice(args, kwargs, self.settings)
-        source = resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
-        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code, self.settings.device_map)
+        if choice.name is None:  # @pytest.mark.llm_model(engine=...): the run's model on another engine
+            base_dirs = [self.settings.model_base_dir] if self.settings.model_base_dir else []
+            source = resolve_source(self.settings.model, base_dirs + [self.rootdir])
+        else:
+            source = resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
+        fields = {"device_map": self.settings.device_map, **self._engine_fields(choice.engine)}
+        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code, **fields)
 
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
         from pytest_llmdet.engines.llm import LLM
+        from pytest_llmdet.engines.registry import engine_for
         from pytest_llmdet.engines.seeding import configure_torch, seed_everything
-        from pytest_llmdet.engines.transformers import TransformersEngine
 
         if not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
             self._torch_configured = True
         loaded = self.pool.get(spec)
         seed_everything(self.settings.seed)
-        return LLM(TransformersEngine(loaded), seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
+        return LLM(engine_for(loaded), seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
                    inherit_processors=self.settings.inherit_processors, stats=self.stats)
 
     def fingerprint_for(self, llm: LLM, weights: bool = True) -> dict[str, Any]:
@@ -231,6 +252,11 @@ def describe_loaded(loaded: LoadedModel) -> str:
     """One line naming a loaded model: name, dtype and the device it was put on (`auto` resolved), or the
     device map that placed it."""
     spec = loaded.spec
+    if spec.engine == "openai":
+        return f"{spec.source.name} on the openai engine: {loaded.details.get('served_model')} served by " \
+               f"{loaded.details.get('label')} at {spec.base_url}"
+    if spec.engine == "vllm":
+        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.get('version')}, {loaded.device})"
     where = loaded.device if spec.device_map is None else f"device_map {spec.device_map} (inputs on {loaded.device})"
     return f"{spec.source.name} {spec.dtype} {where}"
 

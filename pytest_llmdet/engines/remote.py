@@ -1,0 +1,146 @@
+"""What the engines that are not transformers share (vLLM, an OpenAI-compatible server): the model's tokenizer,
+generation config and length are read locally with transformers, so prompts are tokenized (chat template
+included) and plans are built exactly as on the transformers engine; the determinism factors that change
+transformers' own machinery (cache, attention, threads, dtype) are refused with the reason."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan, plan_generation
+from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
+from pytest_llmdet.engines.prompts import encode_prompt
+from pytest_llmdet.engines.variation import Variation, VariationError
+from pytest_llmdet.generation import Prompt
+
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+@functools.cache
+def _known_generation_fields() -> frozenset[str]:
+    from transformers import GenerationConfig
+
+    return frozenset(vars(GenerationConfig()))
+
+
+def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
+    """The model's tokenizer, generation config (as a dict) and position limit, read with transformers from
+    the model's folder (or the hub cache); ModelLoadError names the folder and the error."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    source = spec.source
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(source.location, trust_remote_code=spec.trust_remote_code)
+        try:
+            generation = GenerationConfig.from_pretrained(source.location).to_diff_dict()
+        except OSError:  # no generation_config.json: the model's config provides the token ids
+            generation = GenerationConfig.from_model_config(config).to_diff_dict()
+    except Exception as error:  # noqa: BLE001 - any failure here becomes one clear message
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ModelLoadError(
+            f"could not read the tokenizer and config of model {source.name!r} from {source.location} (the "
+            f"{spec.engine} engine tokenizes prompts locally): {type(error).__name__}: {first}") from error
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    for name in ("transformers_version", "_from_model_config"):
+        generation.pop(name, None)
+    limit = next((value for name in _POSITION_LIMITS
+                  if isinstance(value := getattr(config, name, None), int)), None)
+    return tokenizer, generation, limit
+
+
+class RemoteEngine:
+    """The verbs that do not generate, over a LoadedModel whose tokenizer and generation config were read
+    locally (`details["max_positions"]`: the position limit)."""
+
+    kind = "remote"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.source.name
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        return self.loaded.generation_config
+
+    @property
+    def max_positions(self) -> int | None:
+        return self.loaded.details.get("max_positions")
+
+    def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan:
+        return plan_generation(self.generation_config, max_new_tokens=max_new_tokens,
+                               inherit_processors=inherit_processors, overrides=overrides,
+                               known_fields=_known_generation_fields())
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        return encode_prompt(self.tokenizer, prompt, self.name)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    @property
+    def tokenizer_eos(self) -> int | None:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        return eos if isinstance(eos, int) else None
+
+    # -- variations: the factors that change transformers' machinery do not apply -------------------------
+
+    def baseline(self) -> Variation:
+        return Variation()
+
+    def attention_implementations(self) -> tuple[str, ...]:
+        return ()
+
+    def cannot_vary(self, variation: Variation) -> str | None:
+        return (f"a factor of the transformers engine; this test runs on the {self.kind} engine (its batch factor "
+                "applies)")
+
+    @contextlib.contextmanager
+    def varied(self, variation: Variation) -> Iterator[None]:
+        raise VariationError(self.cannot_vary(variation) or "")
+        yield  # pragma: no cover - a generator, for contextmanager
+
+
+def first_line(error: BaseException) -> str:
+    """The innermost cause of an error, in one line: `Type: message` (an engine's own reason, not the chain
+    of wrappers around it)."""
+    seen = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or error.__context__
+        if inner is None:
+            break
+        error = inner
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def is_usage_error(excinfo: Any) -> bool:
+    """For `__tracebackhide__`: hide an engine's frame when the error is the caller's settings."""
+    return excinfo.errisinstance(GenerationArgumentError)

