@@ -49,6 +49,16 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     except Exception as error:  # noqa: BLE001 - vLLM says why in many ways; its reason, in one line
         raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
                              f"({spec.source.location}): {first_line(error)}") from error
+    try:  # the first generate warms vLLM up, and is where its kernels refuse a model (CPU attention: head_dim 16)
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        probe = list(tokenizer("Hello")["input_ids"])[:8] or [0]
+        engine.generate([TokensPrompt(prompt_token_ids=probe)], SamplingParams(max_tokens=1, temperature=0.0),
+                        use_tqdm=False)
+    except Exception as error:  # noqa: BLE001 - as above
+        raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
+                             f"({spec.source.location}): {first_line(error)}") from error
     model_config = getattr(getattr(engine, "llm_engine", None), "model_config", None)
     model_length = getattr(model_config, "max_model_len", None)
     if isinstance(model_length, int):

