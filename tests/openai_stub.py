@@ -34,9 +34,16 @@ def load(model_dir: str) -> tuple[Any, Any]:
     """The model (float32, eval, with a neutral generation config: every setting comes from the request) and
     its tokenizer, loaded once per process and shared by every stub (generation is serialized by a lock)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    progress = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the test log
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32")
+    finally:
+        if progress:
+            hf_logging.enable_progress_bar()
     model.eval()
     model.generation_config = GenerationConfig()
     return model, tokenizer
@@ -117,6 +124,7 @@ class OpenAIStub:
 
     def complete(self, body: dict[str, Any]) -> tuple[int, Any]:
         import torch
+        from transformers import LogitsProcessorList
 
         if body.get("model") != self.model_dir:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError")
@@ -136,7 +144,7 @@ class OpenAIStub:
                 max_new_tokens=body.get("max_tokens", 16), do_sample=False,
                 repetition_penalty=body.get("repetition_penalty", 1.0), eos_token_id=stop or None,
                 pad_token_id=self.tokenizer.pad_token_id or 0, output_scores=True, return_dict_in_generate=True,
-                logits_processor=[_Bias()] if self.perturb else None, **extra)
+                logits_processor=LogitsProcessorList([_Bias()] if self.perturb else []), **extra)
         new = out.sequences[0, len(prompt):].tolist()
         logprobs = None
         if k is not None:

@@ -154,3 +154,11 @@ def test_the_model_marker_selects_an_engine_with_or_without_a_model():
         model_choice(("m",), {"engine": "tgi"}, Settings())
     with pytest.raises(SettingsError, match="usage"):
         model_choice((), {}, Settings())
+
+
+def test_a_url_is_shown_without_its_user_name_and_password():
+    from pytest_llmdet.engines.openai_server import shown_url
+
+    assert shown_url("http://user:secret@127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+    assert shown_url("https://token@host/v1/") == "https://host/v1/"
+    assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"

@@ -40,21 +40,29 @@ def import_openai() -> Any:
     return openai
 
 
+def shown_url(url: str) -> str:
+    """The URL as messages show it: without a user name and password (http://user:secret@host/v1)."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else url
+
+
 def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
 def server_version(url: str, api_key: str, timeout: float) -> str | None:
-    """What the server's /version says (vLLM: {"version": "0.32.0"}), or None when it has no such endpoint."""
-    import httpx
+    """What the server's /version says (vLLM: {"version": "0.32.0"}), or None when it has no such endpoint.
+    The standard library's client: the version is one GET, and openai's own HTTP library differs by release."""
+    import json
+    import urllib.error
+    import urllib.request
 
+    request = urllib.request.Request(_root(url) + "/version", headers={"Authorization": f"Bearer {api_key}"})
     try:
-        response = httpx.get(_root(url) + "/version", timeout=timeout,
-                             headers={"Authorization": f"Bearer {api_key}"})
-        if response.status_code != 200:
-            return None
-        data = response.json()
-    except (httpx.HTTPError, ValueError):
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = json.loads(response.read(1 << 16))
+    except (OSError, ValueError, urllib.error.URLError):
         return None
     version = data.get("version") if isinstance(data, dict) else None
     return str(version) if version is not None else None
@@ -71,9 +79,9 @@ def choose_served_model(served: list[str], spec: ModelSpec) -> str:
     if len(matches) == 1:
         return matches[0]
     listed = ", ".join(served) if served else "none"
-    raise ModelLoadError(f"the server at {spec.base_url} serves {len(served)} models ({listed}), and none is "
-                         f"named like model {source.name!r}; serve one model, or name the model as the server "
-                         "does (--llm-model / @pytest.mark.llm_model)")
+    raise ModelLoadError(f"the server at {shown_url(spec.base_url or '')} serves {len(served)} models ({listed}), "
+                         f"and none is named like model {source.name!r}; serve one model, or name the model as "
+                         "the server does (--llm-model / @pytest.mark.llm_model)")
 
 
 def connect(spec: ModelSpec) -> LoadedModel:
@@ -83,20 +91,21 @@ def connect(spec: ModelSpec) -> LoadedModel:
     openai = import_openai()
     tokenizer, generation_config, limit = load_local_side(spec)
     url = spec.base_url or ""
+    shown = shown_url(url)
     api_key = os.environ.get(spec.api_key_env) or "EMPTY"  # a server without --api-key accepts any
     client = openai.OpenAI(base_url=url, api_key=api_key, timeout=spec.request_timeout, max_retries=2)
     once = client.with_options(max_retries=0)
     try:
         listed = once.models.list().data
     except openai.APIConnectionError as error:
-        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {url} ({first_line(error)}; waited at "
-                             f"most {spec.request_timeout:g} s, llm_request_timeout): {START_HINT}") from None
+        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({first_line(error)}; a request "
+                             f"waits at most {spec.request_timeout:g} s, llm_request_timeout): {START_HINT}") from None
     except openai.AuthenticationError:
-        raise ModelLoadError(f"the server at {url} refused the API key (read from ${spec.api_key_env}, "
+        raise ModelLoadError(f"the server at {shown} refused the API key (read from ${spec.api_key_env}, "
                              f"{'set' if os.environ.get(spec.api_key_env) else 'not set'}): set it to the key "
                              "the server was started with, or name another variable with llm_api_key_env") from None
     except openai.APIError as error:
-        raise ModelLoadError(f"the server at {url} did not list its models (GET /models: {first_line(error)}); "
+        raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {first_line(error)}); "
                              "is it an OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
     served = choose_served_model([str(model.id) for model in listed], spec)
     owner = next((str(getattr(model, "owned_by", "") or "") for model in listed if model.id == served), "")
@@ -107,7 +116,7 @@ def connect(spec: ModelSpec) -> LoadedModel:
         limit = max_model_len if limit is None else min(limit, max_model_len)
     loaded = LoadedModel(spec, client, tokenizer, "server", 0.0, generation_config,
                          details={"max_positions": limit, "served_model": served, "label": label,
-                                  "version": version, "url": url})
+                                  "version": version, "url": shown})
     engine = ServerEngine(loaded)
     probe = engine.encode("Hello") or [0]
     try:

@@ -254,7 +254,7 @@ def describe_loaded(loaded: LoadedModel) -> str:
     spec = loaded.spec
     if spec.engine == "openai":
         return f"{spec.source.name} on the openai engine: {loaded.details.get('served_model')} served by " \
-               f"{loaded.details.get('label')} at {spec.base_url}"
+               f"{loaded.details.get('label')} at {loaded.details.get('url')}"
     if spec.engine == "vllm":
         return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.get('version')}, {loaded.device})"
     where = loaded.device if spec.device_map is None else f"device_map {spec.device_map} (inputs on {loaded.device})"
