@@ -162,3 +162,19 @@ def test_a_url_is_shown_without_its_user_name_and_password():
     assert shown_url("http://user:secret@127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
     assert shown_url("https://token@host/v1/") == "https://host/v1/"
     assert shown_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def test_a_rerecord_command_names_the_engine_the_check_ran_on_and_its_arguments_read_back():
+    import shlex
+    from pathlib import Path
+
+    from pytest_llmdet.hooks.state import LLMDetSession
+
+    pairs = (("enforce_eager", True), ("hf_overrides", {"a": 1}), ("max_model_len", 512), ("name", "a b"))
+    flags = LLMDetSession(Settings(engine="vllm", vllm_args=pairs), Path("."), Path(".")).engine_flags
+    words = shlex.split(flags)
+    assert words[:3] == ["--llm-engine", "vllm", "--llm-vllm-args"]
+    assert parse_engine_args(words[3]) == pairs
+    server = LLMDetSession(Settings(engine="openai", base_url="http://u:secret@h:1/v1"), Path("."), Path("."))
+    assert server.engine_flags == "--llm-engine openai --llm-base-url http://h:1/v1"
+    assert LLMDetSession(Settings(), Path("."), Path(".")).engine_flags == ""

@@ -5,6 +5,7 @@ tokenized locally, with every sampling field of the forced-greedy plan sent expl
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -33,6 +34,9 @@ def import_vllm() -> Any:
     except ImportError as error:
         raise ModelLoadError(f"llm_engine = vllm needs vLLM, which is not installed ({first_line(error)}): "
                              f"{INSTALL}") from None
+    # torch's structured-trace records (for tlparse, emitted while vLLM runs) would fill every failure report's
+    # captured log with empty DEBUG lines
+    logging.getLogger("torch.__trace").propagate = False
     return vllm
 
 

@@ -160,6 +160,7 @@ class TestSnapshots:
     fingerprint: Callable[[], dict[str, Any] | None]
     record: Callable[[SnapshotOutcome], None]
     compare: ComparePlan = field(default_factory=ComparePlan)
+    engine_flags: str = ""  # the engine an update must record with (--llm-engine vllm ...); empty: transformers
     record_variant: bool = False  # --llm-snapshot-variant: record for this environment, keep the default
     # the fingerprint without a local model's weights hash, which a passing check does not need (None: use the
     # full one); choosing a variant needs only the device type, dtype and compute capability
@@ -329,7 +330,7 @@ class TestSnapshots:
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
         details = details or OutcomeDetails()
-        details.update_flags = self.compare.update_flags
+        details.update_flags = " ".join(filter(None, (self.compare.update_flags, self.engine_flags)))
         outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details)
         self.outcomes.append(outcome)
         self.record(outcome)

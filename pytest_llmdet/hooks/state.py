@@ -197,7 +197,9 @@ class LLMDetSession:
         settings = self.snapshot_settings
         path = golden_path(test_path, nodeid, settings.snapshot_dir)
         compare = compare or ComparePlan(settings.compare, settings.top_k)
-        flags = compare.update_flags  # the tolerant flags too: a plain update would store no top-k candidates
+        # the tolerant flags too (a plain update would store no top-k candidates), and the engine's: an update
+        # records what the check generated
+        flags = " ".join(filter(None, (compare.update_flags, self.engine_flags)))
 
         def decoder():
             handle = llm()
@@ -215,9 +217,29 @@ class LLMDetSession:
             update_command=f'pytest --llm-snapshot-update {flags + " " if flags else ""}"{nodeid}"',
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
             environment=None if full_fingerprints else partial(fingerprint, weights=False),
-            compare=compare, record_variant=settings.variant,
+            compare=compare, engine_flags=self.engine_flags, record_variant=settings.variant,
             locks=self.snapshots.locks,
         )
+
+    @property
+    def engine_flags(self) -> str:
+        """The flags that select this run's engine, for a re-record command (empty for transformers)."""
+        import shlex
+
+        from pytest_llmdet.settings import ENGINES
+
+        s = self.settings
+        if s.engine == ENGINES[0]:
+            return ""
+        flags = ["--llm-engine", s.engine]
+        if s.engine == "vllm" and s.vllm_args:
+            flags += ["--llm-vllm-args", " ".join(f"{key}={shlex.quote(_arg_text(value))}"
+                                                 for key, value in s.vllm_args)]
+        if s.engine == "openai" and s.base_url:
+            from pytest_llmdet.engines.openai_server import shown_url
+
+            flags += ["--llm-base-url", shown_url(s.base_url)]
+        return shlex.join(flags)
 
     def finish_snapshots(self) -> None:
         if self.snapshots_on:
@@ -232,6 +254,15 @@ class LLMDetSession:
             "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
             "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
+
+
+def _arg_text(value: Any) -> str:
+    # an engine argument as llm_vllm_args reads it back (settings.parse_engine_args)
+    import json
+
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if value is not None else "none"
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
 
 
 _WORKERS = "_llmdet_workers"  # on the controller's config: what each xdist worker sent, by worker id
