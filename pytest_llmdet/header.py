@@ -50,10 +50,29 @@ def header_lines(settings: Settings, source: ModelSource | None, workers: int | 
         f"transformers {package_version('transformers', 'not installed')}",
         "llmdet: " + generation_config_line(config, settings.inherit_processors),
     ]
+    engine = engine_line(settings)
+    if engine:
+        lines.insert(1, engine)
     if workers and settings.device == "auto" and not settings.device_map:
         # Counting CUDA devices imports torch: only in this case (the workers import it anyway to load).
         lines.insert(2, worker_devices_line(workers, cuda_device_count(), os.environ.get("CUDA_VISIBLE_DEVICES")))
     return lines
+
+
+def engine_line(settings: Settings) -> str | None:
+    """The engine, when it is not transformers: what generates, and which settings then do not apply."""
+    if settings.engine == "vllm":
+        arguments = " ".join(f"{key}={value}" for key, value in settings.vllm_args)
+        return ("llmdet: engine vllm (vLLM's offline LLM in this process"
+                + (f"; llm_vllm_args {arguments}" if arguments else "") + "; llm_device does not apply)")
+    if settings.engine == "openai":
+        from pytest_llmdet.engines.openai_server import shown_url
+
+        shown = shown_url(settings.base_url or "")
+        served = f", served model {settings.served_model}" if settings.served_model else ""
+        return (f"llmdet: engine openai, the server at {shown}{served} (its dtype and device are the server's; "
+                f"API key from ${settings.api_key_env})")
+    return None
 
 
 def worker_devices_line(workers: int, cuda_devices: int, visible: str | None) -> str:

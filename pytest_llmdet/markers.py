@@ -81,7 +81,11 @@ def model_choice(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: Settin
         device = parse_device(str(kwargs.get("device", defaults.device)))
         trust = kwargs.get("trust_remote_code", defaults.trust_remote_code)
         trust = parse_bool(str(trust)) if not isinstance(trust, bool) else trust
-        engine = parse_engine(str(kwargs.get("engine", defaults.engine)))
+        engine = str(kwargs.get("engine", defaults.engine))
+        try:
+            engine = parse_engine(engine)
+        except ValueError as error:
+            raise ValueError(f"engine={engine!r}: {error}") from None
     except ValueError as error:
         raise SettingsError(f"bad argument to @pytest.mark.llm_model: {error}") from None
     return ModelChoice(args[0] if args else None, dtype, device, trust, engine)

@@ -28,7 +28,8 @@ REQUEST_TIMEOUT_DEFAULT = 60.0  # seconds a request to an OpenAI-compatible serv
 VLLM_OWNED_ARGS = {
     "model": "--llm-model / llm_model", "tokenizer": "--llm-model / llm_model (prompts are tokenized locally)",
     "dtype": "--llm-dtype / llm_dtype", "trust_remote_code": "--llm-trust-remote-code / llm_trust_remote_code",
-    "seed": "--llm-seed / llm_seed", "generation_config": "pytest-llmdet (\"vllm\": the model's defaults stay out)",
+    "seed": "pytest-llmdet (greedy needs none; a sampling call sends its own seed=)",
+    "generation_config": "pytest-llmdet (\"vllm\": the model's defaults stay out)",
     "logprobs_mode": "pytest-llmdet (processed_logprobs: margins as the transformers engine computes them)",
 }
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -184,8 +185,8 @@ def parse_engine_args(value: str) -> tuple[tuple[str, Any], ...]:
     for word in words:
         key, equals, raw = word.partition("=")
         if not equals or not _ARG_NAME_RE.match(key):
-            raise ValueError(f"{word!r} is not key=value; write pairs such as tensor_parallel_size=2 "
-                             "max_model_len=2048 enforce_eager=true")
+            raise ValueError(f"{word!r} is not key=value with a lower-case key (an argument of vllm.LLM); write "
+                             "pairs such as tensor_parallel_size=2 max_model_len=2048 enforce_eager=true")
         if key in VLLM_OWNED_ARGS:
             raise ValueError(f"{key} is set by {VLLM_OWNED_ARGS[key]}, not by the engine arguments")
         if key in pairs:
@@ -291,6 +292,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="ENGINE"),
     Option("base_url", "with --llm-engine openai: the server's OpenAI-compatible API, such as "
            "http://127.0.0.1:8000/v1", None, parse_base_url, metavar="URL"),
+    Option("served_model", "with --llm-engine openai: the name the server serves the model under (default: the "
+           "served model named like llm_model)", None, str, metavar="NAME"),
     Option("api_key_env", f"with --llm-engine openai: the environment variable that holds the API key (default "
            f"{API_KEY_ENV_DEFAULT}; the key is never written anywhere)", API_KEY_ENV_DEFAULT, parse_env_name,
            metavar="NAME"),
@@ -341,8 +344,8 @@ OPTIONS: tuple[Option, ...] = (
            f"when the tokens change: all, or a comma list of {', '.join(FACTOR_NAMES)} (default none)", (),
            parse_factors, metavar="LIST"),
 )
-MODEL_SETTINGS = ("model", "engine", "base_url", "api_key_env", "request_timeout", "vllm_args", "dtype", "device",
-                  "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
+MODEL_SETTINGS = ("model", "engine", "base_url", "served_model", "api_key_env", "request_timeout", "vllm_args",
+                  "dtype", "device", "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
                   "inherit_processors", "deterministic_algorithms")
 
 
@@ -352,6 +355,7 @@ class Settings(NamedTuple):
     model: str | None = None
     engine: str = "transformers"  # transformers, vllm or openai
     base_url: str | None = None  # the openai engine's server
+    served_model: str | None = None  # the openai engine: the served model's name, when not the model's
     api_key_env: str = API_KEY_ENV_DEFAULT
     request_timeout: float = REQUEST_TIMEOUT_DEFAULT
     vllm_args: tuple[tuple[str, Any], ...] = ()  # the vllm engine's arguments of vllm.LLM, sorted by key

@@ -93,7 +93,7 @@ def test_engine_arguments_are_typed_sorted_pairs():
     assert parse_engine_args("") == ()
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_engine_args("hf_overrides={x}")
-    with pytest.raises(ValueError, match="seed is set by --llm-seed"):
+    with pytest.raises(ValueError, match="seed is set by pytest-llmdet"):
         parse_engine_args("seed=3")
 
 
@@ -127,13 +127,21 @@ def test_a_transformers_fingerprint_is_unchanged_and_a_check_on_vllm_names_the_e
     assert "engine_arguments.enforce_eager: (absent) → True" in changes
 
 
-def test_the_served_model_is_the_only_one_or_the_one_named_like_the_model():
-    spec = ModelSpec(ModelSource("local", "/models/tiny-qwen", "models/tiny-qwen"), engine="openai",
-                     base_url="http://127.0.0.1:8000/v1")
-    assert choose_served_model(["anything"], spec) == "anything"
+def test_the_served_model_is_the_one_named_like_the_model_or_by_llm_served_model():
+    source = ModelSource("local", "/models/tiny-qwen", "models/tiny-qwen")
+    spec = ModelSpec(source, engine="openai", base_url="http://u:secret@127.0.0.1:8000/v1")
+    assert choose_served_model(["tiny-qwen"], spec) == "tiny-qwen"
     assert choose_served_model(["other", "/srv/tiny-qwen"], spec) == "/srv/tiny-qwen"
-    with pytest.raises(ModelLoadError, match=r"serves 2 models \(a, b\), and none is named like model"):
+    with pytest.raises(ModelLoadError, match=r"serves anything, and none is named like model 'models/tiny-qwen' "
+                                             r".*--llm-served-model / llm_served_model"):
+        choose_served_model(["anything"], spec)  # the only model, but another one: never taken for this one
+    with pytest.raises(ModelLoadError, match=r"serves a, b, and none"):
         choose_served_model(["a", "b"], spec)
+    named = ModelSpec(source, engine="openai", base_url="http://127.0.0.1:8000/v1", served_model="prod-qwen")
+    assert choose_served_model(["prod-qwen", "other"], named) == "prod-qwen"
+    with pytest.raises(ModelLoadError, match="does not serve llm_served_model = 'prod-qwen'; it serves: a"):
+        choose_served_model(["a"], named)
+    assert "secret" not in repr(spec)
 
 
 def test_an_engines_reason_is_the_innermost_cause_in_one_line():

@@ -75,7 +75,7 @@ def test_every_option_comes_from_one_table_with_names_that_match():
         "llm_model", "llm_dtype", "llm_device", "llm_device_map", "llm_seed", "llm_max_new_tokens",
         "llm_trust_remote_code",
         "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
-        "llm_determinism_runs", "llm_factors", "llm_engine", "llm_base_url", "llm_api_key_env",
+        "llm_determinism_runs", "llm_factors", "llm_engine", "llm_base_url", "llm_served_model", "llm_api_key_env",
         "llm_request_timeout", "llm_vllm_args",
     }
     assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}

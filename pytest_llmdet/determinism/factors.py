@@ -109,7 +109,7 @@ class EngineFactor(Factor):
         reasons = [llm.engine.cannot_vary(variation) for variation in self.variations(llm)]
         if any(reason is None for reason in reasons):
             return None
-        return "; ".join(r for r in reasons if r) or "nothing to change"
+        return "; ".join(r for r in reasons if r) or llm.engine.cannot_vary(Variation()) or "nothing to change"
 
     def regenerate(self, llm: LLM, call: Generation) -> list[Regeneration]:
         return [r for _, r in self.regenerate_calls(llm, [(0, call)])]

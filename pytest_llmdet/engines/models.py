@@ -49,7 +49,8 @@ class ModelSpec:
     device_map: str | None = None  # accelerate's device map (auto, balanced, ...): `device` is then not used
     engine: str = "transformers"  # what generates: transformers, vllm or openai (engines/registry.py)
     engine_args: tuple[tuple[str, Any], ...] = ()  # vllm: arguments of vllm.LLM, sorted by key
-    base_url: str | None = None  # openai: the server's OpenAI-compatible API
+    base_url: str | None = field(default=None, repr=False)  # openai: the server's API (it may hold a password)
+    served_model: str | None = None  # openai: the served model's name, when the server does not name it like ours
     api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable of the key (never the key itself)
     request_timeout: float = 60.0  # openai: seconds a request may take
 

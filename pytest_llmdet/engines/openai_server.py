@@ -24,6 +24,7 @@ TOKEN_ID_PREFIX = "token_id:"  # how return_tokens_as_token_ids spells a token
 START_HINT = ("start the server (for vLLM: python -m vllm.entrypoints.openai.api_server --model DIR --host "
               "127.0.0.1 --port 8000), or point --llm-base-url / llm_base_url at it")
 # Request fields that are not in the OpenAI API but that vLLM's server takes (and SGLang's), sent as extra body.
+RETRIES = 1  # the openai client's retries of a failed request (of a timeout too): at most twice the timeout
 _EXTRA_FIELDS = ("top_k", "min_p", "repetition_penalty", "min_tokens", "stop_token_ids", "ignore_eos")
 
 
@@ -51,14 +52,15 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def server_version(url: str, api_key: str, timeout: float) -> str | None:
+def server_version(client: Any, timeout: float) -> str | None:
     """What the server's /version says (vLLM: {"version": "0.32.0"}), or None when it has no such endpoint.
     The standard library's client: the version is one GET, and openai's own HTTP library differs by release."""
     import json
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(_root(url) + "/version", headers={"Authorization": f"Bearer {api_key}"})
+    root = _root(shown_url(str(client.base_url).rstrip("/")))
+    request = urllib.request.Request(root + "/version", headers={"Authorization": "Bearer " + client.api_key})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             data = json.loads(response.read(1 << 16))
@@ -69,34 +71,56 @@ def server_version(url: str, api_key: str, timeout: float) -> str | None:
 
 
 def choose_served_model(served: list[str], spec: ModelSpec) -> str:
-    """The served model for `spec`: the only one, or the one named like the model (as written, its folder, or
-    the folder's name); ModelLoadError listing them otherwise."""
-    if len(served) == 1:
-        return served[0]
+    """The served model for `spec`: the one `llm_served_model` names, else the one named like the model (as
+    written, its folder, or the folder's name); ModelLoadError listing what is served otherwise. A server that
+    serves another model under the only name it has is not taken for this one: its tokens would be recorded
+    or compared as this model's."""
+    url = shown_url(spec.base_url or "")
+    listed = ", ".join(served) if served else "none"
+    if spec.served_model is not None:
+        if spec.served_model in served:
+            return spec.served_model
+        raise ModelLoadError(f"the server at {url} does not serve llm_served_model = {spec.served_model!r}; "
+                             f"it serves: {listed}")
     source = spec.source
     wanted = {source.name, source.location, os.path.basename(source.location.rstrip("/"))}
     matches = [name for name in served if name in wanted or os.path.basename(name.rstrip("/")) in wanted]
     if len(matches) == 1:
         return matches[0]
-    listed = ", ".join(served) if served else "none"
-    raise ModelLoadError(f"the server at {shown_url(spec.base_url or '')} serves {len(served)} models ({listed}), "
-                         f"and none is named like model {source.name!r}; serve one model, or name the model as "
-                         "the server does (--llm-model / @pytest.mark.llm_model)")
+    raise ModelLoadError(
+        f"the server at {url} serves {listed}, and {'none' if not matches else 'more than one'} is named like "
+        f"model {source.name!r} (its name, folder or folder name); if the server runs this model under another "
+        "name, name it with --llm-served-model / llm_served_model")
+
+
+def api_reason(error: Exception) -> str:
+    """What the server said, in one line: its status and its error message (vLLM: "logprobs 30 > max allowed
+    20"), or, without a response, the innermost cause."""
+    status = getattr(error, "status_code", None)
+    body = getattr(error, "body", None)
+    message = body.get("message") if isinstance(body, dict) else None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message", message)
+    if status is not None:
+        text = str(message if message is not None else getattr(error, "message", "") or "").strip()
+        return f"HTTP {status}" + (f": {(text.splitlines() or [''])[0]}" if text else "")
+    return first_line(error)
 
 
 def connect(spec: ModelSpec) -> LoadedModel:
     """Reach the server at `spec.base_url` once (bounded by the request timeout, no retry), learn what it
-    serves and its version, and check with a one-token request that it returns token IDs."""
+    serves and its version, and check with a one-token request that it answers with token IDs and log-probs.
+    Every failure is a ModelLoadError, which the model pool remembers: the tests that need the server error
+    with it, and the server is not asked again."""
     started = time.perf_counter()
     openai = import_openai()
     tokenizer, generation_config, limit = load_local_side(spec)
-    url = spec.base_url or ""
-    shown = shown_url(url)
-    api_key = os.environ.get(spec.api_key_env) or "EMPTY"  # a server without --api-key accepts any
-    client = openai.OpenAI(base_url=url, api_key=api_key, timeout=spec.request_timeout, max_retries=2)
-    once = client.with_options(max_retries=0)
+    shown = shown_url(spec.base_url or "")
+    # No local variable holds the key or the URL's password: a traceback with -l shows frame locals.
+    client = openai.OpenAI(base_url=spec.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY",
+                           timeout=spec.request_timeout, max_retries=RETRIES)  # no key: a server without --api-key
     try:
-        listed = once.models.list().data
+        listed = client.with_options(max_retries=0).models.list().data
     except openai.APIConnectionError as error:
         raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({first_line(error)}; a request "
                              f"waits at most {spec.request_timeout:g} s, llm_request_timeout): {START_HINT}") from None
@@ -104,12 +128,13 @@ def connect(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"the server at {shown} refused the API key (read from ${spec.api_key_env}, "
                              f"{'set' if os.environ.get(spec.api_key_env) else 'not set'}): set it to the key "
                              "the server was started with, or name another variable with llm_api_key_env") from None
-    except openai.APIError as error:
-        raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {first_line(error)}); "
-                             "is it an OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
-    served = choose_served_model([str(model.id) for model in listed], spec)
+    except Exception as error:  # noqa: BLE001 - an API error, or an answer that is not a model list
+        reason = api_reason(error) if isinstance(error, openai.APIError) else first_line(error)
+        raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {reason}); is it an "
+                             "OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
+    served = choose_served_model([str(getattr(model, "id", "")) for model in listed], spec)
     owner = next((str(getattr(model, "owned_by", "") or "") for model in listed if model.id == served), "")
-    version = server_version(url, api_key, spec.request_timeout)
+    version = server_version(client, spec.request_timeout)
     label = " ".join(part for part in (owner or "server", version) if part)
     max_model_len = next((getattr(model, "max_model_len", None) for model in listed if model.id == served), None)
     if isinstance(max_model_len, int):
@@ -118,9 +143,9 @@ def connect(spec: ModelSpec) -> LoadedModel:
                          details={"max_positions": limit, "served_model": served, "label": label,
                                   "version": version, "url": shown})
     engine = ServerEngine(loaded)
-    probe = engine.encode("Hello") or [0]
+    probe = engine.encode("Hello")[:8] or [0]
     try:
-        engine.complete(probe[:8], {"max_tokens": 1, "temperature": 0.0, "logprobs": 2}, top_k=0)
+        engine.complete(probe, {"max_tokens": 1, "temperature": 0.0, "logprobs": 2}, top_k=0)
     except EngineError as error:
         raise ModelLoadError(str(error)) from None
     loaded.load_seconds = time.perf_counter() - started
@@ -158,9 +183,14 @@ class ServerEngine(RemoteEngine):
 
     def complete(self, prompt_ids: list[int], fields: dict[str, Any], top_k: int
                  ) -> tuple[list[int], list[dict[int, float]]]:
-        """One /completions request: the new token IDs and, per step, the log-probs of the top candidates."""
+        """One /completions request: the new token IDs and, per step, the log-probs of at least
+        `fields["logprobs"]` candidates. A server that stopped answering is remembered: later calls fail at once."""
         import openai
 
+        details = self.loaded.details
+        if details.get("gone"):
+            raise EngineError(f"{self.server} stopped answering earlier in this session ({details['gone']}); "
+                              "it is not asked again")
         extra = {name: fields[name] for name in _EXTRA_FIELDS if name in fields}
         extra.update(return_token_ids=True, return_tokens_as_token_ids=True)
         standard = {name: fields[name] for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty",
@@ -169,13 +199,26 @@ class ServerEngine(RemoteEngine):
             response = self.model.completions.create(
                 model=self.served_model, prompt=prompt_ids, max_tokens=fields["max_tokens"], n=1, echo=False,
                 stream=False, logprobs=fields["logprobs"], extra_body=extra, **standard)
-        except openai.APIConnectionError as error:
-            raise EngineError(f"{self.server} did not answer ({first_line(error)}); is it still running?") from None
+        except openai.APIConnectionError as error:  # a timeout too
+            details["gone"] = first_line(error)
+            raise EngineError(f"{self.server} did not answer ({first_line(error)}; a request waits at most "
+                              f"{self.spec.request_timeout:g} s, llm_request_timeout, and is retried {RETRIES} "
+                              "time); is it still running?") from None
         except openai.APIError as error:
-            raise EngineError(f"{self.server} refused the request: {first_line(error)}") from None
-        return self._parse(response, prompt_ids)
+            raise EngineError(f"{self.server} refused the request: {api_reason(error)}") from None
+        except Exception as error:  # noqa: BLE001 - an answer the client cannot read (not JSON, say)
+            raise EngineError(f"{self.server} answered with something that is not a completion: "
+                              f"{first_line(error)}") from None
+        try:
+            return self._parse(response, prompt_ids, fields["logprobs"])
+        except EngineError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a completion of another shape
+            raise EngineError(f"{self.server} answered with a completion pytest-llmdet cannot read "
+                              f"({first_line(error)}); it needs choices[0] with token_ids and logprobs "
+                              "(tokens, token_logprobs, top_logprobs)") from None
 
-    def _parse(self, response: Any, prompt_ids: list[int]) -> tuple[list[int], list[dict[int, float]]]:
+    def _parse(self, response: Any, prompt_ids: list[int], wanted: int) -> tuple[list[int], list[dict[int, float]]]:
         choice = response.choices[0]
         extra = getattr(choice, "model_extra", None) or {}
         token_ids = extra.get("token_ids", getattr(choice, "token_ids", None))
@@ -192,11 +235,14 @@ class ServerEngine(RemoteEngine):
         logprobs = choice.logprobs
         top = getattr(logprobs, "top_logprobs", None)
         chosen = getattr(logprobs, "token_logprobs", None)
-        if not isinstance(top, list) or not isinstance(chosen, list) or len(top) != len(token_ids):
-            raise EngineError(f"{self.server} returned no log-probs for every token (the request asked for "
-                              "logprobs); the margins need them")
+        if not isinstance(top, list) or not isinstance(chosen, list):
+            raise EngineError(f"{self.server} returned no log-probs (the request asked for logprobs: {wanted}); "
+                              "the margins need them")
+        if not len(top) == len(chosen) == len(token_ids):
+            raise EngineError(f"{self.server} returned {len(token_ids)} token IDs but log-probs for {len(chosen)} "
+                              f"steps and top log-probs for {len(top)}; they must be one per token")
         steps = []
-        for token, candidates, logprob in zip(token_ids, top, chosen, strict=True):
+        for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True)):
             step: dict[int, float] = {}
             for key, value in (candidates or {}).items():
                 if not str(key).startswith(TOKEN_ID_PREFIX):
@@ -206,6 +252,12 @@ class ServerEngine(RemoteEngine):
                 step[int(str(key)[len(TOKEN_ID_PREFIX):])] = float(value)
             if logprob is not None:
                 step.setdefault(int(token), float(logprob))
+            if any(value != value for value in step.values()):  # NaN
+                raise EngineError(f"{self.server} returned a log-prob that is not a number (NaN) at step {index}")
+            if len(step) < min(wanted, self.vocabulary_size):
+                raise EngineError(f"{self.server} returned {len(step)} log-prob(s) at step {index}, and "
+                                  f"pytest-llmdet asked for {wanted}: the margins (and a tolerant comparison's "
+                                  "top-k) need them all")
             steps.append(step)
         return [int(token) for token in token_ids], steps
 

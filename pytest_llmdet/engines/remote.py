@@ -105,6 +105,10 @@ class RemoteEngine:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     @property
+    def vocabulary_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
     def tokenizer_eos(self) -> int | None:
         eos = getattr(self.tokenizer, "eos_token_id", None)
         return eos if isinstance(eos, int) else None
@@ -118,8 +122,8 @@ class RemoteEngine:
         return ()
 
     def cannot_vary(self, variation: Variation) -> str | None:
-        return (f"a factor of the transformers engine; this test runs on the {self.kind} engine (its batch factor "
-                "applies)")
+        return (f"a factor of the transformers engine; this test runs on the {self.kind} engine (the batch factor "
+                "applies there)")
 
     @contextlib.contextmanager
     def varied(self, variation: Variation) -> Iterator[None]:

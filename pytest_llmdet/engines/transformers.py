@@ -152,6 +152,9 @@ class TransformersEngine:
                 return (f"this session already runs {base.threads} torch thread{'s' * (base.threads != 1)} "
                         f"(llm_threads or torch's default), so there is nothing to compare {variation.threads} "
                         "with; set --llm-threads to the count the other machine uses")
+            if not _thread_count_settable(variation.threads):
+                return (f"torch's thread count cannot be changed in this process (it stays {base.threads}: vLLM, "
+                        "loaded in this session, pins it), so the variation would change nothing")
         if variation.dtype is not None and base.dtype == variation.dtype:
             return f"the model is loaded in {base.dtype} already; load it in float32 to measure this sensitivity"
         if variation.cache_implementation is not None and not self._supports_cache_objects():
@@ -235,6 +238,18 @@ def _weights_cast(model: Any, dtype: Any) -> Iterator[None]:
     finally:
         for parameter, data in originals:
             parameter.data = data
+
+
+def _thread_count_settable(threads: int) -> bool:
+    # vLLM's CPU worker replaces torch.set_num_threads with a no-op in the process that loads it
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        return torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _compute_capability(device: str) -> str | None:

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
 from pytest_llmdet.engines.remote import RemoteEngine, first_line, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
@@ -51,8 +51,9 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
                           logprobs_mode="processed_logprobs", **arguments)
     except Exception as error:  # noqa: BLE001 - vLLM says why in many ways; its reason, in one line
+        given = f" with llm_vllm_args {' '.join(f'{k}={v}' for k, v in arguments.items())}" if arguments else ""
         raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
-                             f"({spec.source.location}): {first_line(error)}") from error
+                             f"({spec.source.location}){given}: {first_line(error)}") from error
     try:  # the first generate warms vLLM up, and is where its kernels refuse a model (CPU attention: head_dim 16)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -68,11 +69,13 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     if isinstance(model_length, int):
         limit = model_length if limit is None else min(limit, model_length)
     dtype = str(getattr(model_config, "dtype", spec.dtype)).removeprefix("torch.")
+    max_logprobs = getattr(model_config, "max_logprobs", None)
     from vllm.platforms import current_platform
 
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
                        generation_config, details={"max_positions": limit, "version": vllm.__version__,
-                                                   "arguments": dict(arguments), "dtype": dtype})
+                                                   "arguments": dict(arguments), "dtype": dtype,
+                                                   "max_logprobs": max_logprobs})
 
 
 class VLLMEngine(RemoteEngine):
@@ -87,9 +90,15 @@ class VLLMEngine(RemoteEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        wanted = max(2, top_k)
+        allowed = self.loaded.details.get("max_logprobs")
+        if isinstance(allowed, int) and 0 <= allowed < wanted:
+            raise GenerationArgumentError(
+                f"--llm-top-k {top_k} needs {wanted} log-probs per step, and vLLM returns at most max_logprobs = "
+                f"{allowed}: set --llm-vllm-args max_logprobs={wanted} (or a smaller --llm-top-k)")
         params = []
         for row in rows:
-            fields = sampling_fields(plan, self.kind, len(row), max(2, top_k), self.tokenizer_eos)
+            fields = sampling_fields(plan, self.kind, len(row), wanted, self.tokenizer_eos)
             params.append(SamplingParams(**fields, detokenize=False))
         outputs = self.model.generate([TokensPrompt(prompt_token_ids=list(row)) for row in rows], params,
                                       use_tqdm=False)

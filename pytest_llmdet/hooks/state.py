@@ -108,7 +108,8 @@ class LLMDetSession:
             if s.base_url is None:
                 raise SettingsError("the openai engine needs the server's URL: set --llm-base-url or "
                                     "llm_base_url, such as http://127.0.0.1:8000/v1")
-            return {"engine": engine, "base_url": s.base_url, "api_key_env": s.api_key_env,
+            return {"engine": engine, "base_url": s.base_url, "served_model": s.served_model,
+                    "api_key_env": s.api_key_env,
                     "request_timeout": s.request_timeout, "device_map": None}
         return {}
 
@@ -226,7 +227,7 @@ class LLMDetSession:
         """The flags that select this run's engine, for a re-record command (empty for transformers)."""
         import shlex
 
-        from pytest_llmdet.settings import ENGINES
+        from pytest_llmdet.settings import API_KEY_ENV_DEFAULT, ENGINES
 
         s = self.settings
         if s.engine == ENGINES[0]:
@@ -239,6 +240,10 @@ class LLMDetSession:
             from pytest_llmdet.engines.openai_server import shown_url
 
             flags += ["--llm-base-url", shown_url(s.base_url)]
+            if s.served_model is not None:
+                flags += ["--llm-served-model", s.served_model]
+            if s.api_key_env != API_KEY_ENV_DEFAULT:
+                flags += ["--llm-api-key-env", s.api_key_env]
         return shlex.join(flags)
 
     def finish_snapshots(self) -> None:

