@@ -9,7 +9,9 @@ greedily with a real transformers model (the embedded one by default).
 
 Misbehaviours: `token_ids=False` leaves `token_ids` and `prompt_token_ids` out of each choice (an older
 server); `perturb=True` adds a large bias to one token's logits, so the tokens differ from the transformers
-engine's on any hardware; `version=None` serves no /version (404)."""
+engine's on any hardware; `version=None` serves no /version (404); `served_name` serves the model under another
+name; `hang=True` never answers a completion after the first (the connection probe) until the stub stops;
+`few_candidates=True` returns only the chosen token's log-prob at each step, whatever `logprobs` asks for."""
 
 from __future__ import annotations
 
@@ -61,8 +63,13 @@ class OpenAIStub:
     """The server; see the module docstring."""
 
     def __init__(self, model_dir: Path | str = EMBEDDED_MODEL_DIR, *, token_ids: bool = True, perturb: bool = False,
-                 version: str | None = VERSION) -> None:
+                 version: str | None = VERSION, served_name: str | None = None, hang: bool = False,
+                 few_candidates: bool = False) -> None:
         self.model_dir = str(model_dir)
+        self.served_name = served_name or self.model_dir
+        self.hang = hang
+        self.few_candidates = few_candidates
+        self._stopped = threading.Event()
         self.token_ids = token_ids
         self.perturb = perturb
         self.version = version
@@ -91,6 +98,7 @@ class OpenAIStub:
         return self
 
     def stop(self) -> None:
+        self._stopped.set()  # a hanging request ends
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -116,7 +124,7 @@ class OpenAIStub:
             return 200, {"version": self.version}
         if (method, path) == ("GET", "/v1/models"):
             return 200, {"object": "list", "data": [{
-                "id": self.model_dir, "object": "model", "created": 1796165919, "owned_by": "vllm",
+                "id": self.served_name, "object": "model", "created": 1796165919, "owned_by": "vllm",
                 "root": self.model_dir, "parent": None, "max_model_len": MAX_MODEL_LEN}]}
         if (method, path) == ("POST", "/v1/completions"):
             return self.complete(body)
@@ -126,7 +134,9 @@ class OpenAIStub:
         import torch
         from transformers import LogitsProcessorList
 
-        if body.get("model") != self.model_dir:
+        if self.hang and len(self.completions()) > 1:
+            self._stopped.wait()  # never answers while the stub runs: the client's timeout ends the request
+        if body.get("model") != self.served_name:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         prompt = body.get("prompt")
         if not isinstance(prompt, list) or not all(isinstance(token, int) for token in prompt):
@@ -154,7 +164,7 @@ class OpenAIStub:
                 values, ids = torch.topk(step, k=max(k, 1))
                 candidates = {f"{PREFIX}{i}": v for i, v in zip(ids.tolist(), values.tolist(), strict=True)}
                 candidates.setdefault(f"{PREFIX}{token}", step[token].item())
-                top.append(candidates if k else {f"{PREFIX}{token}": step[token].item()})
+                top.append(candidates if k and not self.few_candidates else {f"{PREFIX}{token}": step[token].item()})
             pieces = [self.tokenizer.decode([token]) for token in new]
             logprobs = {"text_offset": [sum(len(p) for p in pieces[:i]) for i in range(len(new))],
                         "token_logprobs": [step[token].item() for token, step in zip(new, steps, strict=True)],

@@ -296,3 +296,42 @@ def test_the_vllm_engine_without_vllm_names_the_extra(pytester):
     for line in messages:
         assert line.startswith("pytest-llmdet: llm_engine = vllm needs vLLM, which is not installed"), line
         assert "pip install 'pytest-llmdet[vllm]'" in line
+
+
+# Found by a hostile review --------------------------------------------------------------------------------
+
+def test_a_server_serving_another_model_is_refused_unless_llm_served_model_names_it(pytester, start_stub):
+    stub = start_stub(served_name="prod-model")
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest(*on_openai(stub.url))
+    result.assert_outcomes(errors=2)
+    messages = error_messages(result)
+    assert all(f"the server at {stub.url} serves prod-model, and none is named like model" in line
+               and "--llm-served-model / llm_served_model" in line for line in messages), messages
+    assert not stub.completions()  # nothing generated under another model's name
+    result = pytester.runpytest(*on_openai(stub.url), "--llm-served-model", "prod-model")
+    result.assert_outcomes(passed=2)
+    assert {body["model"] for body in stub.completions()} == {"prod-model"}
+
+
+def test_a_server_that_stops_answering_is_waited_for_once_and_then_remembered(pytester, start_stub):
+    stub = start_stub(hang=True)
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest(*on_openai(stub.url), "--llm-request-timeout", "0.5")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert f"the vllm {VERSION} server at {stub.url} did not answer (" in out
+    assert "a request waits at most 0.5 s, llm_request_timeout, and is retried 1 time" in out
+    assert "stopped answering earlier in this session" in out  # the second test is not made to wait again
+    assert len(stub.completions()) == 3  # the probe, then the first test's request and its one retry
+
+
+def test_a_server_that_returns_fewer_log_probs_than_asked_is_an_error_not_infinite_margins(pytester, start_stub):
+    stub = start_stub(few_candidates=True)
+    pytester.makepyfile(test_oa_two=TWO_TESTS)
+    result = pytester.runpytest(*on_openai(stub.url))
+    result.assert_outcomes(errors=2)
+    messages = error_messages(result)
+    assert all(f"server at {stub.url} returned 1 log-prob(s) at step 0, and pytest-llmdet asked for 2" in line
+               for line in messages), messages
+    assert len(stub.completions()) == 1  # found by the connection probe, remembered
