@@ -186,3 +186,24 @@ def test_a_rerecord_command_names_the_engine_the_check_ran_on_and_its_arguments_
     server = LLMDetSession(Settings(engine="openai", base_url="http://u:secret@h:1/v1"), Path("."), Path("."))
     assert server.engine_flags == "--llm-engine openai --llm-base-url http://h:1/v1"
     assert LLMDetSession(Settings(), Path("."), Path(".")).engine_flags == ""
+
+
+def test_the_header_names_the_engine_and_what_does_not_apply_there():
+    from pytest_llmdet.header import engine_line
+
+    assert engine_line(Settings()) is None
+    assert engine_line(Settings(engine="vllm", vllm_args=(("enforce_eager", True),))) == (
+        "llmdet: engine vllm (vLLM's offline LLM in this process; llm_vllm_args enforce_eager=True; llm_device "
+        "does not apply)")
+    line = engine_line(Settings(engine="openai", base_url="http://u:secret@h:1/v1", api_key_env="MY_KEY"))
+    assert line == ("llmdet: engine openai, the server at http://h:1/v1 (its dtype and device are the server's; "
+                    "API key from $MY_KEY)")
+
+
+def test_the_threads_factor_does_not_apply_where_torchs_thread_count_is_pinned(monkeypatch):
+    import torch
+
+    from pytest_llmdet.engines import transformers as engine_module
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda count: None)  # what vLLM's CPU worker does in-process
+    assert engine_module._thread_count_settable(torch.get_num_threads() + 1) is False
