@@ -19,7 +19,8 @@ DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
 FACTOR_NAMES = ("batch", "cache", "static-cache", "attention", "threads", "dtype")
 # Factors of an engine pytest-llmdet does not have yet: named, so that asking for one says why it is refused.
 FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
-                                  "first), which pytest-llmdet does not have yet"}
+                                  "first) that is not built yet (with --llm-engine vllm, re-runs read vLLM's prefix "
+                                  "cache as it is configured)"}
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
 ENGINES = ("transformers", "vllm", "openai")  # what generates: engines/transformers.py, vllm.py, openai_server.py
 API_KEY_ENV_DEFAULT = "OPENAI_API_KEY"

@@ -316,8 +316,9 @@ def test_bad_factor_names_are_usage_errors_that_name_the_allowed_ones(pytester):
     result = pytester.runpytest("--llm-factors", "cache,prefix-cache")
     result.stderr.fnmatch_lines([
         "*bad value 'cache,prefix-cache' for --llm-factors; prefix-cache is a factor of the vLLM engine (a prefix "
-        "cache warmed by a shared prefix first), which pytest-llmdet does not have yet; allowed values: all, or a "
-        "comma list of batch, cache, static-cache, attention, threads, dtype",
+        "cache warmed by a shared prefix first) that is not built yet (with --llm-engine vllm, re-runs read vLLM's "
+        "prefix cache as it is configured); allowed values: all, or a comma list of batch, cache, static-cache, "
+        "attention, threads, dtype",
     ])
     pytester.makeini("[pytest]\nllm_factors = thread\n")
     result = pytester.runpytest()

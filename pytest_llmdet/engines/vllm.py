@@ -51,9 +51,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
                           logprobs_mode="processed_logprobs", **arguments)
     except Exception as error:  # noqa: BLE001 - vLLM says why in many ways; its reason, in one line
-        given = f" with llm_vllm_args {' '.join(f'{k}={v}' for k, v in arguments.items())}" if arguments else ""
-        raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
-                             f"({spec.source.location}){given}: {first_line(error)}") from error
+        raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
     try:  # the first generate warms vLLM up, and is where its kernels refuse a model (CPU attention: head_dim 16)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -62,8 +60,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
         engine.generate([TokensPrompt(prompt_token_ids=probe)], SamplingParams(max_tokens=1, temperature=0.0),
                         use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
-        raise ModelLoadError(f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} "
-                             f"({spec.source.location}): {first_line(error)}") from error
+        raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
     model_config = getattr(getattr(engine, "llm_engine", None), "model_config", None)
     model_length = getattr(model_config, "max_model_len", None)
     if isinstance(model_length, int):
@@ -76,6 +73,13 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                        generation_config, details={"max_positions": limit, "version": vllm.__version__,
                                                    "arguments": dict(arguments), "dtype": dtype,
                                                    "max_logprobs": max_logprobs})
+
+
+def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
+    arguments = " ".join(f"{key}={value}" for key, value in spec.engine_args)
+    given = f" with llm_vllm_args {arguments}" if arguments else ""
+    return (f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} ({spec.source.location}){given}: "
+            f"{first_line(error)}")
 
 
 class VLLMEngine(RemoteEngine):
