@@ -3,7 +3,11 @@ the modules it calls.
 
 pytest imports this module in every run of every project where the plugin is installed, so it imports only
 the settings: torch, transformers and filelock, and the model, golden-file and report code too, are imported
-inside the fixtures and hooks that need them (benchmarks/bench_import.py measures what is left)."""
+inside the fixtures and hooks that need them (benchmarks/bench_import.py measures what is left).
+
+pytest loads this module itself, through its assertion-rewriting import hook; it holds no assert, and with
+PYTEST_DONT_REWRITE pytest does not walk its syntax tree for asserts either, which it would do on every run
+where it cannot cache the result (PYTHONDONTWRITEBYTECODE=1)."""
 
 from __future__ import annotations
 
@@ -25,8 +29,7 @@ def _without_assertion_rewriting() -> Iterator[None]:
     with `marshal.load` on an open file, which makes a Python call for every few bytes of the code: more than
     ten times the instructions of a normal import, about 15 million for these modules (a third of what the
     plugin added to a `pytest --co` run). They hold no assert statement (tests/test_layout.py checks it), so
-    rewriting them changes nothing; the modules imported later, when a test needs them, are still rewritten,
-    and so are this module and hooks/determinism.py, which pytest itself imports."""
+    rewriting them changes nothing; the modules imported later, when a test needs them, are still rewritten."""
     hooks = [(i, finder) for i, finder in enumerate(sys.meta_path)
              if type(finder).__name__ == "AssertionRewritingHook"]
     for _, finder in reversed(hooks):
@@ -40,6 +43,7 @@ def _without_assertion_rewriting() -> Iterator[None]:
 
 with _without_assertion_rewriting():
     from pytest_llmdet.engines.seeding import prepare_cuda_environment
+    from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
     from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY
     from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession, add_worker_data, workers_data
     from pytest_llmdet.markers import MARKERS

@@ -449,7 +449,8 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
         def pytest_sessionfinish(session):
             import pytest_llmdet.golden.compare  # imported when a test compares a golden file (it asserts)
 
-            names = ("pytest_llmdet.settings", "pytest_llmdet.hooks.state", "pytest_llmdet.golden.compare")
+            names = ("pytest_llmdet.settings", "pytest_llmdet.hooks.state", "pytest_llmdet.hooks.determinism",
+                     "pytest_llmdet.golden.compare")
             print("\\nloaders:", " ".join(f"{n}={type(sys.modules[n].__loader__).__name__}" for n in names))
         """
     )
@@ -458,7 +459,7 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
         "loaders: pytest_llmdet.settings=SourceFileLoader pytest_llmdet.hooks.state=SourceFileLoader "
-        "pytest_llmdet.golden.compare=AssertionRewritingHook",
+        "pytest_llmdet.hooks.determinism=SourceFileLoader pytest_llmdet.golden.compare=AssertionRewritingHook",
     ])
     assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
 
