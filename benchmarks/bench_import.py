@@ -160,10 +160,11 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         counts = instruction_counts({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite)
         probes = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite)},
                              max(repeats // 2, 3), warmup=1)["probe"]
-        # No bytecode cache: an empty cache folder that is never written to. This is a run under
-        # PYTHONDONTWRITEBYTECODE=1 (set in many CI images) with the plugin installed from a wheel: pip compiled
-        # the plugin's modules, but pytest rewrites the asserts of every module of an installed plugin and can
-        # cache the result only where it may write bytecode, so it compiles each module the run imports.
+        # No bytecode cache: an empty cache folder that is never written to, so every startup module is compiled
+        # from its source (the probe imports them before pytest starts, without its rewriting hook). An upper
+        # bound for a run under PYTHONDONTWRITEBYTECODE=1 (set in many CI images) with the plugin installed from
+        # a wheel: there pytest, which cannot cache what it rewrites, compiles plugin.py and the package's
+        # __init__ on every run, and the other startup modules load from pip's bytecode past its rewriting.
         uncached = child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(work / "empty-pycache"))
         cold = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite, env=uncached)},
                            max(repeats // 2, 3), warmup=0)["probe"]
@@ -217,8 +218,9 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         f"in-process: import {seconds(import_seconds)} + registration {seconds(register_seconds)} + hooks "
         f"{seconds(hook_seconds)} = "
         f"{seconds(in_process)}; heavy modules the import pulled in: {', '.join(heavy)}",
-        f"no bytecode cache (PYTHONDONTWRITEBYTECODE=1 with the plugin installed from a wheel, where pytest "
-        f"compiles its modules on every run): import {seconds(cold_import_seconds)}, and so "
+        f"no bytecode cache (every startup module compiled from source: an upper bound for "
+        f"PYTHONDONTWRITEBYTECODE=1, where pytest compiles two of them on every run): import "
+        f"{seconds(cold_import_seconds)}, and so "
         f"{seconds(in_process - import_seconds + cold_import_seconds)} in all",
         f"{tests} trivial tests in {(tests + 49) // 50} modules; whole-process wall time of `pytest --co -q`; "
         "every other installed plugin loads in both",

@@ -27,6 +27,13 @@ LAYERS = {
 }
 
 
+# The modules every pytest run imports (tests/test_llm_fixture.py checks that no other is imported there). plugin.py
+# imports them past pytest's assertion-rewriting import hook, which would only slow their loading down.
+STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engines.seeding", "pytest_llmdet.hooks",
+                   "pytest_llmdet.hooks.determinism", "pytest_llmdet.hooks.keys", "pytest_llmdet.hooks.state",
+                   "pytest_llmdet.markers", "pytest_llmdet.plugin", "pytest_llmdet.settings")
+
+
 def layer_of(module: str) -> str:
     parts = module.split(".")[1:]
     if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "__init__"):
@@ -101,6 +108,14 @@ def test_no_private_name_is_imported_across_modules():
                 private += [f"{name} imports {node.module}.{a.name}" for a in node.names
                             if a.name.startswith("_") and not a.name.startswith("__")]
     assert private == []
+
+
+def test_the_startup_modules_hold_no_assert_statement():
+    # pytest's assertion rewriting would change nothing in them: so plugin.py may import them without it.
+    asserts = [f"{name}:{node.lineno}" for name in STARTUP_MODULES
+               for node in ast.walk(ast.parse(modules()[name].read_text(encoding="utf-8")))
+               if isinstance(node, ast.Assert)]
+    assert asserts == []
 
 
 @pytest.mark.parametrize("module", sorted(m for m in modules() if not m.endswith("__main__")))

@@ -425,6 +425,45 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
     ])
 
 
+def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_are_rewritten(pytester, monkeypatch,
+                                                                                              tmp_path):
+    # As installed from a wheel: pytest marks every module of a plugin's distribution for assertion rewriting
+    # and would load each startup module from its own bytecode cache, which costs about 20 times the normal
+    # import (benchmarks/bench_import.py). A distribution that lists the package, first on the path, is that.
+    import os
+
+    import pytest_llmdet
+
+    info = tmp_path / "dists" / "pytest_llmdet-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-llmdet\nVersion: 0.1.0\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[pytest11]\nllmdet = pytest_llmdet.plugin\n", encoding="utf-8")
+    (info / "RECORD").write_text("pytest_llmdet/__init__.py,,\npytest_llmdet/plugin.py,,\n", encoding="utf-8")
+    root = Path(pytest_llmdet.__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(info.parent), str(root),
+                                                                   os.environ.get("PYTHONPATH")])))
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_sessionfinish(session):
+            import pytest_llmdet.golden.compare  # imported when a test compares a golden file (it asserts)
+
+            names = ("pytest_llmdet.settings", "pytest_llmdet.hooks.state", "pytest_llmdet.hooks.determinism",
+                     "pytest_llmdet.golden.compare")
+            print("\\nloaders:", " ".join(f"{n}={type(sys.modules[n].__loader__).__name__}" for n in names))
+        """
+    )
+    pytester.makepyfile("def test_plain(): assert 1 + 1 == 2")
+    result = pytester.runpytest_subprocess("-q", "-s", "-W", "error::pytest.PytestAssertRewriteWarning")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        "loaders: pytest_llmdet.settings=SourceFileLoader pytest_llmdet.hooks.state=SourceFileLoader "
+        "pytest_llmdet.hooks.determinism=SourceFileLoader pytest_llmdet.golden.compare=AssertionRewritingHook",
+    ])
+    assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
+
+
 def test_disabled_with_no_llmdet(pytester):
     pytester.makepyfile("def test_it(llm): pass")
     result = pytester.runpytest("-p", "no:llmdet")
