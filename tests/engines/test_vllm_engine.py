@@ -109,4 +109,4 @@ def test_a_model_vllm_cannot_run_gives_vllms_reason_in_one_line(pytester: pytest
     result = pytester.runpytest_subprocess("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*pytest-llmdet: vLLM * cannot run model 'pytest-llmdet/embedded-tiny-qwen2' "
-                                 "(*): *head_dim=16*"])
+                                 "(*) with llm_vllm_args *: *head_dim=16*"])
