@@ -109,6 +109,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
 
     from pytest_llmdet.engines import llm as runner
     from pytest_llmdet.engines import transformers as hf
+    from pytest_llmdet.engines.greedy import plan_generation
     from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
     from pytest_llmdet.engines.seeding import configure_torch
 
@@ -120,7 +121,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
     model = loaded.model
 
     def direct(count: int, scores: bool) -> list[int]:
-        plan = hf.plan_generation(loaded.generation_config, max_new_tokens=count)
+        plan = plan_generation(loaded.generation_config, max_new_tokens=count)
         extra = {"output_scores": True, "return_dict_in_generate": True} if scores else {}
         config = GenerationConfig(**plan.config, **extra)
         input_ids = torch.tensor([llm.encode(PROMPT)], dtype=torch.long, device=loaded.device)

@@ -12,6 +12,8 @@ from transformers import GenerationConfig
 from pytest_llmdet.determinism import probe as batch
 from pytest_llmdet.engines import llm as runner
 from pytest_llmdet.engines import transformers as hf
+from pytest_llmdet.engines.greedy import plan_generation
+from pytest_llmdet.engines.loaded import known_generation_fields
 from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import (
@@ -66,9 +68,9 @@ def reference_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int, row:
 
 def old_generate(llm: runner.LLM, prompt: Any, capture: int, **overrides: Any) -> dict[str, Any]:
     """What `LLM.generate` recorded before: the scores of every step kept, then the statistics over them."""
-    plan = hf.plan_generation(llm.engine.generation_config, max_new_tokens=llm.max_new_tokens,
-                                  inherit_processors=llm.inherit_processors, overrides=overrides,
-                                  known_fields=hf._known_generation_fields())
+    plan = plan_generation(llm.engine.generation_config, max_new_tokens=llm.max_new_tokens,
+                           inherit_processors=llm.inherit_processors, overrides=overrides,
+                           known_fields=known_generation_fields())
     prompt_ids = llm.encode(prompt)
     config = GenerationConfig(**plan.config, output_scores=True, return_dict_in_generate=True)
     input_ids = torch.tensor([prompt_ids], dtype=torch.long)
@@ -131,7 +133,7 @@ def test_every_row_of_a_padded_batch_agrees(loaded):
     rows = [llm.encode(prompt) for prompt in PROMPTS]
     ids, mask = batch.left_pad(rows, pad_id=0)
     input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)
-    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
+    plan = plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
     config = GenerationConfig(**plan.config)
     with torch.inference_mode(), hf._only_generation_config(llm.model, config):
         new_ids, stats = generate_with_stats(llm.model, input_ids, attention_mask, config, top_k=3)
@@ -160,7 +162,7 @@ def test_the_batch_probe_records_what_it_did_with_the_scores(loaded):
 def test_a_mode_the_recorder_cannot_follow_keeps_the_scores_and_agrees(loaded):
     llm = _llm(loaded)
     overrides = {"prompt_lookup_num_tokens": 3}  # assisted generation: several positions per forward
-    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, overrides=overrides)
+    plan = plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, overrides=overrides)
     assert not can_record_steps(llm.model, GenerationConfig(**plan.config))
     assert can_record_steps(llm.model, GenerationConfig(**{**plan.config, "prompt_lookup_num_tokens": None}))
     assert_same(_fields(llm.generate(PROMPTS[1], **overrides)), old_generate(llm, PROMPTS[1], 0, **overrides))
@@ -173,7 +175,7 @@ def test_a_processor_passed_to_generate_would_see_the_scores_before_the_sampling
 
     llm = _llm(loaded)
     old = old_generate(llm, PROMPTS[0], 0, do_sample=True, seed=7)
-    plan = hf.plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS,
+    plan = plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS,
                                   overrides={"do_sample": True, "seed": 7})
     config = GenerationConfig(**plan.config)
     input_ids = torch.tensor([llm.encode(PROMPTS[0])])

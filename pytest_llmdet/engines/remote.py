@@ -6,24 +6,13 @@ transformers' own machinery (cache, attention, threads, dtype) are refused with 
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan, plan_generation
-from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
-from pytest_llmdet.engines.prompts import encode_prompt
+from pytest_llmdet.engines.greedy import GenerationArgumentError
+from pytest_llmdet.engines.loaded import LoadedEngine, position_limit
+from pytest_llmdet.engines.models import ModelLoadError, ModelSpec
 from pytest_llmdet.engines.variation import Variation, VariationError
-from pytest_llmdet.generation import Prompt
-
-_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
-
-@functools.cache
-def _known_generation_fields() -> frozenset[str]:
-    from transformers import GenerationConfig
-
-    return frozenset(vars(GenerationConfig()))
 
 
 def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
@@ -51,58 +40,19 @@ def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
         hf_logging.set_verbosity(verbosity)
     for name in ("transformers_version", "_from_model_config"):
         generation.pop(name, None)
-    limit = next((value for name in _POSITION_LIMITS
-                  if isinstance(value := getattr(config, name, None), int)), None)
+    limit = position_limit(config)
     return tokenizer, generation, limit
 
 
-class RemoteEngine:
+class RemoteEngine(LoadedEngine):
     """The verbs that do not generate, over a LoadedModel whose tokenizer and generation config were read
     locally (`details["max_positions"]`: the position limit)."""
 
     kind = "remote"
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.loaded.spec
-
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    @property
-    def name(self) -> str:
-        return self.loaded.spec.source.name
-
-    @property
-    def device(self) -> str:
-        return self.loaded.device
-
-    @property
-    def generation_config(self) -> dict[str, Any]:
-        return self.loaded.generation_config
-
     @property
     def max_positions(self) -> int | None:
         return self.loaded.details.get("max_positions")
-
-    def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan:
-        return plan_generation(self.generation_config, max_new_tokens=max_new_tokens,
-                               inherit_processors=inherit_processors, overrides=overrides,
-                               known_fields=_known_generation_fields())
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt, self.name)
-
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
     @property
     def vocabulary_size(self) -> int:

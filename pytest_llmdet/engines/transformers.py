@@ -5,26 +5,20 @@ verbs of `engines.Engine`; a vLLM or server engine is another module with the sa
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
-from pytest_llmdet.engines.models import LoadedModel, ModelSpec
-from pytest_llmdet.engines.prompts import encode_prompt
+from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.loaded import LoadedEngine, position_limit
+from pytest_llmdet.engines.models import LoadedModel
 from pytest_llmdet.engines.rows import RowOutput
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import generate_with_stats
 from pytest_llmdet.engines.variation import Variation, VariationError
-from pytest_llmdet.generation import Prompt
 
 # The attention implementations a variation may switch to, where the model and device support them (flex
 # attention is left out: on first use it compiles with torch.compile, minutes on a CPU).
 ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
-
-# Config fields that hold how many positions a model supports, by architecture family.
-_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
-
 
 @contextlib.contextmanager
 def _only_generation_config(model: Any, config: Any) -> Iterator[None]:
@@ -38,66 +32,19 @@ def _only_generation_config(model: Any, config: Any) -> Iterator[None]:
         model.generation_config = original
 
 
-@functools.cache
-def _known_generation_fields() -> frozenset[str]:
-    # Built once: constructing and validating a GenerationConfig on every generate call is wasted work.
-    from transformers import GenerationConfig
-
-    return frozenset(vars(GenerationConfig()))
-
-
-class TransformersEngine:
+class TransformersEngine(LoadedEngine):
     """A transformers model and tokenizer (see engines.Engine for the verbs)."""
 
     kind = "transformers"
 
     def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
+        super().__init__(loaded)
         self._config_changes: dict[str, Any] = {}  # GenerationConfig fields a variation sets, while it lasts
-
-    @property
-    def spec(self) -> ModelSpec:
-        return self.loaded.spec
-
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    @property
-    def name(self) -> str:
-        return self.loaded.spec.source.name
-
-    @property
-    def device(self) -> str:
-        return self.loaded.device
-
-    @property
-    def generation_config(self) -> dict[str, Any]:
-        """The model's own generation_config.json, as loaded."""
-        return self.loaded.generation_config
 
     @property
     def max_positions(self) -> int | None:
         """How many positions (prompt and new tokens) the model supports, when its config says."""
-        return next((value for name in _POSITION_LIMITS
-                     if isinstance(value := getattr(self.model.config, name, None), int)), None)
-
-    def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan:
-        """The forced-greedy plan of one call: the model's generation config, the settings and `overrides`."""
-        return plan_generation(self.generation_config, max_new_tokens=max_new_tokens,
-                               inherit_processors=inherit_processors, overrides=overrides,
-                               known_fields=_known_generation_fields())
-
-    def encode(self, prompt: Prompt) -> list[int]:
-        """Token IDs of a prompt (engines.prompts.encode_prompt): the same on every engine."""
-        return encode_prompt(self.tokenizer, prompt, self.name)
-
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+        return position_limit(self.model.config)
 
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None, seed: int = 0) -> list[RowOutput]:

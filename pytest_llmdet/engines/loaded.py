@@ -1,0 +1,77 @@
+"""What every engine does the same way over a LoadedModel: its spec, model, tokenizer and generation config,
+the forced-greedy plan built from that config, and prompts encoded and decoded with the local tokenizer (so
+that every engine is given the same token IDs). Each engine adds how it generates."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
+from pytest_llmdet.engines.models import LoadedModel, ModelSpec
+from pytest_llmdet.engines.prompts import encode_prompt
+from pytest_llmdet.generation import Prompt
+
+# Config fields that hold how many positions a model supports, by architecture family.
+POSITION_LIMITS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def position_limit(config: Any) -> int | None:
+    """How many positions (prompt and new tokens) a model's config says it supports, if it says."""
+    return next((value for name in POSITION_LIMITS if isinstance(value := getattr(config, name, None), int)), None)
+
+
+@functools.cache
+def known_generation_fields() -> frozenset[str]:
+    """The fields of transformers.GenerationConfig. Built once: constructing and validating a GenerationConfig
+    on every generate call is wasted work."""
+    from transformers import GenerationConfig
+
+    return frozenset(vars(GenerationConfig()))
+
+
+class LoadedEngine:
+    """The verbs shared by every engine (see engines.Engine), over what was loaded."""
+
+    kind = "loaded"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.loaded.spec
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.source.name
+
+    @property
+    def device(self) -> str:
+        return self.loaded.device
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        """The model's own generation_config.json, as loaded."""
+        return self.loaded.generation_config
+
+    def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan:
+        """The forced-greedy plan of one call: the model's generation config, the settings and `overrides`."""
+        return plan_generation(self.generation_config, max_new_tokens=max_new_tokens,
+                               inherit_processors=inherit_processors, overrides=overrides,
+                               known_fields=known_generation_fields())
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Token IDs of a prompt (engines.prompts.encode_prompt): the same on every engine."""
+        return encode_prompt(self.tokenizer, prompt, self.name)
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
