@@ -38,6 +38,7 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
         "fragile": None if details.fragile is None else {"position": details.fragile.position,
                                                           "margin": details.fragile.margin},
         "error": details.error,
+        "text_diff": details.text_diff,
     }
 
 
@@ -105,7 +106,8 @@ def write_report(path: Path, report: dict[str, Any]) -> None:
 
 
 def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str]]:
-    """A JUnit XML property per snapshot of a test: `llm_snapshot[name]` = status and divergence summary."""
+    """A JUnit XML property per snapshot of a test: `llm_snapshot[name]` = status and divergence summary, and
+    for a failed one whose text changed `llm_snapshot[name] text diff` = the bounded diff of the texts."""
     properties = []
     for outcome in outcomes:
         details = outcome.details
@@ -120,4 +122,6 @@ def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str
             fragile = details.fragile
             parts.append(f"fragile: token {fragile.position} margin {fragile.margin:.4f}")
         properties.append((f"llm_snapshot[{outcome.name}]", "; ".join(parts)))
+        if details.text_diff:
+            properties.append((f"llm_snapshot[{outcome.name}] text diff", "\n".join(details.text_diff)))
     return properties

@@ -78,16 +78,20 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     prepare_cuda_environment()
+    flags = {o.name: config.getoption(o.dest) for o in OPTIONS if o.has_flag}
     try:
         settings, snapshot_settings = resolve(
-            {o.name: config.getoption(o.dest) for o in OPTIONS if o.has_flag},
-            {o.name: str(config.getini(o.ini)) for o in OPTIONS if o.has_ini},
+            flags, {o.name: str(config.getini(o.ini)) for o in OPTIONS if o.has_ini},
             config.inipath, config.invocation_params.dir,
         )
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
+    option = config.option  # what re-record commands repeat: -o overrides, -c and --rootdir as given
+    command_inputs = (flags, list(getattr(option, "override_ini", None) or ()), getattr(option, "inifilename", None),
+                      getattr(option, "rootdir", None))
     config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
-                                              snapshot_settings, worker=_worker_id(config))
+                                              snapshot_settings, worker=_worker_id(config),
+                                              command_inputs=command_inputs)
     config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism,
                                                        settings.factors)
     if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files

@@ -151,6 +151,13 @@ def parse_base_url(value: str) -> str:
     return url.rstrip("/")
 
 
+def url_without_credentials(url: str) -> str:
+    """The URL as messages and commands show it: without a user name and password (http://user:secret@host/v1)."""
+    scheme, sep, rest = url.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else url
+
+
 def parse_env_name(value: str) -> str:
     """Accept the name of an environment variable (the value is read from the environment, never from here)."""
     name = value.strip()
@@ -319,16 +326,20 @@ OPTIONS: tuple[Option, ...] = (
     # golden files
     Option("snapshot", "compare outputs with the golden files (the CI gate)", False, parse_bool,
            has_ini=False, switch=True),
-    Option("snapshot_update", "record missing and changed golden snapshots, delete unused ones (implies "
+    Option("snapshot_update", "record missing and changed golden snapshots, delete unused ones (instead of "
            "--llm-snapshot)", False, parse_bool, has_ini=False, switch=True),
     Option("snapshot_details", "list every snapshot and its outcome in the summary", False, parse_bool,
            has_ini=False, switch=True),
+    Option("snapshot_review", "a review run: compare every snapshot of every test without stopping at the first "
+           "difference, keep each changed one as a pending file (also in CI) and fail the test at its end listing "
+           "them (implies --llm-snapshot); then: python -m pytest_llmdet review", False, parse_bool, has_ini=False,
+           switch=True),
     Option("snapshot_variant", "with --llm-snapshot-update: record changed outputs as a variant for this "
-           "environment (device type, dtype, GPU compute capability) instead of overwriting the default",
-           False, parse_bool, has_ini=False, switch=True),
+           "environment (device type, dtype, GPU compute capability or CPU instruction set) instead of overwriting "
+           "the default", False, parse_bool, has_ini=False, switch=True),
     Option("snapshot_dir", f"folder beside each test module for golden files (default {SNAPSHOT_DIR_DEFAULT})",
            SNAPSHOT_DIR_DEFAULT, parse_snapshot_dir, has_flag=False),
-    Option("near_tie", f"a golden margin below this labels a flip near-tie, not regression (default "
+    Option("near_tie", f"a margin (golden or current) below this labels a flip near-tie, not regression (default "
            f"{NEAR_TIE_DEFAULT})", NEAR_TIE_DEFAULT, parse_near_tie, has_flag=False),
     Option("compare", "how snapshots are compared: exact (default) or tolerant (each side's token among the "
            "other's top-k at the first divergence)", "exact", parse_compare, metavar="MODE"),
@@ -348,6 +359,9 @@ OPTIONS: tuple[Option, ...] = (
 MODEL_SETTINGS = ("model", "engine", "base_url", "served_model", "api_key_env", "request_timeout", "vllm_args",
                   "dtype", "device", "device_map", "seed", "max_new_tokens", "trust_remote_code", "threads",
                   "inherit_processors", "deterministic_algorithms")
+# What shapes the recorded outputs (and how a snapshot is compared): a re-record command repeats each of these
+# that the check was given on the command line (commands.py).
+RERECORD_OPTIONS = (*MODEL_SETTINGS, "compare", "top_k")
 
 
 class Settings(NamedTuple):
@@ -385,6 +399,7 @@ class SnapshotSettings(NamedTuple):
     compare: str = "exact"  # exact, or tolerant (the vLLM top-k rule at the first divergence)
     top_k: int = TOP_K_DEFAULT
     variant: bool = False  # --llm-snapshot-variant: an update records a variant for this environment
+    review: bool = False  # --llm-snapshot-review: a check that compares every snapshot and keeps each change pending
 
 
 class ComparePlan(NamedTuple):
@@ -449,12 +464,18 @@ def resolve(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None,
     if settings.engine == "openai" and settings.base_url is None:
         raise SettingsError("pytest-llmdet: --llm-engine openai needs the server's URL: set --llm-base-url or "
                             "llm_base_url, such as http://127.0.0.1:8000/v1")
-    mode = "update" if values["snapshot_update"] else "check" if values["snapshot"] else "off"
+    if values["snapshot_update"] and (values["snapshot"] or values["snapshot_review"]):
+        other = "--llm-snapshot-review" if values["snapshot_review"] else "--llm-snapshot"
+        raise SettingsError(f"pytest-llmdet: --llm-snapshot-update and {other} ask for opposite things: "
+                            f"{other} checks the golden files and writes none, --llm-snapshot-update records them; "
+                            "give one of the two")
+    review = values["snapshot_review"]
+    mode = "update" if values["snapshot_update"] else "check" if values["snapshot"] or review else "off"
     if values["snapshot_variant"] and mode != "update":
         raise SettingsError("pytest-llmdet: --llm-snapshot-variant records a variant, so it needs "
                             "--llm-snapshot-update (a check run picks the best variant by itself)")
     snapshots = SnapshotSettings(mode, values["snapshot_dir"], values["near_tie"], values["snapshot_details"],
-                                 values["compare"], values["top_k"], values["snapshot_variant"])
+                                 values["compare"], values["top_k"], values["snapshot_variant"], review)
     return settings, snapshots
 
 

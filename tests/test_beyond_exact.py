@@ -266,20 +266,16 @@ def test_the_marker_makes_one_test_tolerant_and_only_tolerant_goldens_store_top_
     assert "top_k_ids" not in exact and "top_k_logprobs" not in exact
     before = golden_files(pytester.path)
 
-    # a golden without top-k (any v1 file) still reads; identical tokens need none, and a tolerant update adds it
+    # a golden without top-k (any v1 file) still reads; identical tokens need none, and since that check passes,
+    # a tolerant update writes nothing either (a green gate means an update would write nothing)
     result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*llm_compare tolerant (top-5)*"])
     result = run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant")
-    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 1 updated, 0 deleted, 0 unused"])
-    assert "top_k_ids" in json.loads((folder / "test_exact.json").read_text())["snapshots"]["0"]
-    after = golden_files(pytester.path)
-    run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant").assert_outcomes(passed=2)
-    assert golden_files(pytester.path) == after  # no-op updates change no byte
+    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert "top_k_ids" not in json.loads((folder / "test_exact.json").read_text())["snapshots"]["0"]
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
-    assert golden_files(pytester.path) == after  # an exact update keeps the stored top-k
-    assert after["__llm_snapshots__/test_marked/test_tolerant.json"] == \
-        before["__llm_snapshots__/test_marked/test_tolerant.json"]
+    assert golden_files(pytester.path) == before  # no-op updates change no byte; an exact one keeps the top-k
 
     pytester.makepyfile(test_marked=MARKED.replace("top_k=3", "top_k=0"))
     result = run(pytester, "--llm-snapshot")
@@ -305,6 +301,9 @@ def _fable_goldens(root: Path) -> list[Path]:
 
 
 def test_a_float32_golden_with_a_bfloat16_variant_picks_the_right_one_in_each_dtype(pytester):
+    from pytest_llmdet.engines.fingerprint import cpu_capability
+
+    key = f"cpu:bfloat16:{cpu_capability()}"  # the variant key names this CPU's instruction set
     pytester.makepyfile(test_fables=FABLES)
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
     recorded = {p.name: json.loads(p.read_text()) for p in _fable_goldens(pytester.path)}
@@ -318,20 +317,20 @@ def test_a_float32_golden_with_a_bfloat16_variant_picks_the_right_one_in_each_dt
         assert data["fingerprint"] == old["fingerprint"]  # still the default's: float32
         variants = data["snapshots"]["0"].pop("variants")
         assert data["snapshots"] == old["snapshots"]  # the default is untouched
-        assert list(variants) == ["cpu:bfloat16"] and variants["cpu:bfloat16"]["token_ids"] != \
+        assert list(variants) == [key] and variants[key]["token_ids"] != \
             old["snapshots"]["0"]["token_ids"]
     with_variant = golden_files(pytester.path)
 
     result = run(pytester, "--llm-snapshot", "--llm-snapshot-details", "--llm-report=f32.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*passed  test_fables.py::test_fable?The fox and the crow? ?0?  "
-                                 "*(compared with the default (cpu:float32))"])
+                                 f"*(compared with the default (cpu:float32:{cpu_capability()}))"])
     result = run(pytester, "--llm-snapshot", "--llm-snapshot-details", "--llm-dtype", "bfloat16",
                  "--llm-report=bf16.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*passed  test_fables.py::test_fable?The lion and the mouse? ?0?  "
-                                 "*(compared with variant cpu:bfloat16)"])
-    for report, variant in (("f32.json", None), ("bf16.json", "cpu:bfloat16")):
+                                 f"*(compared with variant {key})"])
+    for report, variant in (("f32.json", None), ("bf16.json", key)):
         data = json.loads((pytester.path / report).read_text())
         validate_report(data)
         assert [s["variant"] for s in data["snapshots"]] == [variant, variant]
@@ -342,12 +341,12 @@ def test_a_float32_golden_with_a_bfloat16_variant_picks_the_right_one_in_each_dt
     # a changed variant fails only in its own dtype, and the report names it
     fox = _fable_goldens(pytester.path)[0]
     data = json.loads(fox.read_text())
-    data["snapshots"]["0"]["variants"]["cpu:bfloat16"]["token_ids"][3] += 1
+    data["snapshots"]["0"]["variants"][key]["token_ids"][3] += 1
     fox.write_text(json.dumps(data))
     run(pytester, "--llm-snapshot").assert_outcomes(passed=2)
     result = run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*assert output differs from snapshot '0' in *test_fable*.json, variant cpu:bfloat16",
+    result.stdout.fnmatch_lines([f"*assert output differs from snapshot '0' in *test_fable*.json, variant {key}",
                                  "*first divergence at token 3 of 32*"])
     assert "the environment differs" not in result.stdout.str()  # the variant was recorded in bf16
 
@@ -486,11 +485,13 @@ def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_an
     run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)  # exact mode stores no candidates
     entry = _flip(pytester, 5, json.loads((pytester.path / GOLDEN).read_text())["snapshots"]["0"]["token_ids"][5] + 1)
     token, margin = entry["token_ids"][5], entry["margins"][5]
-    kind, op = ("a near-tie", "<") if margin < 0.01 else ("a regression", ">=")
     command = 'pytest --llm-snapshot-update --llm-compare tolerant "test_story.py::test_story"'
 
     result = run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report=report.json")
     result.assert_outcomes(failed=1)
+    current = json.loads((pytester.path / "report.json").read_text())["snapshots"][0]["divergence"]
+    current_margin = current["first_divergence"]["current_margin"]
+    kind = "a near-tie" if min(margin, current_margin) < 0.01 else "a regression"  # either side's margin
     result.stdout.fnmatch_lines([
         f"E       assert output differs from snapshot '0' in {GOLDEN}",
         "E         first divergence at token 5 of 12 (cannot be judged tolerantly: the golden snapshot has no top-k "
@@ -500,7 +501,7 @@ def test_a_tolerant_check_of_a_golden_recorded_without_top_k_names_the_reason_an
         f"E           current: {token} *",
         "E         tolerant comparison (vLLM check_logprobs_close rule, lengths checked), top-5: tokens 0..4 "
         "identical; at token 5 the golden snapshot has no top-k candidates to compare with; exact mode calls this "
-        f"flip {kind} (golden margin {margin:.4f} {op} llm_near_tie 0.01)",
+        f"flip {kind} (golden margin {margin:.4f}, current margin {current_margin:.4f}, llm_near_tie 0.01)",
         f"E         if the change is intended, re-record with: {command}",
     ])
     result.stdout.fnmatch_lines([
@@ -577,7 +578,8 @@ def test_snapshots_a_failed_test_never_compared_are_counted_and_listed_as_not_co
         "1 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 2 not compared",  # 4 snapshots, 4 counted
         '1 test(s) with changed or missing snapshots. If the change is intended, re-record with: pytest '
         '--llm-snapshot-update "test_three.py::test_three"',
-        "2 snapshot(s) not compared: their test failed before comparing them:",
+        "2 snapshot(s) not compared: their test failed before comparing them; pytest --llm-snapshot-review "
+        "compares them all (and keeps each change pending):",
         f"  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
         f"  test_three.py::test_three [[]c[]]  {THREE_GOLDEN}",
     ], consecutive=True)
@@ -592,7 +594,8 @@ def test_snapshots_a_failed_test_never_compared_are_counted_and_listed_as_not_co
     result.stdout.fnmatch_lines([
         "2 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused, 1 not compared",
         "*re-record with*",
-        "1 snapshot(s) not compared: their test failed before comparing them; listed below:",
+        "1 snapshot(s) not compared: their test failed before comparing them; pytest --llm-snapshot-review "
+        "compares them all (and keeps each change pending); listed below:",
         f"  failed  test_three.py::test_three [[]b[]]  {THREE_GOLDEN}",
         "  passed  test_three.py::test_other [[]0[]]  *",
         f"  passed  test_three.py::test_three [[]a[]]  {THREE_GOLDEN}",

@@ -174,18 +174,17 @@ def test_a_url_is_shown_without_its_user_name_and_password():
 
 def test_a_rerecord_command_names_the_engine_the_check_ran_on_and_its_arguments_read_back():
     import shlex
-    from pathlib import Path
 
-    from pytest_llmdet.hooks.state import LLMDetSession
+    from pytest_llmdet.commands import rerecord_command
 
-    pairs = (("enforce_eager", True), ("hf_overrides", {"a": 1}), ("max_model_len", 512), ("name", "a b"))
-    flags = LLMDetSession(Settings(engine="vllm", vllm_args=pairs), Path("."), Path(".")).engine_flags
-    words = shlex.split(flags)
+    command = rerecord_command({"engine": "vllm", "vllm_args": "enforce_eager=true hf_overrides='{\"a\": 1}' "
+                                "name='a b'"}, environ={})
+    words = shlex.split(command.flags_line())
     assert words[:3] == ["--llm-engine", "vllm", "--llm-vllm-args"]
-    assert parse_engine_args(words[3]) == pairs
-    server = LLMDetSession(Settings(engine="openai", base_url="http://u:secret@h:1/v1"), Path("."), Path("."))
-    assert server.engine_flags == "--llm-engine openai --llm-base-url http://h:1/v1"
-    assert LLMDetSession(Settings(), Path("."), Path(".")).engine_flags == ""
+    assert parse_engine_args(words[3]) == (("enforce_eager", True), ("hf_overrides", {"a": 1}), ("name", "a b"))
+    server = rerecord_command({"engine": "openai", "base_url": "http://u:secret@h:1/v1"}, environ={})
+    assert server.flags_line() == "--llm-engine openai --llm-base-url http://h:1/v1"  # no password, ever
+    assert rerecord_command({}, environ={}).flags_line() == ""
 
 
 def test_the_header_names_the_engine_and_what_does_not_apply_there():

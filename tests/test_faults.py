@@ -274,7 +274,8 @@ def test_unused_snapshots_are_dropped_only_at_the_end_of_a_whole_update(pytester
     monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(Path(dst)), real_replace(src, dst)))
     result = run(pytester, "--llm-snapshot-update")
     result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 1 deleted, 0 unused",
-                                 "deleted 1 unused golden file(s) or snapshot(s):", f"  {path} [b]"])
+                                 "deleted 1 unused golden file(s) or snapshot(s) (committed ones come back with: "
+                                 "git checkout -- <file>):", f"  {path.relative_to(pytester.path)} [b]"])
     assert replaced == [path]  # the test's own write changed nothing: only the end of the run rewrote it
     assert {name: e.text for name, e in read_golden(path).snapshots.items()} == {"a": "v2 a"}
 

@@ -94,7 +94,8 @@ def test_near_tie_and_regression_labels():
     real = compare_tokens(golden, [7, 2, 3], [0.5, 1, 1], "Xbc", "length", near_tie=0.01)
     assert real.divergence.label == "regression"
     lines = render_comparison(real, golden, "Xbc", [7, 2, 3], lambda ids: "".join(f"<{i}>" for i in ids), 0.01)
-    assert lines[0] == "first divergence at token 0 of 3 (regression: golden margin 2.0000 >= llm_near_tie 0.01)"
+    assert lines[0] == ("first divergence at token 0 of 3 (regression: golden margin 2.0000, current margin 0.5000; "
+                        "both >= llm_near_tie 0.01)")
     assert "  golden : 1 '<1>'  margin 2.0000" in lines and "  current: 7 '<7>'  margin 0.5000" in lines
 
 

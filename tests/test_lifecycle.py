@@ -101,10 +101,11 @@ def test_a_snapshot_folder_that_holds_other_files_keeps_them_and_lists_them_as_f
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([
         "3 passed, 0 failed, 0 written, 0 updated, 1 deleted, 0 unused",
-        "deleted 1 unused golden file(s) or snapshot(s):",
-        f"  {gone}",
+        "deleted 1 unused golden file(s) or snapshot(s) (committed ones come back with: git checkout -- "
+        "<file>):",
+        f"  {gone.relative_to(pytester.path)}",  # relative to where pytest was started, like every path shown
         "4 file(s) in snapshot folders that are not golden files of this suite (never deleted):",
-        f"  {inputs / 'prompts.json'}",
+        f"  {(inputs / 'prompts.json').relative_to(pytester.path)}",
     ])
     assert not gone.exists()
     for kept in (inputs / "prompts.json", copied, copied.with_name("notes.txt"), copied.with_name("schema.json")):
@@ -174,7 +175,7 @@ def test_a_test_that_stopped_using_snapshots_loses_its_golden_file_on_a_whole_up
                                                "def test_b():\n    pass"))
     result = run(pytester, "--llm-snapshot")
     result.stdout.fnmatch_lines(["*1 unused golden file(s) or snapshot(s) no test asked for:",
-                                 f"  {pytester.path / SNAPSHOTS / 'test_mod' / 'test_b.json'}"])
+                                 f"  {SNAPSHOTS}/test_mod/test_b.json"])
     result = run(pytester, "--llm-snapshot-update")
     result.stdout.fnmatch_lines(["*1 deleted, 0 unused"])
     assert set(goldens(pytester.path)) == set(before) - {f"{SNAPSHOTS}/test_mod/test_b.json"}
@@ -220,7 +221,8 @@ def test_a_whole_update_deletes_the_unused_snapshot_once_at_the_end(pytester):
     result = run(pytester, "--llm-snapshot-update", "-p", "xdist", "-n", "2") if _has_xdist() else \
         run(pytester, "--llm-snapshot-update")
     result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 1 deleted, 0 unused",
-                                 "deleted 1 unused golden file(s) or snapshot(s):", "  *test_a.json [[]two]"])
+                                 "deleted 1 unused golden file(s) or snapshot(s) (committed ones come back with: "
+                                 "git checkout -- <file>):", "  *test_a.json [[]two]"])
     golden = read_golden(pytester.path / SNAPSHOTS / "test_mod" / "test_a.json")
     assert set(golden.snapshots) == {"one"}
 
@@ -364,7 +366,7 @@ def test_a_golden_file_nested_1500_deep_is_refused_clearly_in_every_place(pytest
                                  '1 test(s) with changed or missing snapshots. If the change is intended, re-record '
                                  'with: pytest --llm-snapshot-update "test_mod.py::test_b"',
                                  "1 file(s) in snapshot folders that are not golden files of this suite*",
-                                 f"  {folder / 'test_gone.json'}"])
+                                 f"  {(folder / 'test_gone.json').relative_to(pytester.path)}"])
     assert "RecursionError" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
     result = run(pytester, "--llm-snapshot-update")  # replaces the unusable file; leaves the foreign one
     result.stdout.fnmatch_lines(["2 passed, 0 failed, 1 written, 0 updated, 0 deleted, 0 unused"])
@@ -485,19 +487,17 @@ def test_tests_a_conftest_filters_out_without_deselecting_keep_their_golden_file
     assert goldens(pytester.path) == before
 
 
-def test_a_repeated_run_deletes_nothing(pytester):
+def test_a_repeated_run_shares_its_tests_goldens_and_deletes_only_what_they_stopped_using(pytester):
     before = recorded(pytester)
-    # pytest-repeat's --count renames every test (test_a[1-2]); its option alone makes the run partial
-    pytester.makeconftest("""
-        def pytest_addoption(parser):
-            parser.addoption("--count", type=int, default=1)
-    """)
-    result = run(pytester, "--llm-snapshot-update", "--count", "2")
-    assert goldens(pytester.path) == before
+    # pytest-repeat's --count renames every test (test_a[1-2]); each step compares with its test's own golden
+    result = run(pytester, "-p", "pytest_repeat", "--llm-snapshot-update", "--count", "2")
+    result.stdout.fnmatch_lines(["6 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert goldens(pytester.path) == before  # no golden file per step
     pytester.makepyfile(test_mod=drop_two())
-    result = run(pytester, "--llm-snapshot-update", "--count", "2")
-    result.stdout.fnmatch_lines(["not deleted: this run is partial (--count (pytest-repeat))"])
-    assert goldens(pytester.path) == before
+    result = run(pytester, "-p", "pytest_repeat", "--llm-snapshot-update", "--count", "2")
+    result.stdout.fnmatch_lines(["*0 written, 0 updated, 1 deleted, 0 unused",
+                                 f"  {SNAPSHOTS}/test_mod/test_a.json [[]two]"])
+    assert set(goldens(pytester.path)) == set(before)
 
 
 def test_two_test_folders_sharing_one_snapshot_folder_through_a_link_delete_nothing_they_own(pytester):
@@ -538,9 +538,10 @@ def test_the_pending_file_of_a_removed_test_goes_on_a_whole_update_and_accept_br
     pending = pytester.path / SNAPSHOTS / "test_mod" / "test_new.json.llmdet-pending"
     assert pending.exists()
     pytester.makepyfile(test_mod=SUITE)  # test_new is removed again, never recorded
-    run(pytester, "--llm-snapshot").stdout.fnmatch_lines(["*1 unused*", f"  {pending}"])
+    shown = pending.relative_to(pytester.path)
+    run(pytester, "--llm-snapshot").stdout.fnmatch_lines(["*1 unused*", f"  {shown}"])
     result = run(pytester, "--llm-snapshot-update")
-    result.stdout.fnmatch_lines(["*1 deleted, 0 unused", f"  {pending}"])
+    result.stdout.fnmatch_lines(["*1 deleted, 0 unused", f"  {shown}"])
     assert not pending.exists()
     out, err = io.StringIO(), io.StringIO()
     assert review.main(["accept", str(pytester.path)], stdout=out, stderr=err) == 0

@@ -81,6 +81,7 @@ def test_every_option_comes_from_one_table_with_names_that_match():
     assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}
     assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {
         "--llm-snapshot", "--llm-snapshot-update", "--llm-snapshot-details", "--llm-snapshot-variant",
+        "--llm-snapshot-review",
         "--llm-report", "--llm-check-determinism",
     }
     assert all(o.flag == "--" + o.ini.replace("_", "-") for o in OPTIONS)

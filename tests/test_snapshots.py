@@ -133,7 +133,8 @@ def test_near_tie_label_and_fingerprint_difference(pytester):
     golden.write_text(json.dumps(data))
     result = pytester.runpytest("--llm-snapshot")
     result.stdout.fnmatch_lines([
-        "*first divergence at token 2 of 12 (near-tie: golden margin 0.0030 < llm_near_tie 0.01)",
+        "*first divergence at token 2 of 12 (near-tie: golden margin 0.0030, current margin *; one below "
+        "llm_near_tie 0.01)",
         "*the environment differs from the one recorded*",
         "*dtype: bfloat16 → float32",
     ])
@@ -190,7 +191,8 @@ def test_full_update_deletes_unused_and_partial_update_deletes_nothing(pytester)
         assert (folder / "test_removed.json").exists() and (orphan / "test_x.json").exists()
     assert "chat" in json.loads((folder / "test_named.json").read_text())["snapshots"]
     result = pytester.runpytest("--llm-snapshot-update")
-    result.stdout.fnmatch_lines(["*3 deleted*", "deleted 3 unused golden file(s) or snapshot(s):"])
+    result.stdout.fnmatch_lines(["*3 deleted*", "deleted 3 unused golden file(s) or snapshot(s) (committed ones come "
+                                 "back with: git checkout -- <file>):"])
     assert not (folder / "test_removed.json").exists() and not orphan.exists()
     assert set(json.loads((folder / "test_named.json").read_text())["snapshots"]) == {"fox"}
 

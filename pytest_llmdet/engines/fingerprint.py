@@ -1,12 +1,17 @@
 """The environment fingerprint in each golden file's header: what produced the recorded tokens.
 
-A local model is identified by a hash of its weight files, cached by path, size and modification time so
-that a large model is hashed once, not on every run; a hub model by its revision.
+A local model is identified by a hash of its weight files, cached by path, size, modification and change
+time and inode so that a large model is hashed once, not on every run (and a file replaced in place with its
+size and modification time kept, by `cp -p`, `tar x` or `touch -r`, is hashed again); a hub model by its
+revision. The tokenizer's files and the chat template are hashed too, so that an in-place change of the
+model folder that changes the prompt tokens is named; and on a CPU, the instruction set torch's kernels use
+(`ATEN_CPU_CAPABILITY` chooses an older one), which changes bfloat16 outputs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +19,13 @@ from typing import Any
 from pytest_llmdet.versions import package_version
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+# The files a tokenizer is loaded from (transformers' names for every kind of tokenizer) and chat templates.
+TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                      "*.model", "chat_template*", "additional_chat_templates/*")
 DEFAULT_ENGINE = "transformers"
+# Fields added to the fingerprint after golden files were first recorded: a file recorded without one does not
+# say what it was, so its absence is not shown as a change.
+LATER_FIELDS = ("cpu_capability", "tokenizer_sha256", "chat_template_sha256")
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -22,12 +33,52 @@ def weight_files(directory: Path) -> list[Path]:
     return sorted({p for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
 
 
+def tokenizer_files(directory: Path) -> list[Path]:
+    """The tokenizer and chat-template files of a model directory, in a stable order."""
+    return sorted({p for pattern in TOKENIZER_PATTERNS for p in directory.glob(pattern) if p.is_file()})
+
+
+def hash_tokenizer(directory: Path) -> str | None:
+    """sha256 over the tokenizer files (names and bytes; small, so not cached); None when there are none."""
+    files = tokenizer_files(directory)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(directory).as_posix()}:{hashlib.sha256(path.read_bytes()).hexdigest()}\n"
+                      .encode())
+    return digest.hexdigest()[:16]
+
+
+def hash_chat_template(template: Any) -> str | None:
+    """A short hash of the chat template a tokenizer renders chat prompts with (a string, or a dict of named
+    templates); None when it has none."""
+    if not template:
+        return None
+    text = template if isinstance(template, str) else json.dumps(template, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def cpu_capability() -> str:
+    """The CPU instruction set torch's kernels use here, lower case (avx512, avx2, default, ...); imports torch."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability()).lower()
+
+
+def _cache_key(path: Path) -> str:
+    # Size and modification time alone miss a file replaced with both kept (cp -p, tar x, touch -r): the change
+    # time and the inode change then.
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ino}|{stat.st_ctime_ns}"
+
+
 def hash_weights(directory: Path, cache: MutableMapping[str, str] | None = None) -> str:
-    """sha256 over the weight files (names and bytes); reuses `cache` entries keyed by path, size, mtime."""
+    """sha256 over the weight files (names and bytes); reuses `cache` entries keyed by path, size, modification
+    and change time and inode."""
     digest = hashlib.sha256()
     for path in weight_files(directory):
-        stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        key = _cache_key(path)
         file_hash = cache.get(key) if cache is not None else None
         if file_hash is None:
             file_hash = _hash_file(path)
@@ -50,23 +101,29 @@ def environment_fingerprint(
     generation: dict[str, Any], cache: MutableMapping[str, str] | None = None,
     compute_capability: str | None = None, weights: bool = True, device_map: str | None = None,
     engine: str = "transformers", engine_version: str | None = None, engine_arguments: dict[str, Any] | None = None,
-    served_model: str | None = None, logprobs: str | None = None,
+    served_model: str | None = None, logprobs: str | None = None, chat_template: Any = None,
 ) -> dict[str, Any]:
     """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings, and
     accelerate's device map when one placed the model, and the engine when it is not transformers (its
     version and arguments, the served model, and whether the margins come from processed log-probs).
 
-    `weights=False` leaves out a local model's weights hash (reading every weight file) for a check that does
-    not need it: one that passes, with no JSON report asked for."""
+    `weights=False` leaves out a local model's weights and tokenizer hashes (reading every weight file) and the
+    chat template's, for a check that does not need them: one that passes, with no JSON report asked for."""
     identity: dict[str, Any] = {"model": model}
     if source_kind == "hub":
         identity["revision"] = revision
     elif weights:
         identity["weights_sha256"] = hash_weights(Path(location), cache)
+        tokenizer = hash_tokenizer(Path(location))
+        if tokenizer is not None:
+            identity["tokenizer_sha256"] = tokenizer
+    if weights and hash_chat_template(chat_template) is not None:
+        identity["chat_template_sha256"] = hash_chat_template(chat_template)
+    device_type = device.split(":")[0]
     fingerprint = {
         **identity,
         "dtype": dtype,
-        "device_type": device.split(":")[0],
+        "device_type": device_type,
         "torch": package_version("torch"),
         "transformers": package_version("transformers"),
         "generation": generation,
@@ -83,6 +140,8 @@ def environment_fingerprint(
         fingerprint["logprobs"] = logprobs
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
         fingerprint["compute_capability"] = compute_capability
+    if device_type == "cpu":  # the CPU's instruction set: variants are keyed by it too (cpu:bfloat16:avx2)
+        fingerprint["cpu_capability"] = cpu_capability()
     return fingerprint
 
 
@@ -93,14 +152,15 @@ def engine_of(fingerprint: dict[str, Any] | None) -> str:
 
 def fingerprint_changes(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The fields that differ, as `field: old → new` lines (nested settings flattened; a fingerprint that names
-    no engine was recorded on transformers, so a check on vLLM says `engine: transformers → vllm`)."""
+    no engine was recorded on transformers, so a check on vLLM says `engine: transformers → vllm`; a field of
+    LATER_FIELDS that the recorded one lacks is not known, so not a change)."""
     old, new = _flatten(recorded), _flatten(current)
     for side in (old, new):
         side.setdefault("engine", DEFAULT_ENGINE)
     return [
         f"{key}: {old.get(key, '(absent)')} → {new.get(key, '(absent)')}"
         for key in sorted(set(old) | set(new))
-        if old.get(key) != new.get(key)
+        if old.get(key) != new.get(key) and not (key in LATER_FIELDS and key not in old)
     ]
 
 

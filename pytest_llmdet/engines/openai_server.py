@@ -18,6 +18,7 @@ from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
 from pytest_llmdet.engines.remote import RemoteEngine, first_line, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.settings import url_without_credentials
 
 INSTALL = "pip install 'pytest-llmdet[openai]'"
 TOKEN_ID_PREFIX = "token_id:"  # how return_tokens_as_token_ids spells a token
@@ -41,11 +42,7 @@ def import_openai() -> Any:
     return openai
 
 
-def shown_url(url: str) -> str:
-    """The URL as messages show it: without a user name and password (http://user:secret@host/v1)."""
-    scheme, sep, rest = url.partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else url
+shown_url = url_without_credentials  # the URL as messages show it (settings.url_without_credentials)
 
 
 def _root(url: str) -> str:

@@ -12,7 +12,7 @@ changed lines. Parsing is data-only (no pickle, no eval) and every problem is re
           "finish_reason": "length", "margins": [...], "prompt": "...", "prompt_sha256": "...",
           "settings": {...}, "text_lines": ["..."], "token_ids": [...],
           "top_k_ids": [[...], ...], "top_k_logprobs": [[...], ...],  # optional: tolerant comparison only
-          "variants": {"cpu:bfloat16": {...an entry like this one, without variants...}}  # optional
+          "variants": {"cpu:bfloat16:avx2": {...an entry like this one, without variants...}}  # optional
         }
       },
       "test": "<node id>"
@@ -28,6 +28,8 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from pytest_llmdet.golden.variants import KEY_FORM, Environment
 
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -56,7 +58,7 @@ class GoldenEntry:
     settings: dict[str, Any] | None = None
     top_k_ids: list[list[int]] | None = None  # per step, best first; stored for a tolerant comparison only
     top_k_logprobs: list[list[float | None]] | None = None
-    # entries recorded in other environments, keyed `<device type>:<dtype>[:<compute capability>]` (variants.py)
+    # entries recorded in other environments, keyed `[<engine>/]<device type>:<dtype>[:<capability>]` (variants.py)
     variants: dict[str, GoldenEntry] = field(default_factory=dict)
 
 
@@ -247,17 +249,18 @@ def _is_finite_number(value: Any) -> bool:
         return False
 
 
-_VARIANT_KEY = re.compile(r"^[A-Za-z0-9_.-]+:[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$")
-
-
 def _entry_from_data(data: Any, where: str, variant: bool = False) -> GoldenEntry:
     entry = _plain_entry_from_data(data, where)
     variants = data.get("variants")
     if variants is None:
         return entry
     _expect(not variant, where, "a variant cannot hold 'variants' of its own")
-    _expect(isinstance(variants, dict) and all(_VARIANT_KEY.match(key) for key in variants), where,
-            "'variants' must be an object keyed by environment, like \"cpu:bfloat16\" or \"cuda:float16:8.0\"")
+    _expect(isinstance(variants, dict), where, f"'variants' must be an object keyed by environment, {KEY_FORM}")
+    for key in variants:
+        try:
+            Environment.parse(key)
+        except ValueError as error:
+            raise GoldenFileError(f"{where}: 'variants' must be keyed by environment: {error}") from None
     entry.variants = {key: _entry_from_data(value, f"{where}, variant {key!r}", variant=True)
                       for key, value in variants.items()}
     return entry

@@ -18,6 +18,7 @@ Deleting is decided in one place, `SnapshotRun.finish`, from what ran, never fro
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,15 @@ from typing import Any
 from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
 from pytest_llmdet.golden.pending import read_pending
-from pytest_llmdet.golden.snapshot import SnapshotOutcome
+from pytest_llmdet.golden.snapshot import UNWRITTEN, SnapshotOutcome
 from pytest_llmdet.golden.store import (
+    REMOVE,
     TMP_SUFFIX,
     LockBudget,
     clean_temporaries,
     delete_golden,
+    edit_golden,
     read_golden,
-    write_golden,
 )
 
 STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "error")
@@ -40,6 +42,8 @@ STATUSES = ("passed", "failed", "written", "updated", "deleted", "unused", "erro
 # that its test did not compare because it failed first (so that the counts add up to the snapshots there are).
 EXTRA_COUNTS = ("tolerated", "not_compared")
 PHASES = ("setup", "call", "teardown")
+NOT_WRITTEN = ("not written: the test stopped before its end (interrupted, or a fixture of it failed), so its "
+               "golden file keeps its previous content; re-record it")
 
 
 @dataclass
@@ -222,28 +226,38 @@ class SnapshotRun:
                     plan.files.append(path)
                 else:
                     plan.foreign.append(path)
+        # by golden file: the names its tests compared (several tests share one under pytest-repeat; one that did
+        # not pass keeps every snapshot of the file)
+        used: dict[str, set[str]] = {}
         for record in self.tests.values():
-            if not (record.passed and record.fixture):
-                continue
-            path = Path(record.golden)
+            if record.passed and record.fixture:
+                used.setdefault(record.golden, set()).update(record.used)
+        kept = {r.golden for r in self.tests.values() if not (r.passed and r.fixture)}
+        for golden_path in sorted(set(used) - kept):
+            path = Path(golden_path)
             try:
                 golden = read_golden(path)
             except GoldenFileError:
                 continue
             if golden is not None:
-                extra = sorted(set(golden.snapshots) - set(record.used))
+                extra = sorted(set(golden.snapshots) - used[golden_path])
                 if extra:
                     plan.names[path] = extra
         return plan
 
-    def finish(self, update: bool, rootdir: Path) -> None:
+    def finish(self, update: bool, rootdir: Path, display: Callable[[Path], str] = str) -> None:
         """Report unused golden files and snapshots and foreign files; on a whole update run, delete the
-        unused ones (inside the rootdir only).
+        unused ones (inside the rootdir only). `display` turns a path into what the user reads.
 
         In either mode, leftover temporary files of a killed update are removed from the collected modules'
         folders (never a golden file: a check run changes no golden file). A file that cannot be deleted or
-        rewritten is listed in `errors` and the rest goes on.
+        rewritten is listed in `errors` and the rest goes on. A queued snapshot whose write never came (the
+        test was interrupted before its end) counts as an error: counts say what reached the disk.
         """
+        for outcome in self.outcomes:
+            if outcome.status == UNWRITTEN:
+                outcome.status = "error"
+                outcome.details.error = outcome.details.error or NOT_WRITTEN
         for folder in map(Path, sorted(self.module_folders)):
             clean_temporaries(folder)
         self.not_compared = self._not_compared()
@@ -252,23 +266,23 @@ class SnapshotRun:
         except OSError as error:
             self.errors.append(f"could not look for unused golden files: {error}")
             return
-        self.foreign += [str(p) for p in plan.foreign]
+        self.foreign += [display(p) for p in plan.foreign]
         delete = update and not self.whole_run_reasons()
         for path in plan.files:
             if not delete or not self._deletable(path, rootdir):
-                self.unused.append(str(path))
+                self.unused.append(display(path))
                 continue
             try:
                 if path.name.endswith(PENDING_SUFFIX):
                     path.unlink()
-                    self.deleted.append(str(path))
+                    self.deleted.append(display(path))
                 elif delete_golden(path, self.locks):
-                    self.deleted.append(str(path))
+                    self.deleted.append(display(path))
             except OSError as error:
                 self.errors.append(f"could not delete unused golden file {path}: {error.strerror or error}")
         for path, extra in plan.names.items():
             if not delete or not self._deletable(path, rootdir):
-                self.unused += [f"{path} [{name}]" for name in extra]
+                self.unused += [f"{display(path)} [{name}]" for name in extra]
                 continue
             try:
                 _drop_snapshots(path, extra, self.locks)
@@ -276,7 +290,7 @@ class SnapshotRun:
                 self.errors.append(f"could not remove unused snapshots {', '.join(map(repr, extra))} from "
                                    f"{path}: {getattr(error, 'strerror', None) or error}")
                 continue
-            self.deleted += [f"{path} [{name}]" for name in extra]
+            self.deleted += [f"{display(path)} [{name}]" for name in extra]
 
     def _deletable(self, path: Path, rootdir: Path) -> bool:
         if is_inside(path, rootdir):
@@ -329,16 +343,15 @@ class SnapshotRun:
 
 
 def _drop_snapshots(path: Path, names: list[str], locks: LockBudget) -> None:
-    # Rewrites the file without `names` (re-read now: the test wrote it at its end); deletes it when no
-    # snapshot is left.
-    golden = read_golden(path)
-    if golden is None:
-        return
-    kept = {k: v for k, v in golden.snapshots.items() if k not in names}
-    if kept:
-        write_golden(path, GoldenFile(golden.test, golden.fingerprint, kept), locks)
-    else:
-        delete_golden(path, locks)
+    # Rewrites the file without `names`, read under its lock (the test wrote it at its end, another process may
+    # have since); deletes it when no snapshot is left.
+    def without(golden: GoldenFile | None) -> GoldenFile | str | None:
+        if golden is None:
+            return None
+        kept = {k: v for k, v in golden.snapshots.items() if k not in names}
+        return GoldenFile(golden.test, golden.fingerprint, kept) if kept else REMOVE
+
+    edit_golden(path, without, locks)
 
 
 def _subfolders(folder: Path) -> list[Path]:

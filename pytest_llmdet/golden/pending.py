@@ -8,6 +8,7 @@ through the store (atomic, locked); rejecting deletes it. The review CLI (review
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -27,11 +28,10 @@ from pytest_llmdet.golden.location import (
 )
 from pytest_llmdet.golden.store import (
     LockBudget,
+    edit_golden,
     golden_digest,
     read_file_bounded,
-    read_golden,
     replace_atomically,
-    write_golden,
 )
 
 CHANGED, NEW = "changed", "new"
@@ -153,17 +153,24 @@ def find_pending(roots: Iterable[Path]) -> list[Path]:
 def accept(pending: PendingFile, names: Iterable[str] | None = None, locks: LockBudget | None = None) -> list[str]:
     """Write the named pending snapshots (all by default) into the golden file, as an update would, then
     drop them from the pending file; returns the names accepted. `locks`: how long to wait for locks, shared
-    by the calls of one command."""
+    by the calls of one command.
+
+    The golden file is checked against the one the check compared with, read and written under its lock: a
+    file another process changed, even while this one waited for the lock, is refused (PendingConflict)."""
     chosen = [n for n in (pending.snapshots if names is None else names) if n in pending.snapshots]
     if not chosen:
         return []
-    check_unchanged(pending)
-    existing = read_golden(pending.golden)
-    snapshots = dict(existing.snapshots) if existing else {}
-    snapshots.update({name: pending.snapshots[name] for name in chosen})
-    write_golden(pending.golden, GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items()))),
-                 locks)
-    pending.golden_sha256 = golden_digest(pending.golden) or ""  # what is left pending now builds on this file
+
+    def merged(existing: GoldenFile | None) -> GoldenFile:
+        check_unchanged(pending)
+        snapshots = dict(existing.snapshots) if existing else {}
+        snapshots.update({name: pending.snapshots[name] for name in chosen})
+        golden = GoldenFile(pending.test, pending.fingerprint, dict(sorted(snapshots.items())))
+        # what is left pending now builds on this file: its bytes are these (serialization is deterministic)
+        pending.golden_sha256 = hashlib.sha256(dumps(golden).encode("utf-8")).hexdigest()
+        return golden
+
+    edit_golden(pending.golden, merged, locks)
     _drop(pending, chosen)
     return chosen
 

@@ -20,11 +20,21 @@ from pytest_llmdet.golden.compare import (
     divergence_summary,
     render_comparison,
     smallest_margin,
+    summary_line,
+    text_diff,
 )
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, as_stored, prompt_hash
-from pytest_llmdet.golden.store import GoldenLockError, LockBudget, golden_digest, read_golden, write_golden
+from pytest_llmdet.golden.inputs import input_changes, prompt_token_sources
+from pytest_llmdet.golden.store import GoldenLockError, LockBudget, edit_golden, golden_digest, read_golden
 from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
-from pytest_llmdet.golden.variants import Environment, choose_variant, describe, environment_of, is_exact
+from pytest_llmdet.golden.variants import (
+    Environment,
+    choose_variant,
+    describe,
+    environment_of,
+    is_exact,
+    recorded_fingerprint,
+)
 from pytest_llmdet.settings import ComparePlan
 
 CHECK, UPDATE = "check", "update"
@@ -55,7 +65,11 @@ class OutcomeDetails:
     checked: str | None = None  # a tolerant comparison: what it checked, in words
     fragile: Fragile | None = None
     error: str | None = None  # why the golden file could not be read (a check) or written (an update)
-    update_flags: str = ""  # what an update of this snapshot needs besides --llm-snapshot-update (ComparePlan)
+    update_flags: str = ""  # what an update of this snapshot gives besides --llm-snapshot-update
+    command_env: str = ""  # the environment its update command sets (ATEN_CPU_CAPABILITY=...), if any
+    command_id: str = ""  # the test as its update command names it
+    queued: str | None = None  # an update's: written or updated, what it counts as once the file holds it
+    text_diff: list[str] | None = None  # a failed comparison whose text changed: the bounded diff of the texts
 
     def to_data(self) -> dict[str, Any]:
         """As plain data (an xdist worker sends it to the controller)."""
@@ -73,7 +87,7 @@ class SnapshotOutcome:
 
     nodeid: str
     name: str
-    status: str  # passed, failed, missing, written, updated, or error (a write that failed)
+    status: str  # passed, failed, missing, written, updated, error (a write that failed), or unwritten (queued)
     file: str
     details: OutcomeDetails = field(default_factory=OutcomeDetails)
 
@@ -146,28 +160,36 @@ def _same_output(golden: GoldenEntry, current: GoldenEntry) -> bool:
     return all(getattr(golden, name) == getattr(current, name) for name in _COMPARED_FIELDS)
 
 
+WRITTEN, UPDATED, UNWRITTEN = "written", "updated", "unwritten"
+
+
 @dataclass
 class TestSnapshots:
     """The snapshots of one test: its golden file, what it compared, and what it will write."""
 
-    nodeid: str
+    nodeid: str  # the test as it ran
     path: Path
     display_path: str
     mode: str
     near_tie: float
-    update_command: str
+    update_command: str  # the command that re-records this test's golden file
     decoder: Callable[[], Callable[[list[int]], str] | None]
     fingerprint: Callable[[], dict[str, Any] | None]
     record: Callable[[SnapshotOutcome], None]
     compare: ComparePlan = field(default_factory=ComparePlan)
-    engine_flags: str = ""  # the engine an update must record with (--llm-engine vllm ...); empty: transformers
+    update_flags: str = ""  # what its update command gives besides --llm-snapshot-update (shown per outcome)
+    command_env: str = ""  # the environment its update command sets (ATEN_CPU_CAPABILITY=...), if any
+    command_id: str = ""  # the test as its update command names it (default: `test`)
+    test: str = ""  # the test whose golden file this is: `nodeid` without a pytest-repeat step (default: nodeid)
     record_variant: bool = False  # --llm-snapshot-variant: record for this environment, keep the default
+    review: bool = False  # --llm-snapshot-review: every comparison passes; the test fails at its end instead
     # the fingerprint without a local model's weights hash, which a passing check does not need (None: use the
-    # full one); choosing a variant needs only the device type, dtype and compute capability
+    # full one); choosing a variant needs only the device type, dtype and capability
     environment: Callable[[], dict[str, Any] | None] | None = None
     locks: LockBudget | None = None  # the run's wait for golden-file locks, all files together
     used: list[str] = field(default_factory=list)
     updates: dict[str, GoldenEntry] = field(default_factory=dict)
+    targets: dict[str, str | None] = field(default_factory=dict)  # each update's entry: None the default, or a variant
     reports: list[str] = field(default_factory=list)  # full failure reports, shown as a report section
     outcomes: list[SnapshotOutcome] = field(default_factory=list)  # this test's, for its JUnit properties
     _compared: dict[str, tuple[GoldenEntry, tuple[bool, list[str]]]] = field(default_factory=dict)  # each name's
@@ -181,6 +203,10 @@ class TestSnapshots:
     _loaded: bool = False
     passive: bool = False  # a re-run of the determinism check: compare, record and write nothing
     pending_file: str | None = None  # the pending file settle_pending wrote, as the user reads its path
+
+    def __post_init__(self) -> None:
+        self.test = self.test or self.nodeid
+        self.command_id = self.command_id or self.test
 
     def claim(self, name: str | None) -> str:
         """The snapshot name of the next comparison: `name` as given, or the next number for an unnamed one.
@@ -223,7 +249,8 @@ class TestSnapshots:
         return self._golden
 
     def check(self, name: str, value: Any) -> tuple[bool, list[str]]:
-        """Compare `value` with snapshot `name`; in update mode queue it instead. Returns (ok, report)."""
+        """Compare `value` with snapshot `name`; in update mode queue it instead. Returns (ok, report); in a
+        review run every comparison is ok (the test fails at its end instead: `review_failure`)."""
         if self.passive:
             return True, []
         current = entry_from(value)
@@ -234,12 +261,14 @@ class TestSnapshots:
                     f"snapshot {name!r} was compared twice in {self.nodeid} with different outputs; "
                     "give each comparison its own name: llm_snapshot(name=...)"
                 )
-            return result
-        result = self._check(name, value, current)
-        self._compared[name] = (current, result)
-        return result
+        else:
+            result = self._check(name, value, current)
+            self._compared[name] = (current, result)
+        return (True, []) if self.review else result
 
     def _check(self, name: str, value: Any, current: GoldenEntry) -> tuple[bool, list[str]]:
+        # The check fails exactly where an update writes: the outputs or the recorded inputs differ (a
+        # tolerated divergence is neither a failure nor re-recorded).
         self.used.append(name)
         golden_file = self.golden(name)
         stored = golden_file.snapshots.get(name) if golden_file else None
@@ -255,24 +284,24 @@ class TestSnapshots:
         if stored.variants:
             details.compared_with = describe(variant, default_env)
         target = self._target(variant, default_env, current_env)
-        comparison = self._compare(golden, value)
+        comparison = self._compare(golden, value).with_input_changes(input_changes(golden, current))
         if isinstance(value, Generation):
             details.divergence = divergence_summary(comparison)
             if comparison.checked:
                 details.checked = comparison.checked
         if comparison.matched:
-            if self.mode == UPDATE and isinstance(value, Generation) and not _same_output(golden, current):
-                # same tokens, but the prompt or settings changed
-                self._queue(name, _replaced(stored, target, current), "updated", details)
-            else:
-                self._outcome(name, "passed", details)
+            self._outcome(name, "passed", details)
             return True, []
         if self.mode == UPDATE:
-            self._queue(name, _replaced(stored, target, current), "updated", details)
+            self._queue(name, _replaced(stored, target, current), target, UPDATED, details)
             return True, []
+        if comparison.text_changed:  # for the JUnit XML and the JSON report, which carry no full report
+            details.text_diff = text_diff(golden.text, value.text if isinstance(value, Generation) else value)
         self._outcome(name, "failed", details)
-        report = self._report(name, golden, comparison, value, golden_file, variant)
+        exact = is_exact(variant, default_env, current_env)
+        report = self._report(name, golden, comparison, value, golden_file, variant, exact)
         self.pending[name] = (_replaced(stored, target, current), "changed", self.reports[-1])
+        self.targets[name] = target
         return False, report
 
     def _target(self, compared: str | None, default_env: Environment | None,
@@ -314,7 +343,7 @@ class TestSnapshots:
 
     def _missing(self, name: str, current: GoldenEntry, details: OutcomeDetails) -> tuple[bool, list[str]]:
         if self.mode == UPDATE:  # the first recording is the default, with or without --llm-snapshot-variant
-            self._queue(name, current, "written", details)
+            self._queue(name, current, None, WRITTEN, details)
             return True, []
         self._outcome(name, "missing", details)
         lines = [
@@ -322,78 +351,131 @@ class TestSnapshots:
             f"record it with: {self.update_command}",
         ]
         self.pending[name] = (current, "new", "\n".join(lines))
+        self.targets[name] = None
         return False, lines
 
-    def _queue(self, name: str, entry: GoldenEntry, status: str, details: OutcomeDetails) -> None:
+    def _queue(self, name: str, entry: GoldenEntry, target: str | None, status: str,
+               details: OutcomeDetails) -> None:
+        # Counted as written or updated only once the file holds it (`write`); until then it is unwritten.
         self.updates[name] = entry
-        self._outcome(name, status, details)
+        self.targets[name] = target
+        details.queued = status
+        self._outcome(name, UNWRITTEN, details)
 
     def _outcome(self, name: str, status: str, details: OutcomeDetails | None = None) -> None:
         details = details or OutcomeDetails()
-        details.update_flags = " ".join(filter(None, (self.compare.update_flags, self.engine_flags)))
+        details.update_flags, details.command_env, details.command_id = \
+            self.update_flags, self.command_env, self.command_id
         outcome = SnapshotOutcome(self.nodeid, name, status, self.display_path, details)
         self.outcomes.append(outcome)
         self.record(outcome)
 
     def _report(self, name: str, golden: GoldenEntry, comparison: Comparison, value: Any,
-                golden_file: GoldenFile | None, variant: str | None = None) -> list[str]:
+                golden_file: GoldenFile, variant: str | None, exact: bool) -> list[str]:
         text = value.text if isinstance(value, Generation) else value
         ids = value.token_ids if isinstance(value, Generation) else []
-        lines = [f"output differs from snapshot {name!r} in {self.display_path}"]
-        stored = golden_file.snapshots.get(name) if golden_file else None
+        changed = "input of" if comparison.input_changes else "output differs from"
+        lines = [f"{changed} snapshot {name!r} in {self.display_path}"]
+        stored = golden_file.snapshots.get(name)
+        default_env = environment_of(golden_file.fingerprint)
         if stored is not None and stored.variants:
-            default_env = environment_of(golden_file.fingerprint) if golden_file else None
             lines[0] += f", {describe(variant, default_env)}"
+        if comparison.input_changes:
+            lines[0] += " changed"
         decode = _safe_decoder(self.decoder())
-        lines += render_comparison(comparison, golden, text, ids, decode, self.near_tie)
+        current_fingerprint = self.fingerprint()
+        recorded = recorded_fingerprint(golden_file.fingerprint, variant)
+        sources = prompt_token_sources(recorded, current_fingerprint) if comparison.input_changes else None
+        lines += render_comparison(comparison, golden, text, ids, decode, self.near_tie, sources)
         if self.compare.mode == "tolerant" and comparison.divergence is not None and isinstance(value, Generation):
             at = next((i for i, line in enumerate(lines) if line.startswith("  current:")), len(lines) - 1) + 1
             lines[at:at] = top_k_lines(golden, value.top_k_ids, value.top_k_logprobs, comparison.divergence.index,
                                        self.compare.top_k, decode)
-        current_fingerprint = self.fingerprint()
-        if golden_file is not None and current_fingerprint is not None:
-            changes = fingerprint_changes(_recorded_fingerprint(golden_file.fingerprint, variant),
-                                          current_fingerprint)
+        if current_fingerprint is not None:
+            changes = fingerprint_changes(recorded, current_fingerprint)
             if changes:
                 lines.append("the environment differs from the one recorded (this may explain the change): "
                              + "; ".join(changes))
         lines.append(f"if the change is intended, re-record with: {self.update_command}")
+        current_env = environment_of(current_fingerprint)
+        compared_env = default_env if variant is None else Environment.parse(variant)
+        if not exact and current_env is not None and compared_env is not None and not comparison.input_changes:
+            # indented: the full report's, not the assertion's (pytest cuts that short)
+            lines.append(f"  recorded in {compared_env.key}, compared in {current_env.key}: to keep the outputs of "
+                         f"both, record this environment's variant instead: {self.variant_command}")
         self.reports.append("\n".join(lines))
         return _compact(lines)
+
+    @property
+    def variant_command(self) -> str:
+        """The update command that records this environment's variant rather than replacing the default."""
+        return self.update_command.replace("--llm-snapshot-update", "--llm-snapshot-update --llm-snapshot-variant",
+                                           1)
+
+    def review_failure(self) -> str | None:
+        """In a review run, at the end of the test: the failure that lists every changed or missing snapshot it
+        compared (None when none changed)."""
+        if not self.review or self.passive:
+            return None
+        changed = [o for o in self.outcomes if o.status in ("failed", "missing")]
+        if not changed:
+            return None
+        lines = [f"{len(changed)} snapshot(s) of {self.nodeid} changed or missing (a review run compared each "
+                 "one and went on):"]
+        for outcome in changed:
+            divergence = outcome.details.divergence
+            lines.append(f"  [{outcome.name}] {summary_line(divergence) if divergence else outcome.status}")
+        where = f"kept as pending in {self.pending_file}" if self.pending_file else "not kept as pending"
+        lines.append(f"{where}; accept or reject them with: python -m pytest_llmdet review")
+        return "\n".join(lines)
 
     def write(self) -> bool:
         """At the end of the test, in update mode: write the queued snapshots (atomically); True if written.
 
-        Snapshots the test did not compare stay in the file: whether they are unused is decided once, at the
-        end of a whole run (golden.ledger.SnapshotRun.finish)."""
+        The file is read again under its lock and the queued snapshots go into what it holds now. Snapshots
+        the test did not compare stay in the file: whether they are unused is decided once, at the end of a
+        whole run (golden.ledger.SnapshotRun.finish). The queued outcomes count as written or updated once
+        the write is done (`mark_unwritten` makes them errors when it fails)."""
         if self.passive or self.mode != UPDATE or not self.updates:
             return False
-        existing = self.golden()
-        snapshots = dict(existing.snapshots) if existing else {}
-        snapshots.update(self.updates)
         fingerprint = self.fingerprint()
-        if fingerprint is None or (self.record_variant and existing is not None):
-            fingerprint = existing.fingerprint if existing else {}  # a variant keeps the default's fingerprint
-        golden = GoldenFile(test=self.nodeid, fingerprint=fingerprint,
-                            snapshots=dict(sorted(snapshots.items())))
-        return write_golden(self.path, golden, self.locks)
+
+        def merged(existing: GoldenFile | None) -> GoldenFile:
+            snapshots = dict(existing.snapshots) if existing else {}
+            snapshots.update(self.updates)
+            return GoldenFile(test=self.test, fingerprint=self._file_fingerprint(existing, fingerprint),
+                              snapshots=dict(sorted(snapshots.items())))
+
+        written = edit_golden(self.path, merged, self.locks, replace_unusable=True)
+        for outcome in self.outcomes:
+            if outcome.status == UNWRITTEN:
+                outcome.status = outcome.details.queued or UPDATED
+        return written
+
+    def _file_fingerprint(self, existing: GoldenFile | None, current: dict[str, Any] | None) -> dict[str, Any]:
+        # The file's fingerprint names the environment of its default entries: it is replaced only when one of
+        # them is (re)recorded here; a variant alone (and --llm-snapshot-variant) keeps the file's.
+        if existing is not None and (current is None or self.record_variant
+                                     or all(self.targets.get(n) is not None for n in self.updates)):
+            return existing.fingerprint
+        return current or {}
 
     def mark_unwritten(self, reason: str) -> None:
-        """The write failed: what was counted written or updated is an error (in the summary and the report)."""
+        """The write failed: what was to be written or updated is an error (in the summary and the report)."""
         for outcome in self.outcomes:
-            if outcome.status in ("written", "updated"):
+            if outcome.status == UNWRITTEN:
                 outcome.status = "error"
                 outcome.details.error = reason
 
     def settle_pending(self, ci: bool) -> str | None:
-        """At the end of the test, outside CI: a check run writes its changed or new outputs as a pending file
-        beside the golden file (never the golden file itself), or removes a stale one when all matched; an
-        update removes it (the update supersedes it). Returns a note when the pending file could not be
-        written."""
+        """At the end of the test, outside CI (or in any review run): a check run writes its changed or new
+        outputs as a pending file beside the golden file (never the golden file itself), or removes a stale one
+        when all matched; an update removes it (the update supersedes it). Returns a note when the pending file
+        could not be written."""
         from pytest_llmdet.golden.location import PENDING_SUFFIX
         from pytest_llmdet.golden.pending import PendingFile, pending_path, remove_pending, write_pending
 
-        if self.passive or ci or self.mode not in (CHECK, UPDATE):
+        if self.passive or (ci and not self.review) or self.mode not in (CHECK, UPDATE):
             return None
         try:
             if self.mode == UPDATE:
@@ -405,9 +487,11 @@ class TestSnapshots:
                 return None
             if not self.path.parent.is_dir():
                 return None  # a check run creates no folder: record the first snapshots with an update
-            fingerprint = self.fingerprint() or {}
+            golden = self._golden
+            variants_only = golden is not None and all(self.targets.get(n) is not None for n in self.pending)
+            fingerprint = golden.fingerprint if variants_only else self.fingerprint() or {}
             write_pending(PendingFile(
-                pending_path(self.path), self.nodeid, fingerprint,
+                pending_path(self.path), self.test, fingerprint,
                 {name: entry for name, (entry, _, _) in self.pending.items()},
                 {name: status for name, (_, status, _) in self.pending.items()},
                 {name: report for name, (_, _, report) in self.pending.items()},
@@ -419,18 +503,25 @@ class TestSnapshots:
             return f"could not write the pending file {pending_path(self.path)}: {reason}"
         return None
 
-    def write_error(self, error: Exception) -> str:
+    def write_error(self, error: BaseException) -> str:
         """The failure message when the golden file could not be written (a full disk, a read-only folder, a
-        lock held by a stuck process)."""
+        lock held by a stuck process, the test interrupted or timed out while it wrote)."""
         if isinstance(error, GoldenLockError):
             waiting = f"{error.waiting[:1].upper()}{error.waiting[1:]}\n" if error.waiting else ""
             return (f"pytest-llmdet: could not write golden file {self.display_path}: {error.reason}\n{waiting}"
                     f"The file keeps its previous content. {error.advice}, then re-record with: "
                     f"{self.update_command}")
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
-                "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
-                f"permissions), then re-record with: {self.update_command}")
+        if isinstance(error, OSError | GoldenFileError):
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            return (f"pytest-llmdet: could not write golden file {self.display_path}: {reason}\n"
+                    "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
+                    f"permissions), then re-record with: {self.update_command}")
+        first = (str(error).strip().splitlines() or [""])[0]
+        what = f"{type(error).__name__}: {first}" if first else type(error).__name__
+        notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
+        return (f"pytest-llmdet: golden file {self.display_path} was not written: the write was interrupted "
+                f"({what}){notes}\nThe file keeps its previous content (writes are atomic); re-record with: "
+                f"{self.update_command}")
 
 
 def _replaced(stored: GoldenEntry, target: str | None, current: GoldenEntry) -> GoldenEntry:
@@ -440,22 +531,11 @@ def _replaced(stored: GoldenEntry, target: str | None, current: GoldenEntry) -> 
     return replace(stored, variants=dict(sorted({**stored.variants, target: current}.items())))
 
 
-def _recorded_fingerprint(fingerprint: dict[str, Any], variant: str | None) -> dict[str, Any]:
-    """The fingerprint a variant was recorded under, as far as its key tells: the file's, with its environment."""
-    if variant is None:
-        return fingerprint
-    device_type, dtype, *capability = variant.split(":")
-    recorded = {k: v for k, v in fingerprint.items() if k != "compute_capability"}
-    recorded.update(device_type=device_type, dtype=dtype)
-    if capability:
-        recorded["compute_capability"] = capability[0]
-    return recorded
-
-
 def _compact(lines: list[str], limit: int = 7) -> list[str]:
     # pytest truncates assertion explanations past 8 lines outside CI; the full report (text diff included)
     # is attached to the test report as the section "llm snapshot", so keep the essentials here.
-    essential = [line for line in lines if not line.startswith("  ") or line.lstrip().startswith(("golden", "current"))]
+    kept = ("golden", "current", "prompt", "setting")  # the two sides, and each changed input
+    essential = [line for line in lines if not line.startswith("  ") or line.lstrip().startswith(kept)]
     essential = [line for line in essential if line != "text diff:"]
     if len(essential) > limit:
         essential = essential[: limit - 1] + essential[-1:]

@@ -22,7 +22,7 @@ import stat
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +153,19 @@ def _check_lock_file(golden: Path, lock: Path) -> None:
             f"Remove {lock} (a lock file holds nothing), or point TMPDIR at a writable folder") from None
 
 
+def held_by(lock: Path) -> str:
+    """Who holds `lock`, in words: `pid 123 (pytest ...)`, or `another process` when it did not record itself."""
+    holder = lock_holder(lock)
+    if holder is None:
+        return "another process"
+    command = " ".join(holder[1].split())  # on one line, whatever its arguments hold
+    command = command if len(command) <= MAX_COMMAND_SHOWN else command[: MAX_COMMAND_SHOWN - 1] + "…"
+    return f"pid {holder[0]} ({command})"
+
+
 def _timed_out(golden: Path, lock: Path, budget: LockBudget, waited: bool) -> GoldenLockError:
     holder = lock_holder(lock)
-    held_by = "another process"
-    if holder is not None:
-        command = holder[1] if len(holder[1]) <= MAX_COMMAND_SHOWN else holder[1][: MAX_COMMAND_SHOWN - 1] + "…"
-        held_by = f"pid {holder[0]} ({command})"
-    reason = f"its lock file {lock} is held by {held_by}"
+    reason = f"its lock file {lock} is held by {held_by(lock)}"
     limit = f"{budget.seconds:g} s"
     waiting = (f"gave up after {limit}: a run waits at most {limit} for golden-file locks, all files together"
                if waited else f"not waited for: this run already waited its {limit} for golden-file locks")
@@ -187,6 +193,11 @@ def golden_lock(path: Path, budget: LockBudget | None = None) -> Iterator[None]:
     except Timeout:
         budget.waited = budget.seconds  # it waited all that was left
         raise _timed_out(path, lock, budget, waited=timeout > 0) from None
+    except BaseException as error:  # interrupted while waiting (Ctrl-C, pytest-timeout): say for whom
+        holder = lock_holder(lock)
+        error.add_note(f"while waiting for its lock, held by {held_by(lock)}" if holder else
+                       f"while waiting for its lock {lock}")
+        raise
     budget.waited += time.monotonic() - started
     try:
         _record_holder(lock)
@@ -353,58 +364,107 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_golden(path: Path, golden: GoldenFile, locks: LockBudget | None = None) -> bool:
-    """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote.
-
-    On any error (a full disk, a read-only folder, a lock held past the run's budget `locks`) the golden file
-    keeps its old content and no temporary file is left; the error propagates.
-    """
+def _encoded(path: Path, golden: GoldenFile) -> bytes:
     content = dumps(golden).encode("utf-8")
     if len(content) > MAX_FILE_BYTES:
         raise GoldenFileError(
             f"{path} would be {len(content) / 1e6:.1f} MB, over the {MAX_FILE_BYTES // (1024 * 1024)} MB "
             "limit for a golden file; it was not written. Snapshot shorter outputs or split the test."
         )
-    with golden_lock(path, locks):
-        _remove_stale_temporaries(path)
-        old_size = _existing_size(path)  # refuses a pipe, a device or a folder in its place
-        if old_size == len(content) and read_file_bounded(path) == content:
-            return False
-        mode = _mode_of(path)
-        handle, temporary = _create_temporary(path)
-        try:
-            _set_mode(handle, mode)
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(content)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _sync_folder(path.parent)
+    return content
+
+
+def _write_locked(path: Path, content: bytes) -> bool:
+    # The caller holds the file's lock.
+    _remove_stale_temporaries(path)
+    old_size = _existing_size(path)  # refuses a pipe, a device or a folder in its place
+    if old_size == len(content) and read_file_bounded(path) == content:
+        return False
+    mode = _mode_of(path)
+    handle, temporary = _create_temporary(path)
+    try:
+        _set_mode(handle, mode)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
     return True
+
+
+def _delete_locked(path: Path) -> bool:
+    # The caller holds the file's lock. The pending file goes too: accepting it later would bring the deleted
+    # golden file back.
+    _remove_stale_temporaries(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    try:
+        pending_path(path).unlink(missing_ok=True)
+    except OSError:  # a folder of that name is not a pending file of ours: left alone
+        pass
+    return True
+
+
+def write_golden(path: Path, golden: GoldenFile, locks: LockBudget | None = None) -> bool:
+    """Write `golden` atomically unless the file already holds exactly these bytes; True if it wrote.
+
+    On any error (a full disk, a read-only folder, a lock held past the run's budget `locks`) the golden file
+    keeps its old content and no temporary file is left; the error propagates.
+    """
+    content = _encoded(path, golden)
+    with golden_lock(path, locks):
+        return _write_locked(path, content)
+
+
+REMOVE = "remove"  # what an `edit_golden` change returns to delete the file
+
+
+def edit_golden(path: Path, change: Callable[[GoldenFile | None], GoldenFile | str | None],
+                locks: LockBudget | None = None, replace_unusable: bool = False) -> bool:
+    """Read, change and write one golden file under its lock, so that what another process wrote in between is
+    seen, never overwritten unseen; True if the file changed.
+
+    `change(existing)` gets the file as it is now (None: there is none, or with `replace_unusable` one that
+    cannot be used) and returns its new content, None to leave it as it is, or REMOVE to delete it; it may raise
+    to refuse (the lock is released, nothing written). An unusable file raises GoldenFileError otherwise."""
+    with golden_lock(path, locks):
+        try:
+            existing = read_golden(path)
+        except GoldenFileError:
+            if not replace_unusable:
+                raise
+            existing = None
+        new = change(existing)
+        if new is None:
+            return False
+        if new == REMOVE:
+            removed = _delete_locked(path)
+        else:
+            return _write_locked(path, _encoded(path, new))
+    _remove_empty_folder(path.parent)
+    return removed
 
 
 def delete_golden(path: Path, locks: LockBudget | None = None) -> bool:
-    """Delete a golden file and its pending file (only ever on an explicit update); True if it existed.
-
-    The pending file goes too: accepting it later would bring the deleted golden file back."""
+    """Delete a golden file and its pending file (only ever on an explicit update); True if it existed."""
     with golden_lock(path, locks):
-        _remove_stale_temporaries(path)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return False
-        try:
-            pending_path(path).unlink(missing_ok=True)
-        except OSError:  # a folder of that name is not a pending file of ours: left alone
-            pass
+        removed = _delete_locked(path)
+    if removed:
+        _remove_empty_folder(path.parent)
+    return removed
+
+
+def _remove_empty_folder(folder: Path) -> None:
     try:
-        path.parent.rmdir()  # only if now empty; a concurrent writer may just have added a file
+        folder.rmdir()  # only if now empty; a concurrent writer may just have added a file
     except OSError:
         pass
-    return True
 
 
 def clean_temporaries(folder: Path) -> int:
@@ -432,5 +492,5 @@ def clean_temporaries(folder: Path) -> int:
     return removed
 
 
-__all__ = ["GoldenFileError", "GoldenLockError", "LockBudget", "clean_temporaries", "delete_golden", "golden_lock",
-           "read_golden", "temporary_target", "write_golden"]
+__all__ = ["REMOVE", "GoldenFileError", "GoldenLockError", "LockBudget", "clean_temporaries", "delete_golden",
+           "edit_golden", "golden_lock", "read_golden", "temporary_target", "write_golden"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from pytest_llmdet.commands import join_command
 from pytest_llmdet.golden.ledger import SnapshotRun, tolerated_at
 from pytest_llmdet.golden.snapshot import SnapshotOutcome
 
@@ -33,16 +34,21 @@ def count_line(counts: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _rerecord_commands(failed: list[SnapshotOutcome]) -> str:
+def _rerecord_commands(failed: list[SnapshotOutcome], limit: int = 5) -> str:
     # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
-    # stores the top-k candidates that comparison uses (a plain update would store none).
-    by_flags: dict[str, list[str]] = {}
-    for o in sorted(failed, key=lambda o: (o.details.update_flags, o.nodeid)):
-        tests = by_flags.setdefault(o.details.update_flags, [])
-        if o.nodeid not in tests:
-            tests.append(o.nodeid)
-    return "; ".join(f"pytest --llm-snapshot-update {flags + ' ' if flags else ''}{_quoted(tests)}"
-                      for flags, tests in by_flags.items())
+    # stores the top-k candidates that comparison uses (a plain update would store none). Each names the tests
+    # as its outcomes' commands do (a pytest-repeat step by its test).
+    by_flags: dict[tuple[str, str], list[str]] = {}
+    for o in sorted(failed, key=lambda o: (o.details.command_env, o.details.update_flags, o.nodeid)):
+        tests = by_flags.setdefault((o.details.command_env, o.details.update_flags), [])
+        test = o.details.command_id or o.nodeid
+        if test not in tests:
+            tests.append(test)
+    commands = []
+    for (environment, flags), tests in by_flags.items():
+        command = join_command(environment, flags, tests[:limit])
+        commands.append(command + (" ..." if len(tests) > limit else ""))
+    return "; ".join(commands)
 
 
 def _review_command(pending: list[str]) -> str:
@@ -70,7 +76,7 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
     if run.not_compared:
         lines.append(f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing "
-                     f"them{listed}:")
+                     f"them; pytest --llm-snapshot-review compares them all (and keeps each change pending){listed}:")
         if not details:
             lines += _listed([f"{n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared])
     tolerated = run.tolerated()
@@ -90,7 +96,8 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
         elif not update:
             lines.append("a full run with --llm-snapshot-update deletes them")
     if run.deleted:
-        lines.append(f"deleted {len(run.deleted)} unused golden file(s) or snapshot(s):")
+        lines.append(f"deleted {len(run.deleted)} unused golden file(s) or snapshot(s) (committed ones come back "
+                     "with: git checkout -- <file>):")
         lines += [f"  {d}" for d in run.deleted]
     if run.foreign:
         lines.append(f"{len(run.foreign)} file(s) in snapshot folders that are not golden files of this suite "

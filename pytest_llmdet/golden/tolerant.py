@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pytest_llmdet.divergence import divergence_of, first_divergence, format_margin, value_at
-from pytest_llmdet.golden.compare import Comparison
+from pytest_llmdet.golden.compare import Comparison, flip_label
 from pytest_llmdet.golden.format import GoldenEntry
 
 RULE = "tolerant comparison (vLLM check_logprobs_close rule, lengths checked)"
@@ -67,11 +67,12 @@ def compare_tolerant(golden: GoldenEntry, token_ids: list[int], margins: list[fl
         divergence.label = "no-top-k"
         side = "golden snapshot" if golden_top is None else "current generation"
         result.checked = f"{prefix} at token {index} the {side} has no top-k candidates to compare with"
-        margin = divergence.reference_margin
-        if near_tie is not None and margin is not None:  # what exact mode makes of it: as much as can be said
-            kind = "a near-tie" if margin < near_tie else "a regression"
-            result.checked += (f"; exact mode calls this flip {kind} (golden margin {format_margin(margin)} "
-                               f"{'<' if margin < near_tie else '>='} llm_near_tie {near_tie})")
+        golden_margin, current_margin = divergence.reference_margin, divergence.other_margin
+        if near_tie is not None and (golden_margin, current_margin) != (None, None):  # what exact mode makes of it
+            kind = "a near-tie" if flip_label(golden_margin, current_margin, near_tie) == "near-tie" else \
+                "a regression"
+            result.checked += (f"; exact mode calls this flip {kind} (golden margin {format_margin(golden_margin)}, "
+                               f"current margin {format_margin(current_margin)}, llm_near_tie {near_tie})")
         return result
     golden_top, current_top = list(golden_top[:top_k]), list(current_top[:top_k])
     golden_rank, current_rank = _rank(golden_token, current_top), _rank(current_token, golden_top)

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmdet.golden.format import GoldenFileError
-from pytest_llmdet.golden.snapshot import LLMSnapshot
+from pytest_llmdet.golden.snapshot import LLMSnapshot, TestSnapshots
 from pytest_llmdet.golden.summary import fragile_lines, summary_lines
 from pytest_llmdet.hooks.keys import (
     BEFORE_FILTERING_KEY,
@@ -36,6 +35,25 @@ def compare_plan_of(request: pytest.FixtureRequest) -> ComparePlan:
                         marker.kwargs if marker else None)
 
 
+REPEAT_PARAMETER = "__pytest_repeat_step_number"  # pytest-repeat's: its steps share their test's golden file
+
+
+def golden_test_of(item: pytest.Item) -> str:
+    """The test whose golden file `item` uses: itself, or for a step of pytest-repeat (`--count`, the `repeat`
+    marker) the test it repeats, its step's id (`1-2`) taken out of the node id."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or REPEAT_PARAMETER not in callspec.params:
+        return item.nodeid
+    ids = list(getattr(callspec, "_idlist", ()))
+    step = f"{callspec.params[REPEAT_PARAMETER] + 1}-"
+    matches = [i for i, part in enumerate(ids) if part.startswith(step) and part[len(step):].isdigit()]
+    suffix = f"[{callspec.id}]"
+    if not matches or not item.nodeid.endswith(suffix):
+        return item.nodeid
+    del ids[matches[-1]]
+    return item.nodeid[: -len(suffix)] + (f"[{'-'.join(ids)}]" if ids else "")
+
+
 def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
     """Record every collected test and the module folders collected, and why the run is partial (a partial
     update deletes no unused snapshot)."""
@@ -43,24 +61,23 @@ def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
     for item in session.items:
         path = getattr(item, "path", None)
         if path is not None and path.suffix == ".py":
-            llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()))
+            llmdet.register_collected(item.nodeid, path, "llm_snapshot" in getattr(item, "fixturenames", ()),
+                                      golden_test_of(item))
             kept.add(item.nodeid)
     config = session.config
     option = config.option
     reasons = llmdet.snapshots.partial_reasons
-    filtered = [(nodeid, path) for nodeid, path in session.stash.get(BEFORE_FILTERING_KEY, [])
+    filtered = [(nodeid, path, test) for nodeid, path, test in session.stash.get(BEFORE_FILTERING_KEY, [])
                 if nodeid not in kept and nodeid not in llmdet.snapshots.deselected]
     if filtered:  # dropped by a plugin or a conftest without pytest_deselected: they still own their files
         reasons.add("tests filtered out during collection")
-        for nodeid, path in filtered:
-            llmdet.register_deselected(nodeid, path)
+        for nodeid, path, test in filtered:
+            llmdet.register_deselected(nodeid, path, test)
     for flag, reason in (("keyword", "-k"), ("markexpr", "-m"), ("lf", "--lf/--ff"), ("failedfirst", "--lf/--ff"),
                          ("stepwise", "--stepwise"), ("setuponly", "--setup-only"), ("setupplan", "--setup-plan"),
                          ("collectonly", "--collect-only")):
         if getattr(option, flag, None):
             reasons.add(reason)
-    if (getattr(option, "count", None) or 1) > 1:  # pytest-repeat: every id gets a [i-n] suffix
-        reasons.add("--count (pytest-repeat)")
     for arg in config.args:
         if "::" in arg:
             reasons.add("node ids on the command line")
@@ -69,14 +86,12 @@ def register_collection(session: pytest.Session, llmdet: LLMDetSession) -> None:
         reasons.add("collection errors")
 
 
-
-
 def register_before_filtering(items: list[pytest.Item], llmdet: LLMDetSession) -> None:
     """Remember every collected test before plugins and conftests filter the list: a test dropped without
     pytest_deselected (a "fast mode" conftest, --lf) must keep its golden file."""
     if items:
         items[0].session.stash[BEFORE_FILTERING_KEY] = [
-            (item.nodeid, item.path) for item in items
+            (item.nodeid, item.path, golden_test_of(item)) for item in items
             if getattr(item, "path", None) is not None and item.path.suffix == ".py"]
 
 
@@ -86,7 +101,7 @@ def register_deselected(items: list[pytest.Item], llmdet: LLMDetSession) -> None
     for item in items:
         path = getattr(item, "path", None)
         if path is not None and path.suffix == ".py":
-            llmdet.register_deselected(item.nodeid, path)
+            llmdet.register_deselected(item.nodeid, path, golden_test_of(item))
 
 
 def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> Iterator[LLMSnapshot]:
@@ -94,16 +109,19 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
 
     Nothing is written, and no pending file settled, unless the test's call phase ran (`--setup-only` runs
     the fixture without the test). Unused snapshots are never dropped here: that waits for the end of a
-    whole run (`SnapshotRun.finish`)."""
+    whole run (`SnapshotRun.finish`). A write that does not complete, for whatever reason (a full disk, a
+    lock, pytest-timeout's Timeout, Ctrl-C), leaves its snapshots counted as errors, never as written."""
     node = request.node
     try:
         plan = compare_plan_of(request)
     except SettingsError as error:
         pytest.fail(f"pytest-llmdet: {error}", pytrace=False)
+    test = golden_test_of(node)
     snapshots = llmdet.test_snapshots(
         node.nodeid, Path(str(node.path)), lambda: node.stash.get(LLM_KEY, None),
         passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False), compare=plan,
         full_fingerprints=bool(request.config.getoption("llmdet_report")),
+        test=test, command_id=request.config.cwd_relative_nodeid(test),
     )
     node.stash[SNAPSHOTS_KEY] = snapshots
     yield LLMSnapshot(snapshots)
@@ -111,19 +129,40 @@ def snapshot_fixture(request: pytest.FixtureRequest, llmdet: LLMDetSession) -> I
         llmdet.snapshots.note_fixture(node.nodeid, snapshots.used)
     if not node.stash.get(CALL_RAN_KEY, False):
         return
-    failure = None
-    try:
-        snapshots.write()
-    except (OSError, GoldenFileError) as error:
-        failure = snapshots.write_error(error)
-        snapshots.mark_unwritten(failure)
+    failure = _write(snapshots)
     note = snapshots.settle_pending(ci=in_ci())
     if snapshots.pending_file is not None:  # the summary names the review command
         llmdet.snapshots.pending.append(snapshots.pending_file)
     if note is not None:
         node.add_report_section("teardown", "llm snapshot", note)
+    set_junit_properties(node, snapshots.outcomes)  # the statuses as written (JUnit XML reads them at teardown)
+    failure = failure or snapshots.review_failure()
     if failure is not None:  # failed outside the except block: one message, not a chain of two
         pytest.fail(failure, pytrace=False)
+
+
+def _write(snapshots: TestSnapshots) -> str | None:
+    """Write the test's golden file; the failure message when the write did not complete (its snapshots are
+    then errors). Ctrl-C goes on stopping the run once they are marked."""
+    try:
+        snapshots.write()
+    except (KeyboardInterrupt, SystemExit) as error:
+        snapshots.mark_unwritten(snapshots.write_error(error))
+        raise
+    except BaseException as error:  # noqa: BLE001 - pytest-timeout's Timeout (a pytest.fail) too
+        failure = snapshots.write_error(error)
+        snapshots.mark_unwritten(failure)
+        return failure
+    return None
+
+
+def set_junit_properties(item: pytest.Item, outcomes: list[Any]) -> list[tuple[str, str]]:
+    """Each snapshot's JUnit XML properties on `item`, replacing those of an earlier attempt or phase."""
+    properties = junit_properties(outcomes)
+    names = {name for name, _ in properties}
+    item.user_properties[:] = [p for p in item.user_properties if not (isinstance(p, tuple) and p[0] in names)]
+    item.user_properties.extend(properties)
+    return properties
 
 
 def take_report(item: pytest.Item, report: pytest.TestReport, llmdet: LLMDetSession) -> None:
@@ -139,11 +178,8 @@ def take_report(item: pytest.Item, report: pytest.TestReport, llmdet: LLMDetSess
     if test_snapshots.reports:
         report.sections.append(("llm snapshot", "\n\n".join(test_snapshots.reports)))
     if test_snapshots.outcomes:
-        properties = junit_properties(test_snapshots.outcomes)
-        names = {name for name, _ in properties}  # a re-run replaces its earlier attempt's properties
-        item.user_properties[:] = [p for p in item.user_properties if not (isinstance(p, tuple) and p[0] in names)]
-        item.user_properties.extend(properties)  # JUnit XML reads them from the teardown report, made later
-        report.user_properties.extend(properties)
+        # JUnit XML reads them from the teardown report, made later (the fixture sets them again after writing)
+        report.user_properties.extend(set_junit_properties(item, test_snapshots.outcomes))
 
 
 def finish_snapshots(llmdet: LLMDetSession, workers: list[dict[str, Any]]) -> None:

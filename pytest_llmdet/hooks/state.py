@@ -20,6 +20,7 @@ from pytest_llmdet.settings import (
 )
 
 if TYPE_CHECKING:
+    from pytest_llmdet.commands import RerecordCommand
     from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
     from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSpec
@@ -43,8 +44,12 @@ class LLMDetSession:
     """One pytest run (one per xdist worker): settings, loaded models, snapshots and statistics."""
 
     def __init__(self, settings: Settings, rootdir: Path, invocation_dir: Path,
-                 snapshot_settings: SnapshotSettings | None = None, worker: str | None = None) -> None:
+                 snapshot_settings: SnapshotSettings | None = None, worker: str | None = None,
+                 command_inputs: tuple[dict[str, Any], list[str], str | None, str | None] | None = None) -> None:
         self.settings = settings
+        # what the command line gave: each flag's value (None: not given), the -o overrides, -c and --rootdir;
+        # re-record commands repeat what shaped the outputs (commands.py)
+        self.command_inputs = command_inputs or ({}, [], None, None)
         self.worker = worker  # the pytest-xdist worker id (gw0, gw1, ...), None outside xdist
         self.rootdir = rootdir
         self.invocation_dir = invocation_dir
@@ -151,7 +156,8 @@ class LLMDetSession:
         if key not in self._fingerprints:
             base = engine.plan(self.settings.max_new_tokens, {}, self.settings.inherit_processors)
             self._fingerprints[key] = environment_fingerprint(
-                **engine.describe(), generation=base.settings, cache=self.weights_cache, weights=weights)
+                **engine.describe(), generation=base.settings, cache=self.weights_cache, weights=weights,
+                chat_template=getattr(engine.tokenizer, "chat_template", None))
         return self._fingerprints[key]
 
     # -- snapshots ---------------------------------------------------------------------------------------
@@ -164,20 +170,23 @@ class LLMDetSession:
         except ValueError:
             return str(path)
 
-    def register_collected(self, nodeid: str, test_path: Path, declared: bool) -> None:
-        """Record a collected test (every one: a test may reach `llm_snapshot` through getfixturevalue)."""
+    def register_collected(self, nodeid: str, test_path: Path, declared: bool, test: str | None = None) -> None:
+        """Record a collected test (every one: a test may reach `llm_snapshot` through getfixturevalue); `test`
+        names the test whose golden file it uses (default: itself)."""
         from pytest_llmdet.golden.ledger import TestRecord
         from pytest_llmdet.golden.location import golden_path, module_folder
 
         folder = self.snapshot_settings.snapshot_dir
         self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
-        self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, nodeid, folder)), declared=declared)
+        self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, test or nodeid, folder)),
+                                                  declared=declared)
 
-    def register_deselected(self, nodeid: str, test_path: Path) -> None:
+    def register_deselected(self, nodeid: str, test_path: Path, test: str | None = None) -> None:
         """A deselected test still owns its golden file: a partial run never calls it unused."""
         from pytest_llmdet.golden.location import golden_path
 
-        self.snapshots.deselected[nodeid] = str(golden_path(test_path, nodeid, self.snapshot_settings.snapshot_dir))
+        self.snapshots.deselected[nodeid] = str(golden_path(test_path, test or nodeid,
+                                                            self.snapshot_settings.snapshot_dir))
 
     def register_partly_collected(self, test_path: Path) -> None:
         """A module named by node ids on the command line: its other tests were not collected, so no golden
@@ -187,8 +196,11 @@ class LLMDetSession:
         self.snapshots.partly_collected.add(str(module_folder(test_path, self.snapshot_settings.snapshot_dir)))
 
     def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
-                       compare: ComparePlan | None = None, full_fingerprints: bool = False) -> TestSnapshots:
-        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None.
+                       compare: ComparePlan | None = None, full_fingerprints: bool = False,
+                       test: str | None = None, command_id: str | None = None) -> TestSnapshots:
+        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None. `test` names the
+        test whose golden file it uses (default `nodeid`; a pytest-repeat step uses its test's), `command_id`
+        the test as a re-record command names it (relative to where pytest was started).
 
         A check hashes a local model's weights only where the fingerprint is shown or kept: a failure report, a
         pending file, or (with `full_fingerprints`, for the JSON report) every outcome."""
@@ -196,11 +208,14 @@ class LLMDetSession:
         from pytest_llmdet.golden.snapshot import TestSnapshots
 
         settings = self.snapshot_settings
-        path = golden_path(test_path, nodeid, settings.snapshot_dir)
+        test = test or nodeid
+        command_id = command_id or test
+        path = golden_path(test_path, test, settings.snapshot_dir)
         compare = compare or ComparePlan(settings.compare, settings.top_k)
-        # the tolerant flags too (a plain update would store no top-k candidates), and the engine's: an update
-        # records what the check generated
-        flags = " ".join(filter(None, (compare.update_flags, self.engine_flags)))
+        command = self.rerecord_command
+        # the tolerant flags too (a plain update would store no top-k candidates): an update records what the
+        # check compared
+        extra = compare.update_flags.split()
 
         def decoder():
             handle = llm()
@@ -214,41 +229,26 @@ class LLMDetSession:
 
         return TestSnapshots(
             nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
-            near_tie=settings.near_tie,
-            update_command=f'pytest --llm-snapshot-update {flags + " " if flags else ""}"{nodeid}"',
+            near_tie=settings.near_tie, update_command=command.line([command_id], extra),
             decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
             environment=None if full_fingerprints else partial(fingerprint, weights=False),
-            compare=compare, engine_flags=self.engine_flags, record_variant=settings.variant,
+            compare=compare, update_flags=command.flags_line(extra), command_env=command.environment_line(),
+            command_id=command_id, test=test, record_variant=settings.variant, review=settings.review,
             locks=self.snapshots.locks,
         )
 
-    @property
-    def engine_flags(self) -> str:
-        """The flags that select this run's engine, for a re-record command (empty for transformers)."""
-        import shlex
+    @cached_property
+    def rerecord_command(self) -> RerecordCommand:
+        """What every re-record command of this run gives: the options that shaped its outputs, as given."""
+        from pytest_llmdet.commands import rerecord_command
 
-        from pytest_llmdet.settings import API_KEY_ENV_DEFAULT, ENGINES
-
-        s = self.settings
-        if s.engine == ENGINES[0]:
-            return ""
-        flags = ["--llm-engine", s.engine]
-        if s.engine == "vllm" and s.vllm_args:
-            flags += ["--llm-vllm-args", " ".join(f"{key}={shlex.quote(_arg_text(value))}"
-                                                 for key, value in s.vllm_args)]
-        if s.engine == "openai" and s.base_url:
-            from pytest_llmdet.engines.openai_server import shown_url
-
-            flags += ["--llm-base-url", shown_url(s.base_url)]
-            if s.served_model is not None:
-                flags += ["--llm-served-model", s.served_model]
-            if s.api_key_env != API_KEY_ENV_DEFAULT:
-                flags += ["--llm-api-key-env", s.api_key_env]
-        return shlex.join(flags)
+        given, overrides, inifile, rootdir = self.command_inputs
+        return rerecord_command(given, overrides, inifile, rootdir)
 
     def finish_snapshots(self) -> None:
         if self.snapshots_on:
-            self.snapshots.finish(update=self.snapshot_settings.mode == "update", rootdir=self.rootdir)
+            self.snapshots.finish(update=self.snapshot_settings.mode == "update", rootdir=self.rootdir,
+                                  display=self.display)
 
     def worker_data(self, worker: str | None = None) -> dict[str, Any]:
         """What this process loaded and generated (and, as an xdist worker `worker`, sends the controller)."""
@@ -259,15 +259,6 @@ class LLMDetSession:
             "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
             "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
-
-
-def _arg_text(value: Any) -> str:
-    # an engine argument as llm_vllm_args reads it back (settings.parse_engine_args)
-    import json
-
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else "none"
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (dict, list)) else str(value)
 
 
 _WORKERS = "_llmdet_workers"  # on the controller's config: what each xdist worker sent, by worker id
