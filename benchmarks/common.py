@@ -62,7 +62,7 @@ def ratio(numerator: float, denominator: float) -> float:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-markdown table with aligned columns (what the README shows, pasted as printed)."""
+    """A GitHub-markdown table with aligned columns (what docs/benchmarks.md shows, pasted as printed)."""
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
     if any(len(row) != len(headers) for row in cells):
         raise ValueError("every row needs one cell per header")

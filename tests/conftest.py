@@ -26,7 +26,7 @@ import transformers  # noqa: E402,F401
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402,F401
 from transformers.models.qwen2 import modeling_qwen2, tokenization_qwen2  # noqa: E402,F401
 
-# The plugin imports most of its own modules lazily (see README, "Cheap when unused"). Import them all here
+# The plugin imports most of its own modules lazily (see docs/llm-fixture.md, "Cheap when unused"). Import them all here
 # too, so that every in-process run and every test (monkeypatching one, say) sees the same module objects,
 # rather than a fresh copy per run that a test's `from pytest_llmdet import x` would not see.
 for _module in pkgutil.walk_packages(pytest_llmdet.__path__, "pytest_llmdet."):
