@@ -148,7 +148,11 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
     name = "compute-capability variant key recorded"
     cuda = device.startswith("cuda")
     capability = "{}.{}".format(*torch.cuda.get_device_capability(0)) if cuda else None
-    key = f"cuda:bfloat16:{capability}" if cuda else "cpu:bfloat16"  # --cpu: the same steps, no capability
+    if not cuda:  # --cpu: the same steps; the key then names the CPU's instruction set
+        from pytest_llmdet.engines.fingerprint import cpu_capability
+
+        capability = cpu_capability()
+    key = f"{'cuda' if cuda else 'cpu'}:bfloat16:{capability}"
     body = ("import pytest\n\n"
             f"PROMPTS = {PROBE_PROMPTS[:6]!r}\n\n\n"
             "@pytest.mark.parametrize('prompt', PROMPTS)\n"
@@ -170,7 +174,7 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
             for entry in json.loads(path.read_text(encoding="utf-8"))["snapshots"].values()
             for k in entry.get("variants", {})]
     capabilities = {json.loads(p.read_text(encoding="utf-8"))["fingerprint"].get("compute_capability")
-                    for p in (on_cuda / "__llm_snapshots__").rglob("*.json")} if cuda else {None}
+                    for p in (on_cuda / "__llm_snapshots__").rglob("*.json")} if cuda else {capability}
     if set(keys) - {key} or capabilities != {capability}:
         return Check(name, "FAILED", f"variant keys {sorted(set(keys))}, fingerprint compute_capability "
                      f"{sorted(map(str, capabilities))}; expected {key} and {capability}")

@@ -19,9 +19,10 @@ from typing import Any
 from pytest_llmdet.versions import package_version
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
-# The files a tokenizer is loaded from (transformers' names for every kind of tokenizer) and chat templates.
+# The files a tokenizer is loaded from (transformers' names for every kind of tokenizer); the chat template, in its
+# own file or in tokenizer_config.json, has a hash of its own (chat_template_sha256).
 TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-                      "*.model", "chat_template*", "additional_chat_templates/*")
+                      "*.model")
 DEFAULT_ENGINE = "transformers"
 # Fields added to the fingerprint after golden files were first recorded: a file recorded without one does not
 # say what it was, so its absence is not shown as a change.

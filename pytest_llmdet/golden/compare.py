@@ -21,7 +21,7 @@ from pytest_llmdet.golden.inputs import InputChange
 
 PREFIX_CHARS = 60
 DIFF_LINES = 12
-DIFF_WIDTH = 100  # characters of text per diff line: a long output's lines are wrapped before diffing
+DIFF_WIDTH = 120  # characters of text per diff line: a long output's lines are wrapped before diffing
 INPUT_CHANGED = "input-changed"
 
 

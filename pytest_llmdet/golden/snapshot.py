@@ -24,7 +24,7 @@ from pytest_llmdet.golden.compare import (
     text_diff,
 )
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, as_stored, prompt_hash
-from pytest_llmdet.golden.inputs import input_changes, prompt_token_sources
+from pytest_llmdet.golden.inputs import PROMPT_TOKEN_SOURCES, input_changes, prompt_token_sources
 from pytest_llmdet.golden.store import GoldenLockError, LockBudget, edit_golden, golden_digest, read_golden
 from pytest_llmdet.golden.tolerant import compare_tolerant, top_k_lines
 from pytest_llmdet.golden.variants import (
@@ -392,7 +392,10 @@ class TestSnapshots:
             lines[at:at] = top_k_lines(golden, value.top_k_ids, value.top_k_logprobs, comparison.divergence.index,
                                        self.compare.top_k, decode)
         if current_fingerprint is not None:
-            changes = fingerprint_changes(recorded, current_fingerprint)
+            # what the input line already named (the tokenizer's and chat template's hashes) is not repeated
+            shown = {k: v for k, v in recorded.items() if not (sources and k in PROMPT_TOKEN_SOURCES)}
+            changes = fingerprint_changes(shown, {k: v for k, v in current_fingerprint.items() if k in shown
+                                                  or not (sources and k in PROMPT_TOKEN_SOURCES)})
             if changes:
                 lines.append("the environment differs from the one recorded (this may explain the change): "
                              + "; ".join(changes))
