@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmdet.determinism.runs import FactorCell, Verdict
-from pytest_llmdet.golden.compare import summary_line
 from pytest_llmdet.golden.ledger import NotCompared
-from pytest_llmdet.golden.snapshot import SnapshotOutcome
+from pytest_llmdet.golden.outcome import SnapshotOutcome
 from pytest_llmdet.golden.store import replace_atomically
 from pytest_llmdet.versions import package_version
 
@@ -28,13 +27,13 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
     return {
         "test": outcome.nodeid,
         "name": outcome.name,
-        "status": outcome.status,
+        "status": str(outcome.status),
         "file": outcome.file,
         "variant": details.variant,
-        "compare": details.compare,
+        "compare": str(details.compare),
         "checked": details.checked,
         "fingerprint": details.fingerprint,
-        "divergence": details.divergence,
+        "divergence": None if details.divergence is None else details.divergence.to_data(),
         "fragile": None if details.fragile is None else {"position": details.fragile.position,
                                                           "margin": details.fragile.margin},
         "error": details.error,
@@ -111,13 +110,13 @@ def junit_properties(outcomes: Iterable[SnapshotOutcome]) -> list[tuple[str, str
     properties = []
     for outcome in outcomes:
         details = outcome.details
-        parts = [outcome.status]
+        parts = [str(outcome.status)]
         if details.variant:
             parts.append(f"variant {details.variant}")
         if details.compare != "exact":
             parts.append(f"compare {details.compare}")
         if details.divergence is not None:
-            parts.append(summary_line(details.divergence))
+            parts.append(details.divergence.line())
         if details.fragile is not None:
             fragile = details.fragile
             parts.append(f"fragile: token {fragile.position} margin {fragile.margin:.4f}")

@@ -44,18 +44,17 @@ def _without_assertion_rewriting() -> Iterator[None]:
 with _without_assertion_rewriting():
     from pytest_llmdet.engines.seeding import prepare_cuda_environment
     from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
-    from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY
-    from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession, add_worker_data, workers_data
+    from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY, SHARES_KEY, SNAPSHOT_PLUGIN_KEY
+    from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
     from pytest_llmdet.markers import MARKERS
     from pytest_llmdet.settings import OPTIONS, SettingsError, in_ci, resolve
 
 if TYPE_CHECKING:
     from pytest_llmdet.engines.llm import LLM
-    from pytest_llmdet.golden.snapshot import LLMSnapshot
+    from pytest_llmdet.golden.assertion import LLMSnapshot
 
 pytest_plugins = ["pytest_llmdet.hooks.determinism"]
 
-WORKER_OUTPUT = "llmdet"
 WEIGHTS_CACHE = "llmdet/weights-sha256"
 SKIP_WITHOUT_SNAPSHOTS = "needs --llm-snapshot"
 
@@ -86,18 +85,20 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None
-    option = config.option  # what re-record commands repeat: -o overrides, -c and --rootdir as given
-    command_inputs = (flags, list(getattr(option, "override_ini", None) or ()), getattr(option, "inifilename", None),
-                      getattr(option, "rootdir", None))
-    config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
-                                              snapshot_settings, worker=_worker_id(config),
-                                              command_inputs=command_inputs)
-    config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs, settings.check_determinism,
-                                                       settings.factors)
+    session = config.stash[SESSION_KEY] = LLMDetSession(settings, config.rootpath, config.invocation_params.dir,
+                                                        snapshot_settings, worker=_worker_id(config))
+    determinism = config.stash[DETERMINISM_KEY] = DeterminismState(settings.determinism_runs,
+                                                                     settings.check_determinism, settings.factors)
+    shares = config.stash[SHARES_KEY] = {"session": session, "determinism": determinism}  # sent by xdist workers
     if snapshot_settings.mode != "off":  # the golden-file hooks exist only in a run that uses golden files
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
 
-        config.pluginmanager.register(SnapshotPlugin(config.stash[SESSION_KEY]), "llmdet-snapshots")
+        option = config.option  # what re-record commands repeat: -o overrides, -c and --rootdir as given
+        command_inputs = (flags, list(getattr(option, "override_ini", None) or ()),
+                          getattr(option, "inifilename", None), getattr(option, "rootdir", None))
+        plugin = config.stash[SNAPSHOT_PLUGIN_KEY] = SnapshotPlugin(session, snapshot_settings, command_inputs)
+        config.pluginmanager.register(plugin, "llmdet-snapshots")
+        shares["snapshots"] = plugin
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -162,7 +163,8 @@ def llm(request: pytest.FixtureRequest) -> LLM:
         if "llm_snapshot" in request.fixturenames and session.snapshots_on:
             from pytest_llmdet.hooks.snapshots import compare_plan_of
 
-            handle.capture_top_k = compare_plan_of(request).capture_top_k  # top-k costs only when compared
+            plan = compare_plan_of(request, session.snapshot_settings)
+            handle.capture_top_k = plan.capture_top_k  # top-k costs only when compared
     except (ModelLoadError, SettingsError) as error:
         failure = f"pytest-llmdet: {error}"
     if failure is not None:  # outside the except block: one message, not a chain of the causes
@@ -174,12 +176,12 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 @pytest.fixture
 def llm_snapshot(request: pytest.FixtureRequest) -> Iterator[LLMSnapshot]:
     """This test's golden snapshot: `assert llm.generate(...) == llm_snapshot`; needs --llm-snapshot."""
-    llmdet = request.config.stash[SESSION_KEY]
-    if not llmdet.snapshots_on:
+    plugin = request.config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
+    if plugin is None:
         pytest.skip(SKIP_WITHOUT_SNAPSHOTS)
     from pytest_llmdet.hooks.snapshots import snapshot_fixture
 
-    yield from snapshot_fixture(request, llmdet)
+    yield from snapshot_fixture(request, plugin)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -187,28 +189,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     llmdet = config.stash[SESSION_KEY]
     if getattr(config, "cache", None) is not None and llmdet.weights_cache:
         config.cache.set(WEIGHTS_CACHE, llmdet.weights_cache)
-    workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: the controller decides and reports
-        workeroutput[WORKER_OUTPUT] = llmdet.worker_data(worker=llmdet.worker)
+    if getattr(config, "workeroutput", None) is not None:  # an xdist worker: the controller decides and reports
+        from pytest_llmdet.hooks.workers import send_to_controller
+
+        send_to_controller(config)
         return
+    snapshots = config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
     report_path = config.getoption("llmdet_report")
     if report_path:
-        _write_json_report(config, llmdet, Path(report_path), session.exitstatus)
-    if llmdet.snapshot_errors:
+        _write_json_report(config, snapshots, Path(report_path), session.exitstatus)
+    errors = snapshots.run.errors if snapshots is not None else []
+    if errors:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
-        for line in llmdet.snapshot_errors:
+        for line in errors:
             if reporter is not None:
                 reporter.write_line(f"llmdet: ERROR: {line}", red=True, bold=True)
         if session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path, exit_status: int) -> None:
+def _write_json_report(config: pytest.Config, snapshots: Any, path: Path, exit_status: int) -> None:
+    from pytest_llmdet.golden.ledger import SnapshotRun
     from pytest_llmdet.json_report import build_report, write_report
 
-    run, state = llmdet.snapshots, config.stash.get(DETERMINISM_KEY, None)
+    run = snapshots.run if snapshots is not None else SnapshotRun()
+    settings = config.stash[SESSION_KEY].snapshot_settings
+    state = config.stash.get(DETERMINISM_KEY, None)
     report = build_report(
-        mode=llmdet.snapshot_settings.mode, near_tie=llmdet.snapshot_settings.near_tie, exit_status=exit_status,
+        mode=settings.mode, near_tie=settings.near_tie, exit_status=exit_status,
         counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted, foreign=run.foreign,
         not_compared=run.not_compared, pending=run.pending,
         verdicts=state.verdicts if state else [], unchecked=state.unchecked if state else 0,
@@ -221,25 +229,19 @@ def _write_json_report(config: pytest.Config, llmdet: LLMDetSession, path: Path,
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    config = node.config
-    data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-    if data is not None:
-        add_worker_data(config, node, data)
+    from pytest_llmdet.hooks.workers import receive_from_worker
+
+    receive_from_worker(node.config, node)  # every share: the session's, the golden files', the verdicts
 
 
 @pytest.hookimpl(trylast=True)  # after llm determinism and llm snapshots
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    llmdet = config.stash[SESSION_KEY]
-    data = llmdet.worker_data()
-    for worker in workers_data(config):
-        data["loads"] += worker["loads"]
-        for key in ("count", "seconds"):
-            data["generations"][key] += worker["generations"][key]
-    if not data["loads"] and not data["generations"]["count"]:
+    loads, generations = config.stash[SESSION_KEY].cost()
+    if not loads and not generations["count"]:
         return
     from pytest_llmdet.header import summary_lines
 
-    lines = summary_lines(data["loads"], data["generations"])
+    lines = summary_lines(loads, generations)
     if lines:
         terminalreporter.write_sep("=", "llm")
         for line in lines:

@@ -29,10 +29,11 @@ from transformers import AutoTokenizer
 import pytest_llmdet
 from pytest_llmdet.engines.fingerprint import fingerprint_changes
 from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
-from pytest_llmdet.golden import store
-from pytest_llmdet.golden.compare import compare_tokens, render_comparison
+from pytest_llmdet.golden import locks, store
+from pytest_llmdet.golden.compare import compare_tokens
 from pytest_llmdet.golden.format import MAX_FILE_BYTES, GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
 from pytest_llmdet.golden.location import golden_path, is_inside, safe_file_stem
+from pytest_llmdet.golden.render import render_comparison
 from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, read_golden, temporary_target, write_golden
 from pytest_llmdet.settings import SettingsError, parse_snapshot_dir
 
@@ -334,7 +335,7 @@ def test_stale_temporaries_are_matched_by_name_not_by_glob(tmp_path, monkeypatch
     in_flight = tmp_path / "test_a.json.b.json.qrs789.llmdet-tmp"
     in_flight.write_text("being written")
     monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 0.05)
-    with FileLock(str(store.lock_path(target))):
+    with FileLock(str(locks.lock_path(target))):
         assert clean_temporaries(tmp_path) == 1  # `other` is removed: nobody holds test_xa.json's lock
     assert in_flight.exists() and not other.exists()
     assert clean_temporaries(tmp_path) == 1 and not in_flight.exists()
@@ -1105,7 +1106,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from pytest_llmdet.golden.store import golden_lock
+from pytest_llmdet.golden.locks import golden_lock
 
 with ExitStack() as locks:
     for path in sys.argv[1:]:
@@ -1151,13 +1152,13 @@ def test_a_stuck_lock_holder_costs_one_bounded_wait_and_is_named(pytester, monke
     result.stdout.fnmatch_lines([
         "_* ERROR at teardown of test_a _*",
         f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_a.json: its lock file "
-        f"{store.lock_path(golden_a)} {held_by}",
+        f"{locks.lock_path(golden_a)} {held_by}",
         "Gave up after 0.2 s: a run waits at most 0.2 s for golden-file locks, all files together",
         f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
         're-record with: pytest --llm-snapshot-update "test_locked.py::test_a"',
         "_* ERROR at teardown of test_b _*",
         f"pytest-llmdet: could not write golden file {SNAPSHOTS}/test_locked/test_b.json: its lock file "
-        f"{store.lock_path(golden_b)} {held_by}",
+        f"{locks.lock_path(golden_b)} {held_by}",
         "Not waited for: this run already waited its 0.2 s for golden-file locks",  # one wait, not one per file
         f"The file keeps its previous content. If that process is stuck, stop it (kill {holder.pid}), then "
         're-record with: pytest --llm-snapshot-update "test_locked.py::test_b"',
@@ -1177,7 +1178,7 @@ def test_a_lock_folder_that_is_not_writable_is_named_as_such(pytester, monkeypat
     temporary = pytester.path / "tmp"
     (temporary / f"pytest-llmdet-locks-{os.getuid()}").mkdir(parents=True)
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
-    folder = store.lock_folder()
+    folder = locks.lock_folder()
     assert folder.parent == temporary
     make_read_only(folder)
     result = run(pytester, "--llm-snapshot-update")
@@ -1195,13 +1196,13 @@ def test_a_lock_folder_that_is_not_writable_is_named_as_such(pytester, monkeypat
 
 def test_a_lock_holder_that_did_not_record_itself_is_called_another_process(tmp_path):
     path = tmp_path / "test_x.json"
-    lock = store.lock_path(path)
+    lock = locks.lock_path(path)
     finished = subprocess.Popen([sys.executable, "-c", "pass"])
     finished.wait()
     lock.with_suffix(".holder").write_text(f"{finished.pid}\n{sys.executable} -c pass\n")  # a stale record
     with FileLock(str(lock)):  # held without a record, as by another tool
         with pytest.raises(store.GoldenLockError) as refused:
-            write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("x")}), store.LockBudget(0))
+            write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("x")}), locks.LockBudget(0))
     assert str(refused.value) == (
         f"{path}: its lock file {lock} is held by another process; not waited for: this run already waited its "
         f"0 s for golden-file locks. If the process that holds it is stuck, stop it (`lsof {lock}` names it on "

@@ -16,8 +16,9 @@ import pytest
 from conftest import copy_model
 
 from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
-from pytest_llmdet.golden.compare import compare_tokens, render_comparison, text_diff
+from pytest_llmdet.golden.compare import compare_tokens
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFileError, loads
+from pytest_llmdet.golden.render import render_comparison, text_diff
 
 SNAPSHOTS = "__llm_snapshots__"
 UPDATE_LINE = "If the change is intended, re-record with: "
@@ -550,7 +551,7 @@ def test_two_cpus_each_record_their_variant_once_and_then_neither_rewrites(pytes
 HOLDER = """
 import sys
 from pathlib import Path
-from pytest_llmdet.golden.store import golden_lock
+from pytest_llmdet.golden.locks import golden_lock
 
 path = Path(sys.argv[1])
 with golden_lock(path):

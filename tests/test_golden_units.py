@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmdet.divergence import first_divergence
 from pytest_llmdet.engines.fingerprint import fingerprint_changes, hash_weights
-from pytest_llmdet.golden.compare import compare_tokens, first_divergence, render_comparison
+from pytest_llmdet.golden.compare import compare_tokens
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
 from pytest_llmdet.golden.location import golden_path, is_inside, safe_file_stem
+from pytest_llmdet.golden.render import render_comparison
 
 HOSTILE = ["a/b", "a\\b", "..", "../../etc/passwd", ".hidden", "x" * 300, "CON", "nul", "con.txt", "🙂", "ליל",
            "a b", "a_b", "a?b", "a:b", "", "test[1/2]", "test[1_2]", "Test", "test"]

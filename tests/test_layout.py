@@ -17,7 +17,7 @@ PACKAGE = Path(pytest_llmdet.__file__).parent
 # A module may import modules of its own layer's package and of lower layers, never of a higher one; golden and
 # determinism are siblings that never import each other.
 LAYERS = {
-    "base": 0,  # settings, markers, generation, commands, the package itself
+    "base": 0,  # settings, markers, generation, commands, vocabulary, the package itself
     "engines": 1,
     "golden": 2,
     "determinism": 2,
@@ -37,7 +37,7 @@ STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engi
 def layer_of(module: str) -> str:
     parts = module.split(".")[1:]
     if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "commands",
-                                 "__init__"):
+                                 "vocabulary", "__init__"):
         return "base"
     if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin"):
         return parts[0]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 
 from pytest_llmdet.commands import join_command
-from pytest_llmdet.golden.ledger import SnapshotRun, tolerated_at
-from pytest_llmdet.golden.snapshot import SnapshotOutcome
+from pytest_llmdet.golden.ledger import SnapshotRun
+from pytest_llmdet.golden.outcome import SnapshotOutcome
+from pytest_llmdet.vocabulary import Label
 
 LIST_LIMIT = 20
 
@@ -59,38 +60,61 @@ def _review_command(pending: list[str]) -> str:
 
 def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
     """The section's lines. The error count is shown only when a write failed."""
-    counts = run.counts()
-    lines = [count_line(counts)]
-    failed, errored, reasons = run.failed_tests(), run.errored_tests(), run.whole_run_reasons()
-    failed_outcomes = [o for o in run.outcomes if o.status in ("failed", "missing")]
-    no_top_k = [o for o in failed_outcomes if _label(o) == "no-top-k"]
-    if no_top_k:  # the real reason first: re-recording without --llm-compare tolerant would not help
-        lines.append(f"{len(no_top_k)} snapshot(s) could not be compared tolerantly: their golden snapshot has no "
-                     "top-k candidates (it was recorded without --llm-compare tolerant)")
-    if failed:
-        lines.append(f"{len(failed)} test(s) with changed or missing snapshots. If the change is intended, "
-                     f"re-record with: {_rerecord_commands(failed_outcomes)}")
-    if run.pending:
-        lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
-                     f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
     listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
-    if run.not_compared:
-        lines.append(f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing "
-                     f"them; pytest --llm-snapshot-review compares them all (and keeps each change pending){listed}:")
-        if not details:
-            lines += _listed([f"{n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared])
-    tolerated = run.tolerated()
-    if tolerated:
-        lines.append(f"{len(tolerated)} snapshot(s) passed tolerantly although their tokens diverged (each side's "
-                     f"token among the other side's top-k){listed}:")
-        if not details:
-            lines += _listed([f"{o.nodeid} [{o.name}]  token {tolerated_at(o)}  {o.file}" for o in tolerated])
+    lines = [count_line(run.counts())]
+    lines += _failure_lines(run)
+    lines += _not_compared_lines(run, listed, details)
+    lines += _tolerated_lines(run, listed, details)
+    errored = run.errored_tests()
     if errored:
         lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
                      + _quoted(errored))
+    lines += _cleanup_lines(run, update)
+    if details:
+        lines += _detail_lines(run)
+    return lines
+
+
+def _failure_lines(run: SnapshotRun) -> list[str]:
+    failed_outcomes = run.failed_outcomes()
+    lines = []
+    no_top_k = [o for o in failed_outcomes if o.details.divergence and o.details.divergence.label == Label.NO_TOP_K]
+    if no_top_k:  # the real reason first: re-recording without --llm-compare tolerant would not help
+        lines.append(f"{len(no_top_k)} snapshot(s) could not be compared tolerantly: their golden snapshot has no "
+                     "top-k candidates (it was recorded without --llm-compare tolerant)")
+    if failed_outcomes:
+        lines.append(f"{len(run.failed_tests())} test(s) with changed or missing snapshots. If the change is "
+                     f"intended, re-record with: {_rerecord_commands(failed_outcomes)}")
+    if run.pending:
+        lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
+                     f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
+    return lines
+
+
+def _not_compared_lines(run: SnapshotRun, listed: str, details: bool) -> list[str]:
+    if not run.not_compared:
+        return []
+    lines = [f"{len(run.not_compared)} snapshot(s) not compared: their test failed before comparing them; pytest "
+             f"--llm-snapshot-review compares them all (and keeps each change pending){listed}:"]
+    return lines + ([] if details else _listed([f"{n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared]))
+
+
+def _tolerated_lines(run: SnapshotRun, listed: str, details: bool) -> list[str]:
+    tolerated = run.tolerated()
+    if not tolerated:
+        return []
+    lines = [f"{len(tolerated)} snapshot(s) passed tolerantly although their tokens diverged (each side's token "
+             f"among the other side's top-k){listed}:"]
+    return lines + ([] if details else _listed([f"{o.nodeid} [{o.name}]  token {o.tolerated_at}  {o.file}"
+                                                for o in tolerated]))
+
+
+def _cleanup_lines(run: SnapshotRun, update: bool) -> list[str]:
+    lines = []
     if run.unused:
         lines.append(f"{len(run.unused)} unused golden file(s) or snapshot(s) no test asked for:")
         lines += _listed(run.unused)
+        reasons = run.whole_run_reasons()
         if update and reasons:
             lines.append(f"not deleted: this run is partial ({'; '.join(sorted(reasons))})")
         elif not update:
@@ -103,22 +127,18 @@ def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
         lines.append(f"{len(run.foreign)} file(s) in snapshot folders that are not golden files of this suite "
                      "(never deleted):")
         lines += _listed(run.foreign)
-    if details:
-        for o in sorted(run.outcomes, key=lambda o: (o.status, o.nodeid, o.name, o.file)):
-            compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
-            index = tolerated_at(o) if o.status == "passed" else None
-            status = f"{o.status:>8}"
-            if index is not None:
-                status += f" (tolerant: diverged at token {index}, within top-k)"
-            lines.append(f"{status}  {o.nodeid} [{o.name}]  {o.file}{compared}")
-        for n in run.not_compared:
-            lines.append(f"{'not compared':>8}  {n.nodeid} [{n.name}]  {n.file}")
     return lines
 
 
-def _label(outcome: SnapshotOutcome) -> str | None:
-    first = (outcome.details.divergence or {}).get("first_divergence") or {}
-    return first.get("label")
+def _detail_lines(run: SnapshotRun) -> list[str]:
+    lines = []
+    for o in sorted(run.outcomes, key=lambda o: (o.status, o.nodeid, o.name, o.file)):
+        compared = f"  (compared with {o.details.compared_with})" if o.details.compared_with else ""
+        status = f"{o.status:>8}"
+        if o.tolerated_at is not None:
+            status += f" (tolerant: diverged at token {o.tolerated_at}, within top-k)"
+        lines.append(f"{status}  {o.nodeid} [{o.name}]  {o.file}{compared}")
+    return lines + [f"{'not compared':>8}  {n.nodeid} [{n.name}]  {n.file}" for n in run.not_compared]
 
 
 def fragile_lines(run: SnapshotRun, near_tie: float, limit: int = LIST_LIMIT) -> list[str]:

@@ -17,8 +17,6 @@ import pytest
 
 from pytest_llmdet.hooks.keys import DETERMINISM_KEY, FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, MARKER_ERROR_KEY
 
-WORKER_OUTPUT = "llmdet_determinism"
-
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
@@ -64,30 +62,6 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         # Regenerate while the test's fixtures are still set up: the model is in the state the calls saw.
         item.stash[FACTORS_RESULT_KEY] = check_factors_of(item.stash.get(LLM_KEY, None), plan)
     return result
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    config = session.config
-    state = config.stash.get(DETERMINISM_KEY, None)
-    workeroutput = getattr(config, "workeroutput", None)
-    if state is not None and workeroutput is not None:  # an xdist worker: the controller reports
-        from pytest_llmdet.determinism.runs import verdicts_to_data
-
-        workeroutput[WORKER_OUTPUT] = {"verdicts": verdicts_to_data(state.verdicts),
-                                       "unchecked": state.unchecked}
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    data = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
-    state = node.config.stash.get(DETERMINISM_KEY, None)
-    worker = getattr(getattr(node, "gateway", None), "id", id(node))
-    if data is not None and state is not None and worker not in state.merged_workers:
-        from pytest_llmdet.determinism.runs import verdicts_from_data
-
-        state.merged_workers.add(worker)  # xdist can report a node down twice (a KeyboardInterrupt)
-        state.verdicts += verdicts_from_data(data["verdicts"])
-        state.unchecked += data["unchecked"]
 
 
 @pytest.hookimpl(tryfirst=True)  # the sections: llm determinism, llm snapshots, llm (costs)

@@ -14,10 +14,13 @@ if TYPE_CHECKING:
 
 # config.stash
 SESSION_KEY: pytest.StashKey[LLMDetSession] = pytest.StashKey()
-DETERMINISM_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.determinism.DeterminismState
+DETERMINISM_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.state.DeterminismState
+SNAPSHOT_PLUGIN_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.snapshots.SnapshotPlugin, with golden files
+SHARES_KEY: pytest.StashKey[dict[str, Any]] = pytest.StashKey()  # by name: what xdist workers send (hooks/workers.py)
+MERGED_KEY: pytest.StashKey[set[Any]] = pytest.StashKey()  # on the controller: the workers merged so far
 
 # session.stash
-BEFORE_FILTERING_KEY: pytest.StashKey[list] = pytest.StashKey()  # (node id, path) of each item before filtering
+BEFORE_FILTERING_KEY: pytest.StashKey[list] = pytest.StashKey()  # (node id, path, test) of each item, unfiltered
 
 # item.stash
 LLM_KEY: pytest.StashKey[LLM] = pytest.StashKey()

@@ -21,7 +21,13 @@ from pytest_llmdet.determinism.runs import (
     render_report,
     verdict_for,
 )
-from pytest_llmdet.hooks.keys import FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SESSION_KEY
+from pytest_llmdet.hooks.keys import (
+    FACTORS_KEY,
+    FACTORS_RESULT_KEY,
+    LLM_KEY,
+    PASSIVE_SNAPSHOTS_KEY,
+    SNAPSHOT_PLUGIN_KEY,
+)
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
 
 if TYPE_CHECKING:
@@ -131,9 +137,9 @@ def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Gen
     if lines and call is not None:
         call.outcome = "failed"
         call.longrepr = "\n".join([*lines, *probed.notes])
-        session = item.config.stash[SESSION_KEY]
-        if session.snapshots_on:  # its goldens came from a run that the other runs contradict: keep them all
-            session.snapshots.set_failed(item.nodeid)
+        snapshots = item.config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
+        if snapshots is not None:  # its goldens came from a run that the other runs contradict: keep them all
+            snapshots.run.set_failed(item.nodeid)
 
 
 def _decoder(handle: Any) -> Callable[[list[int]], str] | None:

@@ -1,31 +1,25 @@
-"""The run: resolved settings, the model pool, snapshot bookkeeping and the statistics the summary reports.
+"""The run's models and the determinism check's state: the resolved settings, the model pool, the fingerprints,
+the statistics the summary reports, and the verdicts. The golden files' state is the snapshot plugin's
+(hooks/snapshots.py, registered only when golden files are used).
 
-Creating a session imports nothing beyond the settings: the model pool, the generation statistics and the
-golden-file bookkeeping are created (and their modules imported) when a test first needs them, so that a run
-which uses no model pays nothing for them (the import-cost benchmark in benchmarks/bench_import.py).
+Creating a session imports nothing beyond the settings: the model pool and the generation statistics are
+created (and their modules imported) when a test first needs them, so that a run which uses no model pays
+nothing for them (the import-cost benchmark in benchmarks/bench_import.py).
 """
 
 from __future__ import annotations
 
 import os
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmdet.settings import (
-    ComparePlan,
-    Settings,
-    SettingsError,
-    SnapshotSettings,
-)
+from pytest_llmdet.settings import Settings, SettingsError, SnapshotSettings
 
 if TYPE_CHECKING:
-    from pytest_llmdet.commands import RerecordCommand
     from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
     from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSpec
-    from pytest_llmdet.golden.ledger import SnapshotRun
-    from pytest_llmdet.golden.snapshot import TestSnapshots
 
 
 class DeterminismState:
@@ -37,19 +31,27 @@ class DeterminismState:
         self.default_factors = default_factors  # --llm-factors: every test that uses `llm` is checked under them
         self.verdicts: list[Verdict] = []
         self.unchecked = 0  # failed or skipped before all runs completed, or a factor could not run
-        self.merged_workers: set[Any] = set()  # xdist workers whose verdicts were added
+
+    def worker_data(self) -> dict[str, Any]:
+        """The verdicts' share, which an xdist worker sends the controller (hooks/workers.py)."""
+        from pytest_llmdet.determinism.runs import verdicts_to_data
+
+        return {"verdicts": verdicts_to_data(self.verdicts), "unchecked": self.unchecked}
+
+    def merge_worker(self, data: dict[str, Any]) -> None:
+        """On the controller: add one xdist worker's verdicts."""
+        from pytest_llmdet.determinism.runs import verdicts_from_data
+
+        self.verdicts += verdicts_from_data(data["verdicts"])
+        self.unchecked += data["unchecked"]
 
 
 class LLMDetSession:
-    """One pytest run (one per xdist worker): settings, loaded models, snapshots and statistics."""
+    """One pytest run (one per xdist worker): settings, loaded models, fingerprints and statistics."""
 
     def __init__(self, settings: Settings, rootdir: Path, invocation_dir: Path,
-                 snapshot_settings: SnapshotSettings | None = None, worker: str | None = None,
-                 command_inputs: tuple[dict[str, Any], list[str], str | None, str | None] | None = None) -> None:
+                 snapshot_settings: SnapshotSettings | None = None, worker: str | None = None) -> None:
         self.settings = settings
-        # what the command line gave: each flag's value (None: not given), the -o overrides, -c and --rootdir;
-        # re-record commands repeat what shaped the outputs (commands.py)
-        self.command_inputs = command_inputs or ({}, [], None, None)
         self.worker = worker  # the pytest-xdist worker id (gw0, gw1, ...), None outside xdist
         self.rootdir = rootdir
         self.invocation_dir = invocation_dir
@@ -57,6 +59,8 @@ class LLMDetSession:
         self.weights_cache: dict[str, str] = {}
         self._fingerprints: dict[tuple[ModelSpec, bool], dict[str, Any]] = {}
         self._torch_configured = False
+        self.worker_loads: list[dict[str, Any]] = []  # on the controller: what the xdist workers loaded
+        self.worker_generations: dict[str, float] = {"count": 0, "seconds": 0.0}  # and generated
 
     # Created on first use (a run that uses no model or golden file imports none of their code); whether one was
     # created is `name in self.__dict__`.
@@ -76,22 +80,11 @@ class LLMDetSession:
 
         return GenerationStats()
 
-    @cached_property
-    def snapshots(self) -> SnapshotRun:
-        """The golden-file bookkeeping of this run."""
-        from pytest_llmdet.golden.ledger import SnapshotRun
-
-        return SnapshotRun()
-
     @property
     def snapshots_on(self) -> bool:
-        """Whether this run compares or records golden files (--llm-snapshot or --llm-snapshot-update)."""
+        """Whether this run compares or records golden files (--llm-snapshot, --llm-snapshot-review or
+        --llm-snapshot-update); hooks/snapshots.py's plugin is then registered."""
         return self.snapshot_settings.mode != "off"
-
-    @property
-    def snapshot_errors(self) -> list[str]:
-        """Golden files the run could not change, and why; empty when no golden file was touched."""
-        return self.snapshots.errors if "snapshots" in self.__dict__ else []
 
     # -- models ------------------------------------------------------------------------------------------
 
@@ -160,7 +153,7 @@ class LLMDetSession:
                 chat_template=getattr(engine.tokenizer, "chat_template", None))
         return self._fingerprints[key]
 
-    # -- snapshots ---------------------------------------------------------------------------------------
+    # -- paths -------------------------------------------------------------------------------------------
 
     def display(self, path: Path) -> str:
         """A path as the user reads it: relative to where pytest was started, when it lies below."""
@@ -170,109 +163,27 @@ class LLMDetSession:
         except ValueError:
             return str(path)
 
-    def register_collected(self, nodeid: str, test_path: Path, declared: bool, test: str | None = None) -> None:
-        """Record a collected test (every one: a test may reach `llm_snapshot` through getfixturevalue); `test`
-        names the test whose golden file it uses (default: itself)."""
-        from pytest_llmdet.golden.ledger import TestRecord
-        from pytest_llmdet.golden.location import golden_path, module_folder
-
-        folder = self.snapshot_settings.snapshot_dir
-        self.snapshots.module_folders.add(str(module_folder(test_path, folder)))
-        self.snapshots.tests[nodeid] = TestRecord(str(golden_path(test_path, test or nodeid, folder)),
-                                                  declared=declared)
-
-    def register_deselected(self, nodeid: str, test_path: Path, test: str | None = None) -> None:
-        """A deselected test still owns its golden file: a partial run never calls it unused."""
-        from pytest_llmdet.golden.location import golden_path
-
-        self.snapshots.deselected[nodeid] = str(golden_path(test_path, test or nodeid,
-                                                            self.snapshot_settings.snapshot_dir))
-
-    def register_partly_collected(self, test_path: Path) -> None:
-        """A module named by node ids on the command line: its other tests were not collected, so no golden
-        file in its folder can be called unused."""
-        from pytest_llmdet.golden.location import module_folder
-
-        self.snapshots.partly_collected.add(str(module_folder(test_path, self.snapshot_settings.snapshot_dir)))
-
-    def test_snapshots(self, nodeid: str, test_path: Path, llm: Any, passive: bool = False,
-                       compare: ComparePlan | None = None, full_fingerprints: bool = False,
-                       test: str | None = None, command_id: str | None = None) -> TestSnapshots:
-        """The snapshot bookkeeping of one test; `llm()` gives the test's LLM handle, or None. `test` names the
-        test whose golden file it uses (default `nodeid`; a pytest-repeat step uses its test's), `command_id`
-        the test as a re-record command names it (relative to where pytest was started).
-
-        A check hashes a local model's weights only where the fingerprint is shown or kept: a failure report, a
-        pending file, or (with `full_fingerprints`, for the JSON report) every outcome."""
-        from pytest_llmdet.golden.location import golden_path
-        from pytest_llmdet.golden.snapshot import TestSnapshots
-
-        settings = self.snapshot_settings
-        test = test or nodeid
-        command_id = command_id or test
-        path = golden_path(test_path, test, settings.snapshot_dir)
-        compare = compare or ComparePlan(settings.compare, settings.top_k)
-        command = self.rerecord_command
-        # the tolerant flags too (a plain update would store no top-k candidates): an update records what the
-        # check compared
-        extra = compare.update_flags.split()
-
-        def decoder():
-            handle = llm()
-            if handle is None:
-                return None
-            return lambda ids: handle.engine.decode(ids, skip_special_tokens=False)
-
-        def fingerprint(weights: bool = True):
-            handle = llm()
-            return None if handle is None else self.fingerprint_for(handle, weights)
-
-        return TestSnapshots(
-            nodeid=nodeid, path=path, display_path=self.display(path), mode=settings.mode,
-            near_tie=settings.near_tie, update_command=command.line([command_id], extra),
-            decoder=decoder, fingerprint=fingerprint, record=self.snapshots.outcomes.append, passive=passive,
-            environment=None if full_fingerprints else partial(fingerprint, weights=False),
-            compare=compare, update_flags=command.flags_line(extra), command_env=command.environment_line(),
-            command_id=command_id, test=test, record_variant=settings.variant, review=settings.review,
-            locks=self.snapshots.locks,
-        )
-
-    @cached_property
-    def rerecord_command(self) -> RerecordCommand:
-        """What every re-record command of this run gives: the options that shaped its outputs, as given."""
-        from pytest_llmdet.commands import rerecord_command
-
-        given, overrides, inifile, rootdir = self.command_inputs
-        return rerecord_command(given, overrides, inifile, rootdir)
-
-    def finish_snapshots(self) -> None:
-        if self.snapshots_on:
-            self.snapshots.finish(update=self.snapshot_settings.mode == "update", rootdir=self.rootdir,
-                                  display=self.display)
-
-    def worker_data(self, worker: str | None = None) -> dict[str, Any]:
-        """What this process loaded and generated (and, as an xdist worker `worker`, sends the controller)."""
+    def worker_data(self) -> dict[str, Any]:
+        """What this process loaded and generated: the session's share, which an xdist worker sends the controller
+        (hooks/workers.py)."""
         loaded = self.pool.loaded.values() if "pool" in self.__dict__ else ()
         stats = self.stats if "stats" in self.__dict__ else None
         return {
-            "loads": [{"model": describe_loaded(m), "seconds": m.load_seconds, "worker": worker} for m in loaded],
+            "loads": [{"model": describe_loaded(m), "seconds": m.load_seconds, "worker": self.worker} for m in loaded],
             "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
-            "snapshots": self.snapshots.to_data() if "snapshots" in self.__dict__ else None,
         }
 
+    def merge_worker(self, data: dict[str, Any]) -> None:
+        """On the controller: add what one xdist worker loaded and generated."""
+        self.worker_loads += data["loads"]
+        for key in ("count", "seconds"):
+            self.worker_generations[key] += data["generations"][key]
 
-_WORKERS = "_llmdet_workers"  # on the controller's config: what each xdist worker sent, by worker id
-
-
-def add_worker_data(config: Any, node: Any, data: dict[str, Any]) -> None:
-    """Keep what one xdist worker sent, keyed by worker: xdist can report a node down twice (a
-    KeyboardInterrupt), which must not count twice."""
-    config.__dict__.setdefault(_WORKERS, {})[getattr(getattr(node, "gateway", None), "id", id(node))] = data
-
-
-def workers_data(config: Any) -> list[dict[str, Any]]:
-    """What each xdist worker sent (on the controller; empty elsewhere)."""
-    return list(getattr(config, _WORKERS, {}).values())
+    def cost(self) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """The model loads and generations of the whole run (this process's and its workers')."""
+        own = self.worker_data()
+        generations = {key: own["generations"][key] + self.worker_generations[key] for key in ("count", "seconds")}
+        return own["loads"] + self.worker_loads, generations
 
 
 def describe_loaded(loaded: LoadedModel) -> str:
@@ -288,4 +199,4 @@ def describe_loaded(loaded: LoadedModel) -> str:
     return f"{spec.source.name} {spec.dtype} {where}"
 
 
-__all__ = ["LLMDetSession", "describe_loaded"]
+__all__ = ["DeterminismState", "LLMDetSession", "describe_loaded"]
