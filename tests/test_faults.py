@@ -334,7 +334,7 @@ def test_stale_temporaries_are_matched_by_name_not_by_glob(tmp_path, monkeypatch
     target = tmp_path / "test_a.json.b.json"
     in_flight = tmp_path / "test_a.json.b.json.qrs789.llmdet-tmp"
     in_flight.write_text("being written")
-    monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 0.05)
+    monkeypatch.setattr(locks, "LOCK_TIMEOUT_SECONDS", 0.05)
     with FileLock(str(locks.lock_path(target))):
         assert clean_temporaries(tmp_path) == 1  # `other` is removed: nobody holds test_xa.json's lock
     assert in_flight.exists() and not other.exists()
@@ -1143,7 +1143,7 @@ def test_a_stuck_lock_holder_costs_one_bounded_wait_and_is_named(pytester, monke
     before = golden_files(pytester.path)
     golden_a, golden_b = (pytester.path / SNAPSHOTS / "test_locked" / f"test_{x}.json" for x in "ab")
     holder = stuck_lock_holder(golden_a.relative_to(pytester.path), golden_b.relative_to(pytester.path))
-    monkeypatch.setattr(store, "LOCK_TIMEOUT_SECONDS", 0.2)  # the run's budget for waiting, both files together
+    monkeypatch.setattr(locks, "LOCK_TIMEOUT_SECONDS", 0.2)  # the run's budget for waiting, both files together
     monkeypatch.setenv("SUITE_VERSION", "v2")
     result = run(pytester, "--llm-snapshot-update")
     result.assert_outcomes(passed=2, errors=2)
