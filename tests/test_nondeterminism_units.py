@@ -3,7 +3,7 @@ helpers; no model and no pytest session involved."""
 
 import pytest
 
-from pytest_llmdet.determinism.probe import companions, left_pad, truncate_at_eos
+from pytest_llmdet.determinism.probe import companions, truncate_at_eos
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
     FactorCell,
@@ -21,6 +21,7 @@ from pytest_llmdet.determinism.runs import (
     verdicts_from_data,
     verdicts_to_data,
 )
+from pytest_llmdet.engines.transformers import left_pad
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
 from pytest_llmdet.settings import FACTOR_NAMES, parse_factors
