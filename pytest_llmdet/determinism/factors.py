@@ -4,8 +4,9 @@ torch thread — and bfloat16, under which they may (a sensitivity, reported as 
 it applies to a recorded call (and why not) and generates that call once more under its change;
 `check_factors` runs the requested factors over a test's calls and compares each output with the recorded one.
 
-A new factor is one small class: a name, `applies` and `regenerate`. The model is reached only through the
-engine's variation verbs (engines.Engine) and the batch probe (determinism/probe.py).
+A new factor is one small class: a name, `applies` and `regenerate`; one that varies the engine, a name, its
+`variation` and how the two sides are `described`. The model is reached only through the engine's variation
+verbs (engines.Engine) and the batch probe (determinism/probe.py).
 """
 
 from __future__ import annotations
@@ -86,13 +87,16 @@ class EngineFactor(Factor):
     """A factor that is a variation of the engine (engines/variation.py): the call generated again alone, with
     its own settings and seed, while the engine applies the change."""
 
+    variation: ClassVar[Variation]  # the change, where there is one (attention has one per implementation)
+    described: ClassVar[tuple[str, str, str, str]]  # what `describe` says, where that does not depend on the engine
+
     def variations(self, llm: LLM) -> list[Variation]:
-        """The changes to generate under (one, except for attention)."""
-        raise NotImplementedError
+        """The changes to generate under: the one `variation`, except for attention."""
+        return [self.variation]
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         """(vs, reference, changed, where) of a Regeneration under `variation`, the engine being at `base`."""
-        raise NotImplementedError
+        return self.described
 
     def call_problem(self, call: Generation) -> str | None:
         """Why the call itself rules this factor out (its own settings already make the change)."""
@@ -138,18 +142,14 @@ class CacheFactor(EngineFactor):
     advice = ("the cached and the recomputed attention round differently: a flip at a near-tie is rounding "
               "(compare tolerantly: --llm-compare tolerant); a flip at a large margin is a bug in the model's "
               "cache code")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(use_cache=False)]
+    variation = Variation(use_cache=False)
+    described = ("with the KV cache vs without (the whole sequence recomputed at each step)", "with the cache",
+                 "without", "without a KV cache")
 
     def call_problem(self, call: Generation) -> str | None:
         if call.settings.get("use_cache") is False:
             return "the call generates without a KV cache already (use_cache=False)"
         return None
-
-    def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
-        return ("with the KV cache vs without (the whole sequence recomputed at each step)", "with the cache",
-                "without", "without a KV cache")
 
 
 class StaticCacheFactor(CacheFactor):
@@ -157,18 +157,14 @@ class StaticCacheFactor(CacheFactor):
     advice = ("a static cache attends over its full, masked length, so the sums run over other shapes: gate "
               "with the cache you serve with (llm.generate(..., cache_implementation=\"static\")), or compare "
               "tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(cache_implementation="static")]
+    variation = Variation(cache_implementation="static")
+    described = ('with the dynamic KV cache vs a static one (cache_implementation="static")', "dynamic cache",
+                 "static cache", "with a static KV cache")
 
     def call_problem(self, call: Generation) -> str | None:
         if call.settings.get("cache_implementation") is not None:
             return f"the call sets cache_implementation={call.settings['cache_implementation']!r} itself"
         return super().call_problem(call)
-
-    def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
-        return ('with the dynamic KV cache vs a static one (cache_implementation="static")', "dynamic cache",
-                "static cache", "with a static KV cache")
 
 
 class AttentionFactor(EngineFactor):
@@ -191,9 +187,7 @@ class ThreadsFactor(EngineFactor):
     name = "threads"
     advice = ("a CPU splits its sums by thread: pin the thread count where the goldens are recorded and checked "
               "(llm_threads), or compare tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(threads=1)]
+    variation = Variation(threads=1)
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         return (f"with {base.threads} torch threads vs 1", f"{base.threads} threads", "1 thread",
@@ -206,9 +200,7 @@ class DtypeFactor(EngineFactor):
     advice = ("a sensitivity, not nondeterminism: bfloat16 keeps 8 significant bits, so near-ties flip; where "
               "the model runs in bfloat16, record a variant for it (--llm-snapshot-update --llm-snapshot-variant "
               "--llm-dtype bfloat16) or compare tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(dtype="bfloat16")]
+    variation = Variation(dtype="bfloat16")
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         return f"in {base.dtype} (loaded) vs bfloat16", str(base.dtype), "bfloat16", "in bfloat16"
