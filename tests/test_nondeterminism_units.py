@@ -3,12 +3,12 @@ helpers; no model and no pytest session involved."""
 
 import pytest
 
+from pytest_llmdet.determinism.factors import BatchFactor, factor_differences
 from pytest_llmdet.determinism.probe import companions, truncate_at_eos
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
     FactorCell,
     Verdict,
-    compare_batch,
     compare_outputs,
     compare_runs,
     distinct_outputs,
@@ -137,8 +137,10 @@ def test_distinct_outputs_counts_token_sequences():
 
 def test_the_batch_probe_report():
     singles = [gen([1, 2, 4], logprobs=[-0.5, -0.25, -0.1], margins=[1, 1, 0.01]), gen([5], prompt="Hi")]
-    batched = [BatchedOutput([1, 2, 3], [1, 1, 0.02], [-0.5, -0.2, -0.1]), None]
-    differences = compare_batch(singles, batched, batch_size=4)
+    batch = BatchFactor(4)
+    # call 2 was not probed: only call 1 has an output from the batch
+    probed = [(0, batch.regeneration(BatchedOutput([1, 2, 3], [1, 1, 0.02], [-0.5, -0.2, -0.1])))]
+    differences = factor_differences(batch, singles, probed)
     assert [d.index for d in differences] == [0]
     comparison = compare_runs([singles, singles])
     lines = render_report(comparison, differences, decode)
@@ -256,10 +258,11 @@ def test_factor_names_are_parsed_into_the_matrix_order():
 def test_a_factor_cell_is_the_earliest_difference_equal_or_not_applicable():
     assert factor_cell([], 0, ["sampled", "sampled"]) == FactorCell("n/a", reason="sampled")
     assert factor_cell([], 2, []).text() == "="
-    from pytest_llmdet.determinism.runs import batch_difference, compare_outputs
-
-    late = batch_difference(0, "a", 4, compare_outputs(gen([1, 2, 3]), gen([1, 2, 4], margins=[1, 1, 0.25])))
-    early = batch_difference(1, "b", 4, compare_outputs(gen([1, 2]), gen([1, 3], margins=[1, 0.75])))
+    batch = BatchFactor(4)
+    calls = [gen([1, 2, 3], prompt="a"), gen([1, 2], prompt="b")]
+    probed = [(1, batch.regeneration(BatchedOutput([1, 3], [1, 0.75], [-0.1, -0.1]))),
+              (0, batch.regeneration(BatchedOutput([1, 2, 4], [1, 1, 0.25], [-0.1, -0.1, -0.1])))]
+    late, early = factor_differences(batch, calls, probed)  # in the order of the calls
     cell = factor_cell([late, early], 2, [])
     assert (cell.text(), cell.call, cell.reference_margin, cell.changed_margin) == ("1", 2, 0.5, 0.75)
     assert (cell.reference, cell.changed) == ("alone", "in the batch")

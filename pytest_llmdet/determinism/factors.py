@@ -16,14 +16,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pytest_llmdet.determinism.probe import batch_problem, generate_in_batch
-from pytest_llmdet.determinism.runs import (
-    BATCH_ADVICE,
-    BatchedOutput,
-    FactorCell,
-    FactorDifference,
-    compare_outputs,
-    factor_cell,
-)
+from pytest_llmdet.determinism.runs import BatchedOutput, FactorCell, FactorDifference, compare_outputs, factor_cell
 from pytest_llmdet.engines.greedy import GenerationArgumentError
 from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.variation import Variation
@@ -68,7 +61,8 @@ class BatchFactor(Factor):
     """Row 0 of a left-padded batch with other prompts (the batch probe, determinism/probe.py)."""
 
     name = "batch"
-    advice = BATCH_ADVICE
+    advice = ("a serving stack batches requests, so there this output is not reproducible: where the model is "
+              "served batched, compare tolerantly (--llm-compare tolerant) or check the batched output")
     skipped = "not probed"
 
     def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
@@ -78,9 +72,12 @@ class BatchFactor(Factor):
         return batch_problem(llm, call)
 
     def regenerate(self, llm: LLM, call: Generation) -> list[Regeneration]:
+        return [self.regeneration(generate_in_batch(llm, call, self.batch_size))]
+
+    def regeneration(self, output: BatchedOutput) -> Regeneration:
+        """A call's `output` as row 0 of the batch, with what the two sides were."""
         where = f"in a left-padded batch of {self.batch_size}"
-        output = generate_in_batch(llm, call, self.batch_size)
-        return [Regeneration(output, f"alone vs {where}", "alone", "in the batch", where)]
+        return Regeneration(output, f"alone vs {where}", "alone", "in the batch", where)
 
 
 class EngineFactor(Factor):
@@ -245,7 +242,6 @@ def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
 
 
 def _check_factor(factor: Factor, llm: LLM, calls: Sequence[Generation], findings: FactorFindings) -> None:
-    name = factor.name
     applicable, skipped = [], []
     for index, call in enumerate(calls):
         reason = factor.applies(llm, call)
@@ -253,18 +249,25 @@ def _check_factor(factor: Factor, llm: LLM, calls: Sequence[Generation], finding
             applicable.append((index, call))
         else:
             skipped.append((index, reason))
+    regenerated = factor.regenerate_calls(llm, applicable) if applicable else []
+    differences = factor_differences(factor, calls, regenerated)
+    findings.cells[factor.name] = factor_cell(differences, len(applicable), [reason for _, reason in skipped],
+                                              factor.sensitivity)
+    findings.differences += differences
+    if applicable:  # some calls were checked: name the others (a factor that applied to none is n/a)
+        how = factor.skipped or f"not checked under {factor.name}"
+        findings.notes += [f"call {index + 1} {how}: {reason}" for index, reason in skipped]
+
+
+def factor_differences(factor: Factor, calls: Sequence[Generation],
+                       regenerated: Sequence[tuple[int, Regeneration]]) -> list[FactorDifference]:
+    """The recorded calls whose output changed when `factor` regenerated them (each regeneration with the index
+    of its call in `calls`), in the order of the calls."""
     differences = []
-    for index, r in factor.regenerate_calls(llm, applicable) if applicable else []:
+    for index, r in regenerated:
         call = calls[index]
         divergence = compare_outputs(call, r.output)
         if divergence is not None:
-            differences.append(FactorDifference(name, index, call.prompt, divergence, r.vs, r.reference,
+            differences.append(FactorDifference(factor.name, index, call.prompt, divergence, r.vs, r.reference,
                                                 r.changed, r.where, factor.sensitivity, factor.advice))
-    differences.sort(key=lambda d: d.index)
-    applied = len(applicable)
-    findings.cells[name] = factor_cell(differences, applied, [reason for _, reason in skipped],
-                                       factor.sensitivity)
-    findings.differences += differences
-    if applied:  # some calls were checked: name the others (a factor that applied to none is n/a)
-        how = factor.skipped or f"not checked under {name}"
-        findings.notes += [f"call {index + 1} {how}: {reason}" for index, reason in skipped]
+    return sorted(differences, key=lambda d: d.index)

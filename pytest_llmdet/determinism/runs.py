@@ -236,30 +236,6 @@ def compare_runs(recordings: Sequence[Sequence[Generation]]) -> RunComparison:
     return comparison
 
 
-def compare_batch(singles: Sequence[Generation], batched: Sequence[TokenOutput | None],
-                  batch_size: int) -> list[FactorDifference]:
-    """Compare each call's output alone with its output inside a batch (None: that call was not probed)."""
-    differences = []
-    for index, (single, in_batch) in enumerate(zip(singles, batched, strict=False)):
-        if in_batch is None:
-            continue
-        divergence = compare_outputs(single, in_batch)
-        if divergence is not None:
-            differences.append(batch_difference(index, single.prompt, batch_size, divergence))
-    return differences
-
-
-BATCH_ADVICE = ("a serving stack batches requests, so there this output is not reproducible: where the model is "
-                "served batched, compare tolerantly (--llm-compare tolerant) or check the batched output")
-
-
-def batch_difference(index: int, prompt: Prompt, batch_size: int, divergence: Divergence) -> FactorDifference:
-    """A call whose output alone differs from its output as row 0 of a left-padded batch of `batch_size`."""
-    where = f"in a left-padded batch of {batch_size}"
-    return FactorDifference("batch", index, prompt, divergence, f"alone vs {where}", "alone", "in the batch",
-                            where, advice=BATCH_ADVICE)
-
-
 # -- reporting ----------------------------------------------------------------------------------------------
 
 
@@ -321,9 +297,6 @@ def render_factor_difference(difference: FactorDifference, calls: int,
     d = difference
     lines = [f"{d.heading}: call {d.index + 1} of {calls} ({prompt_excerpt(d.prompt)}) {d.vs}"]
     return lines + _divergence_lines(d.divergence, d.reference, d.changed, decode)
-
-
-render_batch_difference = render_factor_difference  # the batch probe's report is a factor's
 
 
 def render_report(comparison: RunComparison, factors: Sequence[FactorDifference] = (),
