@@ -5,6 +5,7 @@ import pytest
 
 from pytest_llmdet.determinism.factors import BatchFactor, factor_differences
 from pytest_llmdet.determinism.probe import companions, truncate_at_eos
+from pytest_llmdet.determinism.report import prompt_excerpt, render_report
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
     FactorCell,
@@ -13,14 +14,11 @@ from pytest_llmdet.determinism.runs import (
     compare_runs,
     distinct_outputs,
     factor_cell,
-    matrix_lines,
-    prompt_excerpt,
-    render_report,
-    summary_lines,
     verdict_for,
     verdicts_from_data,
     verdicts_to_data,
 )
+from pytest_llmdet.determinism.summary import matrix_lines, summary_lines
 from pytest_llmdet.engines.transformers import left_pad
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan

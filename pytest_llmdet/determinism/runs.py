@@ -1,28 +1,18 @@
-"""The re-run check for nondeterminism: compare the generations of N runs of one test call by call (and each
-call alone with the same call inside a batch), and write the report of where they differ.
+"""The re-run check for nondeterminism: its plain data (the differences, the factor matrix's cells, the verdict
+an xdist worker sends), the comparison of N runs of one test call by call, and the verdict that condenses it.
+The failure report is in determinism/report.py, the summary and the factor matrix in determinism/summary.py.
 
 Plain data and functions: neither pytest nor torch is imported here, so all of it is testable on its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from pytest_llmdet.divergence import Divergence, divergence_of, format_margin, token_label
+from pytest_llmdet.divergence import Divergence, divergence_of
 from pytest_llmdet.generation import Generation, Prompt
-from pytest_llmdet.settings import FACTOR_NAMES
-
-EXCERPT_CHARS = 40
-MAX_CALL_REPORTS = 8
-MAX_OFFENDERS = 10
-MAX_MATRIX_ROWS = 50  # beyond it, the matrix shows only the rows that are not all `=`
-MAX_MARGIN_LINES = 10
-CAUSES_HINT = ("known causes: batch composition and padding, thread count, dtype, attention kernel, "
-               "non-deterministic GPU algorithms, TF32 (README: Nondeterminism detection)")
-
-Decode = Callable[[list[int]], str]
 
 
 class TokenOutput(Protocol):
@@ -236,110 +226,6 @@ def compare_runs(recordings: Sequence[Sequence[Generation]]) -> RunComparison:
     return comparison
 
 
-# -- reporting ----------------------------------------------------------------------------------------------
-
-
-def prompt_excerpt(prompt: Prompt, limit: int = EXCERPT_CHARS) -> str:
-    """The start of a prompt, quoted; for chat messages, the last message's role and content."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict):
-        text = f"[{prompt[-1].get('role', '?')}] {prompt[-1].get('content', '')}"
-    else:
-        text = str(prompt)
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[:limit] + "…")
-
-
-def _plural(count: int) -> str:
-    return "" if count == 1 else "s"
-
-
-def _token(token: int | None, margin: float | None, decode: Decode | None) -> str:
-    label = token_label(token, decode)
-    return label if token is None else f"{label} (margin {format_margin(margin)})"
-
-
-def _divergence_lines(d: Divergence, left: str, right: str, decode: Decode | None) -> list[str]:
-    left_token = _token(d.reference_token, d.reference_margin, decode)
-    right_token = _token(d.other_token, d.other_margin, decode)
-    lines = [f"  first divergence at token {d.index}: {left} gave {left_token}, "
-             f"{right} gave {right_token}"]
-    if d.max_logprob_delta is None:
-        lines.append("  (the outputs differ from their first token)")
-    else:
-        lines.append("  largest |Δ logprob| of the chosen token before the divergence: "
-                     f"{d.max_logprob_delta:.2g}")
-    return lines
-
-
-def render_call_difference(difference: CallDifference, calls: int, decode: Decode | None = None) -> list[str]:
-    """The report lines of one call that differed between runs."""
-    d = difference
-    where = f"call {d.index + 1} of {calls} ({prompt_excerpt(d.prompt)})"
-    outputs = f"{d.runs} runs gave {d.distinct_outputs} distinct output{_plural(d.distinct_outputs)}"
-    if d.changed_input:
-        changed = " and the ".join(d.changed_input)
-        lines = [f"nondeterministic input: the {changed} of {where} differed between runs: the test's own "
-                 "input is not reproducible (is it built from the clock or an unseeded random source?)"]
-        if d.inputs is not None and "prompt" in d.changed_input:
-            lines.append(f"  run 1 prompt: {prompt_excerpt(d.inputs[0], 2 * EXCERPT_CHARS)}")
-            lines.append(f"  run {d.other_run} prompt: {prompt_excerpt(d.inputs[1], 2 * EXCERPT_CHARS)}")
-        lines.append(f"  {outputs}")
-        return lines
-    lines = [f"nondeterministic: {where}: {outputs}"]
-    if d.divergence is not None:
-        lines += _divergence_lines(d.divergence, "run 1", f"run {d.other_run}", decode)
-    return lines
-
-
-def render_factor_difference(difference: FactorDifference, calls: int,
-                             decode: Decode | None = None) -> list[str]:
-    """The report lines of one call whose output changed under a factor."""
-    d = difference
-    lines = [f"{d.heading}: call {d.index + 1} of {calls} ({prompt_excerpt(d.prompt)}) {d.vs}"]
-    return lines + _divergence_lines(d.divergence, d.reference, d.changed, decode)
-
-
-def render_report(comparison: RunComparison, factors: Sequence[FactorDifference] = (),
-                  decode: Decode | None = None) -> list[str]:
-    """The failure report of a test whose runs (or factors) did not agree; [] when everything agreed.
-
-    Calls whose input changed come first: then the test itself, not the model, is not reproducible.
-    """
-    if comparison.deterministic and not factors:
-        return []
-    calls = comparison.calls
-    lines: list[str] = []
-    names = list(dict.fromkeys(d.factor for d in factors))
-    if not comparison.deterministic:
-        lines.append(f"pytest-llmdet: {comparison.runs} runs of this test did not generate the same tokens")
-    elif names == ["batch"]:
-        lines.append(f"pytest-llmdet: {comparison.runs} run{_plural(comparison.runs)} of this test agreed, "
-                     "but the batch probe found batch-dependent outputs")
-    else:
-        sensitive = {d.factor for d in factors if d.sensitivity}
-        changed = ", ".join(f"{n} (a sensitivity)" if n in sensitive else n for n in names)
-        agreed = (f"{comparison.runs} runs of this test agreed, but the tokens" if comparison.runs > 1
-                  else "the tokens of this test")
-        lines.append(f"pytest-llmdet: {agreed} changed under {changed}")
-    ordered = sorted(comparison.differences, key=lambda d: (not d.changed_input, d.index))
-    blocks = [render_call_difference(d, calls, decode) for d in ordered if d.changed_input]
-    if len(set(comparison.call_counts)) > 1:
-        counts = ", ".join(f"run {n}: {c}" for n, c in enumerate(comparison.call_counts, start=1))
-        blocks.append([f"nondeterministic: the runs made different numbers of llm.generate calls ({counts}); "
-                       "does the test's control flow depend on the output or on an unseeded source?"])
-    blocks += [render_call_difference(d, calls, decode) for d in ordered if not d.changed_input]
-    blocks += [render_factor_difference(d, calls, decode) for d in factors]
-    for block in blocks[:MAX_CALL_REPORTS]:
-        lines += block
-    if len(blocks) > MAX_CALL_REPORTS:
-        lines.append(f"… and {len(blocks) - MAX_CALL_REPORTS} more")
-    if "batch" in names or any(d.divergence is not None for d in comparison.differences):
-        lines.append(CAUSES_HINT)  # the model's output moved; a changing input is the test's own doing
-    advice = {d.factor: d.advice for d in factors if d.advice}
-    lines += [f"what to do ({name}): {text}" for name, text in advice.items()]
-    return lines
-
-
 def verdict_for(nodeid: str, comparison: RunComparison, factors: Sequence[FactorDifference] = (),
                 cells: dict[str, FactorCell] | None = None) -> Verdict:
     """Condense a test's comparison (and its factors' differences and matrix row) into the summary's verdict."""
@@ -370,90 +256,6 @@ def verdict_for(nodeid: str, comparison: RunComparison, factors: Sequence[Factor
         verdict.kind, verdict.position, verdict.distinct_outputs = b.factor, b.divergence.index, 2
         verdict.detail = f"{b.heading}: call {b.index + 1} diverges at token {b.divergence.index} {b.where}"
     return verdict
-
-
-def summary_lines(verdicts: Sequence[Verdict], limit: int = MAX_OFFENDERS) -> list[str]:
-    """The `llm determinism` summary: counts, the worst offenders (earliest divergence first), and the factor
-    matrix when factors were checked."""
-    if not verdicts:
-        return []
-    bad = sorted((v for v in verdicts if v.status != "deterministic"), key=lambda v: (v.severity(), v.nodeid))
-    nondeterministic = sum(v.status == "nondeterministic" for v in verdicts)
-    sensitive = len(bad) - nondeterministic
-    lines = [f"{len(verdicts)} checked, {len(verdicts) - len(bad)} deterministic, {nondeterministic} "
-             "nondeterministic" + (f", {sensitive} dtype-sensitive" if sensitive else "")]
-    if bad:
-        lines.append("worst offenders:" if len(bad) > 1 else "offender:")
-        lines += [f"  {v.nodeid}: {v.detail}" for v in bad[:limit]]
-        if len(bad) > limit:
-            lines.append(f"  … and {len(bad) - limit} more")
-    return lines + matrix_lines(verdicts)
-
-
-def matrix_lines(verdicts: Sequence[Verdict], limit: int = MAX_MATRIX_ROWS) -> list[str]:
-    """The factor matrix: a row per test checked under factors, a column per factor, each cell `=`, the first
-    diverging token or n/a; then the margins at the divergences and why factors were not applicable."""
-    rows = sorted((v for v in verdicts if v.factors), key=lambda v: v.nodeid)
-    if not rows:
-        return []
-    columns = [name for name in FACTOR_NAMES if any(name in v.factors for v in rows)]
-    legend = "=: same tokens, N: the first diverging token, n/a: not applicable"
-    if any(name not in v.factors for v in rows for name in columns):
-        legend += ", -: not asked for"
-    if "dtype" in columns:
-        legend += "; dtype is a sensitivity (bfloat16 against the loaded dtype), not nondeterminism"
-    shown = rows
-    if len(rows) > limit:
-        shown = [v for v in rows if any(c.status != "same" for c in v.factors.values())][:limit]
-    width = max(len("test"), *(len(v.nodeid) for v in shown)) if shown else len("test")
-    widths = [max(len(name), 3) for name in columns]
-
-    def row(first: str, cells: list[str]) -> str:
-        padded = "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
-        return f"  {first.ljust(width)}  {padded}".rstrip()
-
-    lines = [f"factor matrix ({legend}):", row("test", columns)]
-    for v in shown:
-        lines.append(row(v.nodeid, [v.factors[n].text() if n in v.factors else "-" for n in columns]))
-    if len(shown) < len(rows):
-        lines.append(f"  … and {len(rows) - len(shown)} more tests, every factor = or n/a only where listed below")
-    return lines + _margin_lines(rows) + _not_applicable_lines(rows)
-
-
-def _margin_lines(rows: Sequence[Verdict]) -> list[str]:
-    diverged = [(v.nodeid, name, cell) for v in rows for name, cell in v.factors.items() if cell.status == "diverged"]
-    if not diverged:
-        return []
-
-    def recorded(entry: tuple[str, str, FactorCell]) -> float:
-        margin = entry[2].reference_margin
-        return -(margin if margin is not None else float("inf"))  # the call ended there: no near-tie either
-
-    diverged.sort(key=lambda entry: (recorded(entry), entry[0], FACTOR_NAMES.index(entry[1])))
-    lines = ["margins at the divergences, the largest recorded margin first (a large one is no near-tie: more "
-             "than rounding changed):"]
-    for nodeid, name, cell in diverged[:MAX_MARGIN_LINES]:
-        lines.append(f"  {nodeid} {name}: call {cell.call} token {cell.position}: margin "
-                     f"{format_margin(cell.reference_margin)} {cell.reference}, "
-                     f"{format_margin(cell.changed_margin)} {cell.changed}")
-    if len(diverged) > MAX_MARGIN_LINES:
-        lines.append(f"  … and {len(diverged) - MAX_MARGIN_LINES} more")
-    return lines
-
-
-def _not_applicable_lines(rows: Sequence[Verdict]) -> list[str]:
-    groups: dict[tuple[str, str], list[str]] = {}
-    for v in rows:
-        for name, cell in v.factors.items():
-            if cell.status == "n/a":
-                groups.setdefault((name, cell.reason or ""), []).append(v.nodeid)
-    if not groups:
-        return []
-    lines = ["not applicable:"]
-    for (name, reason), tests in sorted(groups.items(), key=lambda g: (FACTOR_NAMES.index(g[0][0]), g[0][1])):
-        where = tests[0] if len(tests) == 1 else f"{len(tests)} tests"
-        lines.append(f"  {name} ({where}): {reason}")
-    return lines
 
 
 def verdicts_to_data(verdicts: Sequence[Verdict]) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@ protocol (function fixtures torn down between runs), the factors (the batch prob
 that fails the test when the runs or a factor disagree.
 
 The hooks that call this live in hooks/determinism.py, which pytest imports on every run; this module is
-imported only when a test is checked. The comparison and its report are in determinism/runs.py.
+imported only when a test is checked. The comparison is in determinism/runs.py, its report in
+determinism/report.py.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
-from pytest_llmdet.determinism.runs import (
-    FactorCell,
-    FactorDifference,
-    compare_runs,
-    render_report,
-    verdict_for,
-)
+from pytest_llmdet.determinism.report import render_report
+from pytest_llmdet.determinism.runs import FactorCell, FactorDifference, compare_runs, verdict_for
 from pytest_llmdet.hooks.keys import FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SESSION_KEY
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
 
