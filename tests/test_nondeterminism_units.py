@@ -1,6 +1,9 @@
 """Pure logic of the nondeterminism check: comparing runs call by call, the report, the summary, the batch
 helpers; no model and no pytest session involved."""
 
+import json
+
+import execnet
 import pytest
 
 from pytest_llmdet.determinism.factors import BatchFactor, factor_differences
@@ -8,8 +11,11 @@ from pytest_llmdet.determinism.probe import companions, truncate_at_eos
 from pytest_llmdet.determinism.report import prompt_excerpt, render_report
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
+    CellStatus,
     FactorCell,
     Verdict,
+    VerdictKind,
+    VerdictStatus,
     compare_outputs,
     compare_runs,
     distinct_outputs,
@@ -21,8 +27,9 @@ from pytest_llmdet.determinism.runs import (
 from pytest_llmdet.determinism.summary import matrix_lines, summary_lines
 from pytest_llmdet.engines.transformers import left_pad
 from pytest_llmdet.generation import Generation
+from pytest_llmdet.json_report import determinism_entry
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
-from pytest_llmdet.settings import FACTOR_NAMES, parse_factors
+from pytest_llmdet.settings import FACTOR_NAMES, FactorName, parse_factors
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 
@@ -309,6 +316,26 @@ def test_verdicts_with_factor_cells_survive_the_trip_to_the_xdist_controller():
     cell = FactorCell("diverged", 3, 1, 0.1, None, "alone", "in the batch")
     verdicts = [Verdict("a", 1, False, "batch", 3, 2, "d", factors={"batch": cell, "dtype": FactorCell("n/a")})]
     assert verdicts_from_data(verdicts_to_data(verdicts)) == verdicts
+
+
+def test_the_vocabulary_travels_and_prints_as_plain_words():
+    cell = FactorCell(CellStatus.DIVERGED, 3, 1, 0.1, None, "alone", "in the batch")
+    verdict = Verdict("a", 1, False, FactorName.STATIC_CACHE, 3, 2, "d",
+                      factors={FactorName.STATIC_CACHE: cell, FactorName.DTYPE: FactorCell(CellStatus.NOT_APPLICABLE)})
+    data = verdicts_to_data([verdict, Verdict("b", 3, False, VerdictKind.TOKENS, 4, 2, "e")])
+    assert execnet.loads(execnet.dumps(data)) == data  # execnet sends plain values only, no enum
+    words = [data[0]["kind"], *data[0]["factors"], data[0]["factors"]["static-cache"]["status"], data[1]["kind"]]
+    assert words == ["static-cache", "static-cache", "dtype", "diverged", "tokens"]
+    assert all(type(word) is str for word in words)
+    back = verdicts_from_data(data)
+    assert back[0].kind is FactorName.STATIC_CACHE and back[1].kind is VerdictKind.TOKENS
+    assert back[0].factors[FactorName.DTYPE].status is CellStatus.NOT_APPLICABLE
+    entry = json.dumps(determinism_entry(back[0]), sort_keys=True)
+    assert '"kind": "static-cache"' in entry and '"status": "nondeterministic"' in entry
+    assert '"static-cache": {' in entry and '"status": "n/a"' in entry
+    assert [f"{word}" for word in (CellStatus.NOT_APPLICABLE, VerdictStatus.SENSITIVE, FactorName.BATCH)] == [
+        "n/a", "sensitive", "batch"]
+    assert str(VerdictKind.INPUT) == "input" and FACTOR_NAMES == tuple(FactorName)
 
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"runs": "3"}, {"runs": True}, {"batch": 1},

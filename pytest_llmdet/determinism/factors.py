@@ -22,6 +22,7 @@ from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.variation import Variation
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
+from pytest_llmdet.settings import FactorName
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Regeneration:
 class Factor:
     """A named change that should not change greedy tokens (or, with `sensitivity`, may)."""
 
-    name: ClassVar[str]
+    name: ClassVar[FactorName]
     sensitivity: ClassVar[bool] = False
     advice: ClassVar[str] = ""  # what to do when the tokens change under it, one line
     skipped: ClassVar[str] = ""  # how a call it does not apply to is named ("not probed"); default below
@@ -60,7 +61,7 @@ class Factor:
 class BatchFactor(Factor):
     """Row 0 of a left-padded batch with other prompts (the batch probe, determinism/probe.py)."""
 
-    name = "batch"
+    name = FactorName.BATCH
     advice = ("a serving stack batches requests, so there this output is not reproducible: where the model is "
               "served batched, compare tolerantly (--llm-compare tolerant) or check the batched output")
     skipped = "not probed"
@@ -135,7 +136,7 @@ class EngineFactor(Factor):
 
 
 class CacheFactor(EngineFactor):
-    name = "cache"
+    name = FactorName.CACHE
     advice = ("the cached and the recomputed attention round differently: a flip at a near-tie is rounding "
               "(compare tolerantly: --llm-compare tolerant); a flip at a large margin is a bug in the model's "
               "cache code")
@@ -150,7 +151,7 @@ class CacheFactor(EngineFactor):
 
 
 class StaticCacheFactor(CacheFactor):
-    name = "static-cache"
+    name = FactorName.STATIC_CACHE
     advice = ("a static cache attends over its full, masked length, so the sums run over other shapes: gate "
               "with the cache you serve with (llm.generate(..., cache_implementation=\"static\")), or compare "
               "tolerantly")
@@ -165,7 +166,7 @@ class StaticCacheFactor(CacheFactor):
 
 
 class AttentionFactor(EngineFactor):
-    name = "attention"
+    name = FactorName.ATTENTION
     advice = ("pin the attention implementation you serve with (attn_implementation in the model's "
               "config.json), or record a variant for each environment (--llm-snapshot-variant)")
 
@@ -181,7 +182,7 @@ class AttentionFactor(EngineFactor):
 
 
 class ThreadsFactor(EngineFactor):
-    name = "threads"
+    name = FactorName.THREADS
     advice = ("a CPU splits its sums by thread: pin the thread count where the goldens are recorded and checked "
               "(llm_threads), or compare tolerantly")
     variation = Variation(threads=1)
@@ -192,7 +193,7 @@ class ThreadsFactor(EngineFactor):
 
 
 class DtypeFactor(EngineFactor):
-    name = "dtype"
+    name = FactorName.DTYPE
     sensitivity = True
     advice = ("a sensitivity, not nondeterminism: bfloat16 keeps 8 significant bits, so near-ties flip; where "
               "the model runs in bfloat16, record a variant for it (--llm-snapshot-update --llm-snapshot-variant "
@@ -203,7 +204,7 @@ class DtypeFactor(EngineFactor):
         return f"in {base.dtype} (loaded) vs bfloat16", str(base.dtype), "bfloat16", "in bfloat16"
 
 
-FACTORS: dict[str, type[Factor]] = {factor.name: factor for factor in (
+FACTORS: dict[FactorName, type[Factor]] = {factor.name: factor for factor in (
     BatchFactor, CacheFactor, StaticCacheFactor, AttentionFactor, ThreadsFactor, DtypeFactor)}
 
 
@@ -213,20 +214,20 @@ class FactorFindings:
     per call a factor did not apply to (while it applied to others)."""
 
     differences: list[FactorDifference] = field(default_factory=list)
-    cells: dict[str, FactorCell] = field(default_factory=dict)
+    cells: dict[FactorName, FactorCell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
-def make_factor(name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Factor:
-    """The factor called `name` (settings.FACTOR_NAMES)."""
-    return BatchFactor(batch_size) if name == "batch" else FACTORS[name]()
+def make_factor(name: FactorName, batch_size: int = DEFAULT_BATCH_SIZE) -> Factor:
+    """The factor called `name`."""
+    return BatchFactor(batch_size) if name == FactorName.BATCH else FACTORS[name]()
 
 
 class FactorError(RuntimeError):
     """A factor failed while generating (not: it does not apply); the message names it and the cause."""
 
 
-def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
+def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[FactorName],
                   batch_size: int = DEFAULT_BATCH_SIZE) -> FactorFindings:
     """Regenerate each call once under each factor of `names` and compare it with the recorded output;
     FactorError when a factor fails while generating."""
@@ -236,7 +237,7 @@ def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
         try:
             _check_factor(factor, llm, calls, findings)
         except Exception as error:  # noqa: BLE001 - the factor failing fails the test, with the reason
-            what = "the batch probe" if name == "batch" else f"the {name} factor"
+            what = "the batch probe" if name == FactorName.BATCH else f"the {name} factor"
             raise FactorError(f"{what} could not run: {type(error).__name__}: {error}") from error
     return findings
 

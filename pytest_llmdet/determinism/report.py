@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pytest_llmdet.determinism.runs import CallDifference, FactorDifference, RunComparison
 from pytest_llmdet.divergence import Divergence, format_margin, token_label
 from pytest_llmdet.generation import Prompt
+from pytest_llmdet.settings import FactorName
 
 EXCERPT_CHARS = 40
 MAX_CALL_REPORTS = 8
@@ -61,9 +62,9 @@ def render_call_difference(difference: CallDifference, calls: int, decode: Decod
         changed = " and the ".join(d.changed_input)
         lines = [f"nondeterministic input: the {changed} of {where} differed between runs: the test's own "
                  "input is not reproducible (is it built from the clock or an unseeded random source?)"]
-        if d.inputs is not None and "prompt" in d.changed_input:
-            lines.append(f"  run 1 prompt: {prompt_excerpt(d.inputs[0], 2 * EXCERPT_CHARS)}")
-            lines.append(f"  run {d.other_run} prompt: {prompt_excerpt(d.inputs[1], 2 * EXCERPT_CHARS)}")
+        if d.prompts is not None:
+            lines.append(f"  run 1 prompt: {prompt_excerpt(d.prompts[0], 2 * EXCERPT_CHARS)}")
+            lines.append(f"  run {d.other_run} prompt: {prompt_excerpt(d.prompts[1], 2 * EXCERPT_CHARS)}")
         lines.append(f"  {outputs}")
         return lines
     lines = [f"nondeterministic: {where}: {outputs}"]
@@ -94,7 +95,7 @@ def render_report(comparison: RunComparison, factors: Sequence[FactorDifference]
         lines += block
     if len(blocks) > MAX_CALL_REPORTS:
         lines.append(f"… and {len(blocks) - MAX_CALL_REPORTS} more")
-    batch = any(d.factor == "batch" for d in factors)
+    batch = any(d.factor == FactorName.BATCH for d in factors)
     if batch or any(d.divergence is not None for d in comparison.differences):
         lines.append(CAUSES_HINT)  # the model's output moved; a changing input is the test's own doing
     advice = {d.factor: d.advice for d in factors if d.advice}
@@ -107,7 +108,7 @@ def headline(comparison: RunComparison, factors: Sequence[FactorDifference]) -> 
     if not comparison.deterministic:
         return f"pytest-llmdet: {runs} runs of this test did not generate the same tokens"
     names = list(dict.fromkeys(d.factor for d in factors))
-    if names == ["batch"]:
+    if names == [FactorName.BATCH]:
         return (f"pytest-llmdet: {runs} run{_plural(runs)} of this test agreed, but the batch probe found "
                 "batch-dependent outputs")
     sensitive = {d.factor for d in factors if d.sensitivity}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pytest_llmdet.determinism.runs import FactorCell, Verdict
+from pytest_llmdet.determinism.runs import CellStatus, FactorCell, Verdict, VerdictStatus
 from pytest_llmdet.divergence import format_margin
-from pytest_llmdet.settings import FACTOR_NAMES
+from pytest_llmdet.settings import FACTOR_NAMES, FactorName
 
 MAX_OFFENDERS = 10
 MAX_MATRIX_ROWS = 50  # beyond it, the matrix shows only the rows that are not all `=`
@@ -23,9 +23,9 @@ def summary_lines(verdicts: Sequence[Verdict], limit: int = MAX_OFFENDERS) -> li
     matrix when factors were checked."""
     if not verdicts:
         return []
-    bad = sorted((v for v in verdicts if v.status != "deterministic"),
+    bad = sorted((v for v in verdicts if v.status != VerdictStatus.DETERMINISTIC),
                  key=lambda v: (v.severity(), v.nodeid))
-    nondeterministic = sum(v.status == "nondeterministic" for v in verdicts)
+    nondeterministic = sum(v.status == VerdictStatus.NONDETERMINISTIC for v in verdicts)
     sensitive = len(bad) - nondeterministic
     lines = [f"{len(verdicts)} checked, {len(verdicts) - len(bad)} deterministic, {nondeterministic} "
              "nondeterministic" + (f", {sensitive} dtype-sensitive" if sensitive else "")]
@@ -47,11 +47,11 @@ def matrix_lines(verdicts: Sequence[Verdict], limit: int = MAX_MATRIX_ROWS) -> l
     legend = "=: same tokens, N: the first diverging token, n/a: not applicable"
     if any(name not in v.factors for v in rows for name in columns):
         legend += ", -: not asked for"
-    if "dtype" in columns:
+    if FactorName.DTYPE in columns:
         legend += "; dtype is a sensitivity (bfloat16 against the loaded dtype), not nondeterminism"
     shown = rows
     if len(rows) > limit:
-        shown = [v for v in rows if any(c.status != "same" for c in v.factors.values())][:limit]
+        shown = [v for v in rows if any(c.status != CellStatus.SAME for c in v.factors.values())][:limit]
     width = max(len("test"), *(len(v.nodeid) for v in shown)) if shown else len("test")
     widths = [max(len(name), 3) for name in columns]
 
@@ -69,11 +69,11 @@ def matrix_lines(verdicts: Sequence[Verdict], limit: int = MAX_MATRIX_ROWS) -> l
 
 def _margin_lines(rows: Sequence[Verdict]) -> list[str]:
     diverged = [(v.nodeid, name, cell) for v in rows for name, cell in v.factors.items()
-                if cell.status == "diverged"]
+                if cell.status == CellStatus.DIVERGED]
     if not diverged:
         return []
 
-    def recorded(entry: tuple[str, str, FactorCell]) -> float:
+    def recorded(entry: tuple[str, FactorName, FactorCell]) -> float:
         margin = entry[2].reference_margin
         return -(margin if margin is not None else float("inf"))  # the call ended there: no near-tie either
 
@@ -90,10 +90,10 @@ def _margin_lines(rows: Sequence[Verdict]) -> list[str]:
 
 
 def _not_applicable_lines(rows: Sequence[Verdict]) -> list[str]:
-    groups: dict[tuple[str, str], list[str]] = {}
+    groups: dict[tuple[FactorName, str], list[str]] = {}
     for v in rows:
         for name, cell in v.factors.items():
-            if cell.status == "n/a":
+            if cell.status == CellStatus.NOT_APPLICABLE:
                 groups.setdefault((name, cell.reason or ""), []).append(v.nodeid)
     if not groups:
         return []
