@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from pytest_llmdet.settings import (
     FACTOR_NAMES,
     ComparePlan,
+    FactorName,
     Settings,
     SettingsError,
     SnapshotSettings,
@@ -62,12 +63,12 @@ class CheckPlan(NamedTuple):
 
     runs: int
     batch_size: int = 0
-    factors: tuple[str, ...] = ()  # never "batch"
+    factors: tuple[FactorName, ...] = ()  # never batch
 
     @property
-    def factor_names(self) -> tuple[str, ...]:
+    def factor_names(self) -> tuple[FactorName, ...]:
         """Every factor of the check, batch included, in the matrix's order."""
-        return ("batch",) * bool(self.batch_size) + self.factors
+        return (FactorName.BATCH,) * bool(self.batch_size) + self.factors
 
 
 def model_choice(args: tuple[Any, ...], kwargs: dict[str, Any], defaults: Settings) -> ModelChoice:
@@ -110,7 +111,7 @@ def compare_plan(default: SnapshotSettings, marker_args: tuple[Any, ...] | None,
 
 
 def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any] | None, default_runs: int,
-               check_all: bool, uses_llm: bool, default_factors: tuple[str, ...] = ()) -> CheckPlan | None:
+               check_all: bool, uses_llm: bool, default_factors: tuple[FactorName, ...] = ()) -> CheckPlan | None:
     """The check of one test, from its `llm_determinism` marker (None: unmarked) and the options; None when
     the test is not checked. `default_factors` (--llm-factors) apply to every test that uses `llm`; a test they
     alone check runs once (the re-runs are --llm-check-determinism's or the marker's)."""
@@ -147,8 +148,9 @@ def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any
     return _with_factors(_with_factors(plan, named, DEFAULT_BATCH_SIZE), suite_factors, DEFAULT_BATCH_SIZE)
 
 
-def _with_factors(plan: CheckPlan, factors: tuple[str, ...], batch_size: int) -> CheckPlan:
+def _with_factors(plan: CheckPlan, factors: tuple[FactorName, ...], batch_size: int) -> CheckPlan:
     """`plan` with `factors` added (batch as a batch size, unless the plan has one already)."""
-    others = tuple(name for name in FACTOR_NAMES if name != "batch" and (name in factors or name in plan.factors))
-    batch = plan.batch_size or (batch_size if "batch" in factors else 0)
+    others = tuple(name for name in FACTOR_NAMES
+                   if name != FactorName.BATCH and (name in factors or name in plan.factors))
+    batch = plan.batch_size or (batch_size if FactorName.BATCH in factors else 0)
     return CheckPlan(plan.runs, batch, others)

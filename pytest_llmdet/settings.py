@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, NamedTuple
 
@@ -15,8 +16,31 @@ TOP_K_DEFAULT = 5
 RUNS_DEFAULT = 3
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 DETERMINISTIC_ALGORITHMS = ("warn", "strict", "off")
-# The factors of the determinism check (determinism/factors.py), in the order the matrix shows them.
-FACTOR_NAMES = ("batch", "cache", "static-cache", "attention", "threads", "dtype")
+
+
+class Word(str, Enum):
+    """A word of pytest-llmdet's vocabulary (a status, a kind, a factor): a str whose members print, format and
+    go into JSON as their value, so that no report changes (enum.StrEnum, which Python 3.10 lacks)."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class FactorName(Word):
+    """The factors of the determinism check (determinism/factors.py), in the order the matrix shows them."""
+
+    BATCH = "batch"
+    CACHE = "cache"
+    STATIC_CACHE = "static-cache"
+    ATTENTION = "attention"
+    THREADS = "threads"
+    DTYPE = "dtype"
+
+
+FACTOR_NAMES: tuple[FactorName, ...] = tuple(FactorName)
 # Factors of an engine pytest-llmdet does not have yet: named, so that asking for one says why it is refused.
 FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
                                   "first) that is not built yet (with --llm-engine vllm, re-runs read vLLM's prefix "
@@ -119,7 +143,7 @@ parse_device_map = _choice(DEVICE_MAPS)
 parse_compare = _choice(COMPARE_MODES)
 
 
-def parse_factors(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def parse_factors(value: str | list[str] | tuple[str, ...]) -> tuple[FactorName, ...]:
     """Accept `all` or a comma list of factor names (a list of names too); they come back in the matrix's
     order, each once. An empty value is no factor."""
     names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
@@ -386,7 +410,7 @@ class Settings(NamedTuple):
     model_base_dir: Path | None = None  # where a relative llm_model path is resolved from
     determinism_runs: int = RUNS_DEFAULT
     check_determinism: bool = False
-    factors: tuple[str, ...] = ()  # --llm-factors / llm_factors: every test that uses `llm` is checked under them
+    factors: tuple[FactorName, ...] = ()  # --llm-factors / llm_factors: every test using `llm` is checked under them
 
 
 class SnapshotSettings(NamedTuple):

@@ -1,19 +1,12 @@
 """The words the golden-file code branches on, as enums whose members are their strings: JSON, reports and
 comparisons with plain strings see exactly the words they saw before.
 
-Not imported at startup (an enum class costs about 0.4 ms to define): the settings keep plain strings, and the
-code that branches on them compares with these members, which equal those strings."""
+Not imported at startup (an enum class costs about 0.4 ms to define): the settings keep plain strings for these,
+and the code that branches on them compares with these members, which equal those strings."""
 
 from __future__ import annotations
 
-from enum import Enum
-
-
-class Word(str, Enum):
-    """A str-valued enum whose str() and format() are its value (what enum.StrEnum does from Python 3.11)."""
-
-    __str__ = str.__str__
-    __format__ = str.__format__
+from pytest_llmdet.settings import Word  # the one base of every word (factor names are settings' own)
 
 
 class SnapshotMode(Word):

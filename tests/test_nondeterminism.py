@@ -417,7 +417,9 @@ def plain_bf16_batch_divergences(model_dir: Path, prompts: list[str]) -> dict[in
 
     The batch is laid out as the batch probe lays it out (with its own helpers, which generate nothing): the
     pre-check asks this CPU the probe's question, without the plugin's generate."""
-    from pytest_llmdet.determinism.probe import COMPANION_TEXTS, DEFAULT_BATCH_SIZE, companions, left_pad
+    from pytest_llmdet.determinism.probe import COMPANION_TEXTS, companions
+    from pytest_llmdet.engines.transformers import left_pad
+    from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()

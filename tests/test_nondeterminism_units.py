@@ -1,29 +1,35 @@
 """Pure logic of the nondeterminism check: comparing runs call by call, the report, the summary, the batch
 helpers; no model and no pytest session involved."""
 
+import json
+
+import execnet
 import pytest
 
-from pytest_llmdet.determinism.probe import companions, left_pad, truncate_at_eos
+from pytest_llmdet.determinism.factors import BatchFactor, factor_differences
+from pytest_llmdet.determinism.probe import companions, truncate_at_eos
+from pytest_llmdet.determinism.report import prompt_excerpt, render_report
 from pytest_llmdet.determinism.runs import (
     BatchedOutput,
+    CellStatus,
     FactorCell,
     Verdict,
-    compare_batch,
+    VerdictKind,
+    VerdictStatus,
     compare_outputs,
     compare_runs,
     distinct_outputs,
     factor_cell,
-    matrix_lines,
-    prompt_excerpt,
-    render_report,
-    summary_lines,
     verdict_for,
     verdicts_from_data,
     verdicts_to_data,
 )
+from pytest_llmdet.determinism.summary import matrix_lines, summary_lines
+from pytest_llmdet.engines.transformers import left_pad
 from pytest_llmdet.generation import Generation
+from pytest_llmdet.json_report import determinism_entry
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
-from pytest_llmdet.settings import FACTOR_NAMES, parse_factors
+from pytest_llmdet.settings import FACTOR_NAMES, FactorName, parse_factors
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 
@@ -136,8 +142,10 @@ def test_distinct_outputs_counts_token_sequences():
 
 def test_the_batch_probe_report():
     singles = [gen([1, 2, 4], logprobs=[-0.5, -0.25, -0.1], margins=[1, 1, 0.01]), gen([5], prompt="Hi")]
-    batched = [BatchedOutput([1, 2, 3], [1, 1, 0.02], [-0.5, -0.2, -0.1]), None]
-    differences = compare_batch(singles, batched, batch_size=4)
+    batch = BatchFactor(4)
+    # call 2 was not probed: only call 1 has an output from the batch
+    probed = [(0, batch.regeneration(BatchedOutput([1, 2, 3], [1, 1, 0.02], [-0.5, -0.2, -0.1])))]
+    differences = factor_differences(batch, singles, probed)
     assert [d.index for d in differences] == [0]
     comparison = compare_runs([singles, singles])
     lines = render_report(comparison, differences, decode)
@@ -255,10 +263,11 @@ def test_factor_names_are_parsed_into_the_matrix_order():
 def test_a_factor_cell_is_the_earliest_difference_equal_or_not_applicable():
     assert factor_cell([], 0, ["sampled", "sampled"]) == FactorCell("n/a", reason="sampled")
     assert factor_cell([], 2, []).text() == "="
-    from pytest_llmdet.determinism.runs import batch_difference, compare_outputs
-
-    late = batch_difference(0, "a", 4, compare_outputs(gen([1, 2, 3]), gen([1, 2, 4], margins=[1, 1, 0.25])))
-    early = batch_difference(1, "b", 4, compare_outputs(gen([1, 2]), gen([1, 3], margins=[1, 0.75])))
+    batch = BatchFactor(4)
+    calls = [gen([1, 2, 3], prompt="a"), gen([1, 2], prompt="b")]
+    probed = [(1, batch.regeneration(BatchedOutput([1, 3], [1, 0.75], [-0.1, -0.1]))),
+              (0, batch.regeneration(BatchedOutput([1, 2, 4], [1, 1, 0.25], [-0.1, -0.1, -0.1])))]
+    late, early = factor_differences(batch, calls, probed)  # in the order of the calls
     cell = factor_cell([late, early], 2, [])
     assert (cell.text(), cell.call, cell.reference_margin, cell.changed_margin) == ("1", 2, 0.5, 0.75)
     assert (cell.reference, cell.changed) == ("alone", "in the batch")
@@ -307,6 +316,26 @@ def test_verdicts_with_factor_cells_survive_the_trip_to_the_xdist_controller():
     cell = FactorCell("diverged", 3, 1, 0.1, None, "alone", "in the batch")
     verdicts = [Verdict("a", 1, False, "batch", 3, 2, "d", factors={"batch": cell, "dtype": FactorCell("n/a")})]
     assert verdicts_from_data(verdicts_to_data(verdicts)) == verdicts
+
+
+def test_the_vocabulary_travels_and_prints_as_plain_words():
+    cell = FactorCell(CellStatus.DIVERGED, 3, 1, 0.1, None, "alone", "in the batch")
+    verdict = Verdict("a", 1, False, FactorName.STATIC_CACHE, 3, 2, "d",
+                      factors={FactorName.STATIC_CACHE: cell, FactorName.DTYPE: FactorCell(CellStatus.NOT_APPLICABLE)})
+    data = verdicts_to_data([verdict, Verdict("b", 3, False, VerdictKind.TOKENS, 4, 2, "e")])
+    assert execnet.loads(execnet.dumps(data)) == data  # execnet sends plain values only, no enum
+    words = [data[0]["kind"], *data[0]["factors"], data[0]["factors"]["static-cache"]["status"], data[1]["kind"]]
+    assert words == ["static-cache", "static-cache", "dtype", "diverged", "tokens"]
+    assert all(type(word) is str for word in words)
+    back = verdicts_from_data(data)
+    assert back[0].kind is FactorName.STATIC_CACHE and back[1].kind is VerdictKind.TOKENS
+    assert back[0].factors[FactorName.DTYPE].status is CellStatus.NOT_APPLICABLE
+    entry = json.dumps(determinism_entry(back[0]), sort_keys=True)
+    assert '"kind": "static-cache"' in entry and '"status": "nondeterministic"' in entry
+    assert '"static-cache": {' in entry and '"status": "n/a"' in entry
+    assert [f"{word}" for word in (CellStatus.NOT_APPLICABLE, VerdictStatus.SENSITIVE, FactorName.BATCH)] == [
+        "n/a", "sensitive", "batch"]
+    assert str(VerdictKind.INPUT) == "input" and FACTOR_NAMES == tuple(FactorName)
 
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"runs": "3"}, {"runs": True}, {"batch": 1},

@@ -131,7 +131,7 @@ def test_the_chat_prompts_end_with_eos_and_still_agree(loaded):
 def test_every_row_of_a_padded_batch_agrees(loaded):
     llm = _llm(loaded)
     rows = [llm.encode(prompt) for prompt in PROMPTS]
-    ids, mask = batch.left_pad(rows, pad_id=0)
+    ids, mask = hf.left_pad(rows, pad_id=0)
     input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)
     plan = plan_generation(loaded.generation_config, max_new_tokens=40, known_fields=None)
     config = GenerationConfig(**plan.config)

@@ -4,8 +4,9 @@ torch thread — and bfloat16, under which they may (a sensitivity, reported as 
 it applies to a recorded call (and why not) and generates that call once more under its change;
 `check_factors` runs the requested factors over a test's calls and compares each output with the recorded one.
 
-A new factor is one small class: a name, `applies` and `regenerate`. The model is reached only through the
-engine's variation verbs (engines.Engine) and the batch probe (determinism/probe.py).
+A new factor is one small class: a name, `applies` and `regenerate`; one that varies the engine, a name, its
+`variation` and how the two sides are `described`. The model is reached only through the engine's variation
+verbs (engines.Engine) and the batch probe (determinism/probe.py).
 """
 
 from __future__ import annotations
@@ -15,19 +16,13 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pytest_llmdet.determinism.probe import batch_problem, generate_in_batch
-from pytest_llmdet.determinism.runs import (
-    BATCH_ADVICE,
-    BatchedOutput,
-    FactorCell,
-    FactorDifference,
-    compare_outputs,
-    factor_cell,
-)
+from pytest_llmdet.determinism.runs import BatchedOutput, FactorCell, FactorDifference, compare_outputs, factor_cell
 from pytest_llmdet.engines.greedy import GenerationArgumentError
 from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.variation import Variation
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
+from pytest_llmdet.settings import FactorName
 
 
 @dataclass
@@ -44,7 +39,7 @@ class Regeneration:
 class Factor:
     """A named change that should not change greedy tokens (or, with `sensitivity`, may)."""
 
-    name: ClassVar[str]
+    name: ClassVar[FactorName]
     sensitivity: ClassVar[bool] = False
     advice: ClassVar[str] = ""  # what to do when the tokens change under it, one line
     skipped: ClassVar[str] = ""  # how a call it does not apply to is named ("not probed"); default below
@@ -66,8 +61,9 @@ class Factor:
 class BatchFactor(Factor):
     """Row 0 of a left-padded batch with other prompts (the batch probe, determinism/probe.py)."""
 
-    name = "batch"
-    advice = BATCH_ADVICE
+    name = FactorName.BATCH
+    advice = ("a serving stack batches requests, so there this output is not reproducible: where the model is "
+              "served batched, compare tolerantly (--llm-compare tolerant) or check the batched output")
     skipped = "not probed"
 
     def __init__(self, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
@@ -77,22 +73,28 @@ class BatchFactor(Factor):
         return batch_problem(llm, call)
 
     def regenerate(self, llm: LLM, call: Generation) -> list[Regeneration]:
+        return [self.regeneration(generate_in_batch(llm, call, self.batch_size))]
+
+    def regeneration(self, output: BatchedOutput) -> Regeneration:
+        """A call's `output` as row 0 of the batch, with what the two sides were."""
         where = f"in a left-padded batch of {self.batch_size}"
-        output = generate_in_batch(llm, call, self.batch_size)
-        return [Regeneration(output, f"alone vs {where}", "alone", "in the batch", where)]
+        return Regeneration(output, f"alone vs {where}", "alone", "in the batch", where)
 
 
 class EngineFactor(Factor):
     """A factor that is a variation of the engine (engines/variation.py): the call generated again alone, with
     its own settings and seed, while the engine applies the change."""
 
+    variation: ClassVar[Variation]  # the change, where there is one (attention has one per implementation)
+    described: ClassVar[tuple[str, str, str, str]]  # what `describe` says, where that does not depend on the engine
+
     def variations(self, llm: LLM) -> list[Variation]:
-        """The changes to generate under (one, except for attention)."""
-        raise NotImplementedError
+        """The changes to generate under: the one `variation`, except for attention."""
+        return [self.variation]
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         """(vs, reference, changed, where) of a Regeneration under `variation`, the engine being at `base`."""
-        raise NotImplementedError
+        return self.described
 
     def call_problem(self, call: Generation) -> str | None:
         """Why the call itself rules this factor out (its own settings already make the change)."""
@@ -134,45 +136,37 @@ class EngineFactor(Factor):
 
 
 class CacheFactor(EngineFactor):
-    name = "cache"
+    name = FactorName.CACHE
     advice = ("the cached and the recomputed attention round differently: a flip at a near-tie is rounding "
               "(compare tolerantly: --llm-compare tolerant); a flip at a large margin is a bug in the model's "
               "cache code")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(use_cache=False)]
+    variation = Variation(use_cache=False)
+    described = ("with the KV cache vs without (the whole sequence recomputed at each step)", "with the cache",
+                 "without", "without a KV cache")
 
     def call_problem(self, call: Generation) -> str | None:
         if call.settings.get("use_cache") is False:
             return "the call generates without a KV cache already (use_cache=False)"
         return None
 
-    def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
-        return ("with the KV cache vs without (the whole sequence recomputed at each step)", "with the cache",
-                "without", "without a KV cache")
-
 
 class StaticCacheFactor(CacheFactor):
-    name = "static-cache"
+    name = FactorName.STATIC_CACHE
     advice = ("a static cache attends over its full, masked length, so the sums run over other shapes: gate "
               "with the cache you serve with (llm.generate(..., cache_implementation=\"static\")), or compare "
               "tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(cache_implementation="static")]
+    variation = Variation(cache_implementation="static")
+    described = ('with the dynamic KV cache vs a static one (cache_implementation="static")', "dynamic cache",
+                 "static cache", "with a static KV cache")
 
     def call_problem(self, call: Generation) -> str | None:
         if call.settings.get("cache_implementation") is not None:
             return f"the call sets cache_implementation={call.settings['cache_implementation']!r} itself"
         return super().call_problem(call)
 
-    def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
-        return ('with the dynamic KV cache vs a static one (cache_implementation="static")', "dynamic cache",
-                "static cache", "with a static KV cache")
-
 
 class AttentionFactor(EngineFactor):
-    name = "attention"
+    name = FactorName.ATTENTION
     advice = ("pin the attention implementation you serve with (attn_implementation in the model's "
               "config.json), or record a variant for each environment (--llm-snapshot-variant)")
 
@@ -188,12 +182,10 @@ class AttentionFactor(EngineFactor):
 
 
 class ThreadsFactor(EngineFactor):
-    name = "threads"
+    name = FactorName.THREADS
     advice = ("a CPU splits its sums by thread: pin the thread count where the goldens are recorded and checked "
               "(llm_threads), or compare tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(threads=1)]
+    variation = Variation(threads=1)
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         return (f"with {base.threads} torch threads vs 1", f"{base.threads} threads", "1 thread",
@@ -201,20 +193,18 @@ class ThreadsFactor(EngineFactor):
 
 
 class DtypeFactor(EngineFactor):
-    name = "dtype"
+    name = FactorName.DTYPE
     sensitivity = True
     advice = ("a sensitivity, not nondeterminism: bfloat16 keeps 8 significant bits, so near-ties flip; where "
               "the model runs in bfloat16, record a variant for it (--llm-snapshot-update --llm-snapshot-variant "
               "--llm-dtype bfloat16) or compare tolerantly")
-
-    def variations(self, llm: LLM) -> list[Variation]:
-        return [Variation(dtype="bfloat16")]
+    variation = Variation(dtype="bfloat16")
 
     def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
         return f"in {base.dtype} (loaded) vs bfloat16", str(base.dtype), "bfloat16", "in bfloat16"
 
 
-FACTORS: dict[str, type[Factor]] = {factor.name: factor for factor in (
+FACTORS: dict[FactorName, type[Factor]] = {factor.name: factor for factor in (
     BatchFactor, CacheFactor, StaticCacheFactor, AttentionFactor, ThreadsFactor, DtypeFactor)}
 
 
@@ -224,20 +214,20 @@ class FactorFindings:
     per call a factor did not apply to (while it applied to others)."""
 
     differences: list[FactorDifference] = field(default_factory=list)
-    cells: dict[str, FactorCell] = field(default_factory=dict)
+    cells: dict[FactorName, FactorCell] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
-def make_factor(name: str, batch_size: int = DEFAULT_BATCH_SIZE) -> Factor:
-    """The factor called `name` (settings.FACTOR_NAMES)."""
-    return BatchFactor(batch_size) if name == "batch" else FACTORS[name]()
+def make_factor(name: FactorName, batch_size: int = DEFAULT_BATCH_SIZE) -> Factor:
+    """The factor called `name`."""
+    return BatchFactor(batch_size) if name == FactorName.BATCH else FACTORS[name]()
 
 
 class FactorError(RuntimeError):
     """A factor failed while generating (not: it does not apply); the message names it and the cause."""
 
 
-def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
+def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[FactorName],
                   batch_size: int = DEFAULT_BATCH_SIZE) -> FactorFindings:
     """Regenerate each call once under each factor of `names` and compare it with the recorded output;
     FactorError when a factor fails while generating."""
@@ -247,13 +237,12 @@ def check_factors(llm: LLM, calls: Sequence[Generation], names: Sequence[str],
         try:
             _check_factor(factor, llm, calls, findings)
         except Exception as error:  # noqa: BLE001 - the factor failing fails the test, with the reason
-            what = "the batch probe" if name == "batch" else f"the {name} factor"
+            what = "the batch probe" if name == FactorName.BATCH else f"the {name} factor"
             raise FactorError(f"{what} could not run: {type(error).__name__}: {error}") from error
     return findings
 
 
 def _check_factor(factor: Factor, llm: LLM, calls: Sequence[Generation], findings: FactorFindings) -> None:
-    name = factor.name
     applicable, skipped = [], []
     for index, call in enumerate(calls):
         reason = factor.applies(llm, call)
@@ -261,18 +250,25 @@ def _check_factor(factor: Factor, llm: LLM, calls: Sequence[Generation], finding
             applicable.append((index, call))
         else:
             skipped.append((index, reason))
+    regenerated = factor.regenerate_calls(llm, applicable) if applicable else []
+    differences = factor_differences(factor, calls, regenerated)
+    findings.cells[factor.name] = factor_cell(differences, len(applicable), [reason for _, reason in skipped],
+                                              factor.sensitivity)
+    findings.differences += differences
+    if applicable:  # some calls were checked: name the others (a factor that applied to none is n/a)
+        how = factor.skipped or f"not checked under {factor.name}"
+        findings.notes += [f"call {index + 1} {how}: {reason}" for index, reason in skipped]
+
+
+def factor_differences(factor: Factor, calls: Sequence[Generation],
+                       regenerated: Sequence[tuple[int, Regeneration]]) -> list[FactorDifference]:
+    """The recorded calls whose output changed when `factor` regenerated them (each regeneration with the index
+    of its call in `calls`), in the order of the calls."""
     differences = []
-    for index, r in factor.regenerate_calls(llm, applicable) if applicable else []:
+    for index, r in regenerated:
         call = calls[index]
         divergence = compare_outputs(call, r.output)
         if divergence is not None:
-            differences.append(FactorDifference(name, index, call.prompt, divergence, r.vs, r.reference,
+            differences.append(FactorDifference(factor.name, index, call.prompt, divergence, r.vs, r.reference,
                                                 r.changed, r.where, factor.sensitivity, factor.advice))
-    differences.sort(key=lambda d: d.index)
-    applied = len(applicable)
-    findings.cells[name] = factor_cell(differences, applied, [reason for _, reason in skipped],
-                                       factor.sensitivity)
-    findings.differences += differences
-    if applied:  # some calls were checked: name the others (a factor that applied to none is n/a)
-        how = factor.skipped or f"not checked under {name}"
-        findings.notes += [f"call {index + 1} {how}: {reason}" for index, reason in skipped]
+    return sorted(differences, key=lambda d: d.index)

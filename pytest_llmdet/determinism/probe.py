@@ -11,7 +11,6 @@ from __future__ import annotations
 from pytest_llmdet.determinism.runs import BatchedOutput
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.llm import LLM
-from pytest_llmdet.engines.transformers import left_pad  # noqa: F401 - the probe's layout helpers
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
 
@@ -97,17 +96,3 @@ def batch_problem(llm: LLM, generation: Generation) -> str | None:
     except BatchProbeError as error:
         return str(error)
     return None
-
-
-def probe_calls(llm: LLM, calls: list[Generation], batch_size: int = DEFAULT_BATCH_SIZE
-                ) -> tuple[list[BatchedOutput | None], list[str]]:
-    """Each call generated inside a batch (None where it cannot be probed), and a note per skipped call."""
-    outputs: list[BatchedOutput | None] = []
-    notes = []
-    for index, generation in enumerate(calls):
-        try:
-            outputs.append(generate_in_batch(llm, generation, batch_size))
-        except BatchProbeError as error:
-            outputs.append(None)
-            notes.append(f"call {index + 1} not probed: {error}")
-    return outputs, notes

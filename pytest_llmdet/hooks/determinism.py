@@ -3,10 +3,11 @@ once, and the `llm determinism` summary (xdist included). Its marker and options
 (markers.py, settings.OPTIONS).
 
 pytest imports this module on every run, so it holds the hooks only: running a checked test N times and judging
-it is in hooks/rerun.py, imported when a test is checked; the comparison and its report are in
-determinism/runs.py, the batch probe in determinism/probe.py. Registered through `pytest_plugins` in plugin.py,
-so `-p no:llmdet` disables it too; plugin.py imports it first, past pytest's assertion rewriting (it holds no
-assert), and PYTEST_DONT_REWRITE tells pytest not to warn that it was imported before it could rewrite it.
+it is in hooks/rerun.py, imported when a test is checked; the comparison is in determinism/runs.py, its report in
+determinism/report.py, the summary in determinism/summary.py, the batch probe in determinism/probe.py.
+Registered through `pytest_plugins` in plugin.py, so `-p no:llmdet` disables it too; plugin.py imports it first,
+past pytest's assertion rewriting (it holds no assert), and PYTEST_DONT_REWRITE tells pytest not to warn that it
+was imported before it could rewrite it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     state = config.stash.get(DETERMINISM_KEY, None)
     if state is None or not (state.verdicts or state.unchecked):
         return
-    from pytest_llmdet.determinism.runs import summary_lines
+    from pytest_llmdet.determinism.summary import summary_lines
 
     terminalreporter.write_sep("=", "llm determinism")
     for line in summary_lines(state.verdicts):

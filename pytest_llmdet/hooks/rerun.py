@@ -3,7 +3,8 @@ protocol (function fixtures torn down between runs), the factors (the batch prob
 that fails the test when the runs or a factor disagree.
 
 The hooks that call this live in hooks/determinism.py, which pytest imports on every run; this module is
-imported only when a test is checked. The comparison and its report are in determinism/runs.py.
+imported only when a test is checked. The comparison is in determinism/runs.py, its report in
+determinism/report.py.
 """
 
 from __future__ import annotations
@@ -14,13 +15,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 
-from pytest_llmdet.determinism.runs import (
-    FactorCell,
-    FactorDifference,
-    compare_runs,
-    render_report,
-    verdict_for,
-)
+from pytest_llmdet.determinism.report import render_report
+from pytest_llmdet.determinism.runs import CellStatus, FactorCell, FactorDifference, compare_runs, verdict_for
 from pytest_llmdet.hooks.keys import (
     FACTORS_KEY,
     FACTORS_RESULT_KEY,
@@ -29,6 +25,7 @@ from pytest_llmdet.hooks.keys import (
     SNAPSHOT_PLUGIN_KEY,
 )
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
+from pytest_llmdet.settings import FactorName
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation
@@ -43,7 +40,7 @@ class FactorResult(NamedTuple):
     the calls a factor skipped, and why a factor could not run at all (or None)."""
 
     differences: tuple[FactorDifference, ...] = ()
-    cells: dict[str, FactorCell] = {}
+    cells: dict[FactorName, FactorCell] = {}
     notes: tuple[str, ...] = ()
     error: str | None = None
 
@@ -155,7 +152,7 @@ def check_factors_of(handle: Any, plan: CheckPlan) -> FactorResult:
     from pytest_llmdet.determinism.factors import FactorError, check_factors  # imports the model code
 
     if handle is None:
-        cell = FactorCell("n/a", reason="the test does not use the llm fixture")
+        cell = FactorCell(CellStatus.NOT_APPLICABLE, reason="the test does not use the llm fixture")
         return FactorResult(cells={name: cell for name in plan.factor_names})
     try:
         findings = check_factors(handle, list(handle.calls), plan.factor_names, plan.batch_size or DEFAULT_BATCH_SIZE)
