@@ -78,6 +78,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     prepare_cuda_environment()
     flags = {o.name: config.getoption(o.dest) for o in OPTIONS if o.has_flag}
+    typed = config.invocation_params.args  # what was typed; addopts and PYTEST_ADDOPTS come before it
+    if flags["snapshot_update"] and "--llm-snapshot-update" in typed:
+        # an update typed on the command line wins over a check from addopts (a project's `addopts =
+        # --llm-snapshot`), so that the re-record commands the gate prints work; both typed is a usage error
+        for mode in ("snapshot", "snapshot_review"):
+            flags[mode] = flags[mode] and "--" + "llm-" + mode.replace("_", "-") in typed
     try:
         settings, snapshot_settings = resolve(
             flags, {o.name: str(config.getini(o.ini)) for o in OPTIONS if o.has_ini},
@@ -94,8 +100,9 @@ def pytest_configure(config: pytest.Config) -> None:
         from pytest_llmdet.hooks.snapshots import SnapshotPlugin
 
         option = config.option  # what re-record commands repeat: -o overrides, -c and --rootdir as given
+        given_paths = [str(arg) for arg in config.args] if config.args_source == pytest.Config.ArgsSource.ARGS else []
         command_inputs = (flags, list(getattr(option, "override_ini", None) or ()),
-                          getattr(option, "inifilename", None), getattr(option, "rootdir", None))
+                          getattr(option, "inifilename", None), getattr(option, "rootdir", None), None, given_paths)
         plugin = config.stash[SNAPSHOT_PLUGIN_KEY] = SnapshotPlugin(session, snapshot_settings, command_inputs)
         config.pluginmanager.register(plugin, "llmdet-snapshots")
         shares["snapshots"] = plugin

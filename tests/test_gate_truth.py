@@ -4,6 +4,7 @@ says; labels and variants account for both margins and the CPU's instruction set
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -772,3 +773,231 @@ def test_a_machine_dependent_parameter_list_loses_its_golden_but_a_skipped_param
                                  "git checkout -- <file>):",
                                  f"  {SNAPSHOTS}/test_devices/test_story[[]cuda].json"])
     assert not cuda.exists()
+
+
+# -- what a hostile review of the gate found, each held now ------------------------------------------------------
+
+TWO_NAMED = """
+def test_several(llm_snapshot):
+    assert "a fox" == llm_snapshot(name="fox")
+    assert "a lion" == llm_snapshot(name="lion")
+"""
+
+
+def test_a_whole_check_with_unused_snapshots_fails_since_an_update_would_delete_them(pytester):
+    pytester.makepyfile(test_two=TWO_NAMED)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    pytester.makepyfile(test_two=TWO_NAMED.replace('    assert "a lion" == llm_snapshot(name="lion")\n', ""))
+    check = run(pytester, "--llm-snapshot")
+    check.assert_outcomes(passed=1)  # the test itself passed: the gate fails at the end of the run
+    assert check.ret == pytest.ExitCode.TESTS_FAILED
+    check.stdout.fnmatch_lines(["1 unused golden file(s) or snapshot(s) no test asked for:",
+                                "  __llm_snapshots__/test_two/test_several.json [[]lion]",
+                                "the gate fails on them: a full run with --llm-snapshot-update would delete them*"])
+    assert run(pytester, "--llm-snapshot", "-k", "several").ret == 0  # a partial check: nothing would be deleted
+    run(pytester, "--llm-snapshot-update").stdout.fnmatch_lines(["*1 deleted, 0 unused"])
+    assert run(pytester, "--llm-snapshot").ret == 0
+
+
+ENV_STORY = """
+import os
+
+def test_story(llm_snapshot):
+    assert os.environ.get("STORY", "one") == llm_snapshot
+"""
+
+
+def test_a_rerecord_command_keeps_an_ini_override_of_the_snapshot_folder(pytester, monkeypatch):
+    pytester.makepyfile(test_story=ENV_STORY)
+    run(pytester, "--llm-snapshot-update", "-o", "llm_snapshot_dir=golden").assert_outcomes(passed=1)
+    monkeypatch.setenv("STORY", "two")
+    check = run(pytester, "--llm-snapshot", "-o", "llm_snapshot_dir=golden")
+    command = rerecord_command(check.stdout.str())
+    assert "-o llm_snapshot_dir=golden" in command, command
+    run_command(pytester, command).assert_outcomes(passed=1)
+    assert not (pytester.path / SNAPSHOTS).exists()  # no stray golden file in the default folder
+    run(pytester, "--llm-snapshot", "-o", "llm_snapshot_dir=golden").assert_outcomes(passed=1)
+
+
+def test_the_summary_command_for_many_tests_names_their_files_and_runs_as_printed(pytester, monkeypatch):
+    pytester.makepyfile(test_ids="""
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("word", ["a", "b", "c", "d", "e", "f", "g"])
+        def test_word(llm_snapshot, word):
+            assert os.environ.get("STORY", "one") + word == llm_snapshot
+        """)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=7)
+    monkeypatch.setenv("STORY", "two")
+    check = run(pytester, "--llm-snapshot")
+    check.assert_outcomes(failed=7)
+    command = rerecord_command(check.stdout.str())
+    assert command == 'pytest --llm-snapshot-update "test_ids.py"' and "..." not in command
+    run_command(pytester, command).assert_outcomes(passed=7)
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=7)
+
+
+def test_an_id_with_an_exclamation_mark_survives_an_interactive_bash():
+    import shutil
+
+    from pytest_llmdet.commands import quoted_id
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash here")
+    for test_id in ('t.py::test_word[wow!]', "t.py::test_word[it's]", 't.py::test_word[plain]'):
+        shell = subprocess.run(["bash", "-i"], input=f"printf '%s\\n' {quoted_id(test_id)}\n", capture_output=True,
+                               text=True, timeout=60)
+        assert shell.stdout.splitlines()[-1:] == [test_id], (test_id, shell.stdout, shell.stderr)
+
+
+def test_a_rerecord_command_names_the_test_file_where_it_is_when_the_ini_file_is_elsewhere(pytester, monkeypatch):
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "cfg").mkdir()
+    (pytester.path / "cfg" / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    (pytester.path / "tests" / "test_t.py").write_text(ENV_STORY, encoding="utf-8")
+    run(pytester, "-c", "cfg/pytest.ini", "tests", "--llm-snapshot-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("STORY", "two")
+    check = run(pytester, "-c", "cfg/pytest.ini", "tests", "--llm-snapshot")
+    command = rerecord_command(check.stdout.str())
+    assert command.endswith('"tests/test_t.py::test_story"'), command
+    run_command(pytester, command).assert_outcomes(passed=1)
+    run(pytester, "-c", "cfg/pytest.ini", "tests", "--llm-snapshot").assert_outcomes(passed=1)
+
+
+def test_an_update_keeps_a_variant_another_process_wrote_after_it_compared(tmp_path):
+    from pytest_llmdet.golden.format import GoldenFile
+    from pytest_llmdet.golden.store import read_golden, write_golden
+    from pytest_llmdet.golden.writer import Queued, SnapshotWriter
+
+    def entry(text):
+        return GoldenEntry(text, token_ids=[1], margins=[1.0], prompt="p", prompt_sha256="h", finish_reason="length",
+                           settings={})
+
+    path = tmp_path / "__llm_snapshots__" / "test_t" / "test_x.json"
+    write_golden(path, GoldenFile("test_t.py::test_x", {}, {"0": entry("old")}))
+    queued = Queued()
+    queued.add("0", entry("new default"), None)  # what a float32 update compared and queued
+    other = read_golden(path)  # meanwhile another process records its bfloat16 variant
+    other.snapshots["0"].variants = {"cpu:bfloat16:avx2": entry("the other machine's")}
+    write_golden(path, other)
+    SnapshotWriter().write(path, "test_t.py::test_x", queued, {})
+    written = read_golden(path).snapshots["0"]
+    assert written.text == "new default" and list(written.variants) == ["cpu:bfloat16:avx2"]
+
+
+def test_a_changed_eos_set_is_named_in_the_environment_line(pytester):
+    model = copy_model(pytester.path / "model")
+    pytester.makeini("[pytest]\nllm_model = model\nllm_max_new_tokens = 8\n")
+    pytester.makepyfile(test_story=ONE_TEST)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    golden = json.loads((pytester.path / SNAPSHOTS / "test_story" / "test_story.json").read_text())
+    assert golden["fingerprint"]["eos_token_ids"] == [0, 2]
+    fourth = golden["snapshots"]["0"]["token_ids"][3]
+    config = json.loads((model / "generation_config.json").read_text())
+    config["eos_token_id"] = [2, 0, fourth]  # a token of the output now ends it
+    (model / "generation_config.json").write_text(json.dumps(config))
+    result = run(pytester, "--llm-snapshot")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*the environment differs from the one recorded*eos_token_ids: [[]0, 2] → "
+                                 f"[[]{', '.join(map(str, sorted([0, 2, fourth])))}]*"])
+
+
+def test_a_refused_accept_names_the_check_that_refreshes_its_pending_file_and_that_check_keeps_it(pytester):
+    from pytest_llmdet.review import main
+
+    pytester.makeconftest(DEPENDENT)
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_story.py").write_text(ONE_TEST, encoding="utf-8")
+    pytester.makeini("[pytest]\n")
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    golden = pytester.path / "tests" / SNAPSHOTS / "test_story" / "test_story.json"
+    with _cwd(pytester.path / "tests"):
+        run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16", "test_story.py").assert_outcomes(failed=1)
+    pending = golden.with_name(golden.name + ".llmdet-pending")
+    assert pending.exists()
+    _retokened(golden, ["0"])  # a pull changed the golden file since
+    err = io.StringIO()
+    with _cwd(pytester.path):
+        assert main(["accept"], stdout=io.StringIO(), stderr=err) == 1
+    message = err.getvalue()
+    command = message.split(": pytest ", 1)[1].split("; or reject it", 1)[0]
+    assert f"from {shlex.quote(str(pytester.path / 'tests'))}: pytest --llm-snapshot --llm-dtype bfloat16 " in message
+    assert command == '--llm-snapshot --llm-dtype bfloat16 "test_story.py::test_story"', message
+    with _cwd(pytester.path / "tests"):  # run as printed, from where it says: the pending file is refreshed
+        run(pytester, *shlex.split(command)).assert_outcomes(failed=1)
+    assert pending.exists()
+    with _cwd(pytester.path):
+        assert main(["accept"], stdout=io.StringIO(), stderr=io.StringIO()) == 0
+    with _cwd(pytester.path / "tests"):
+        run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16", "test_story.py").assert_outcomes(passed=1)
+
+
+DTYPE_DEPENDENT = DEPENDENT.replace("{torch.get_num_threads()}|{torch.initial_seed()}|{module.name_or_path}", "")
+
+
+def test_a_plain_update_never_replaces_another_environments_entry(pytester):
+    pytester.makeconftest(DTYPE_DEPENDENT)
+    pytester.makepyfile(test_story=ONE_TEST)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    run(pytester, "--llm-snapshot-update", "--llm-snapshot-variant", "--llm-dtype", "bfloat16").assert_outcomes(
+        passed=1)
+    path = pytester.path / SNAPSHOTS / "test_story" / "test_story.json"
+    data = json.loads(path.read_text())
+    default = data["snapshots"]["0"]["token_ids"]
+    (key,) = data["snapshots"]["0"]["variants"]
+    # as an older pytest-llmdet wrote it: no capability in the key or the fingerprint; then the bf16 output changed
+    data["fingerprint"].pop("cpu_capability")
+    variant = data["snapshots"]["0"]["variants"].pop(key)
+    variant["token_ids"][1] += 1
+    data["snapshots"]["0"]["variants"]["cpu:bfloat16"] = variant
+    path.write_text(json.dumps(data))
+    check = run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16")
+    check.assert_outcomes(failed=1)
+    run_command(pytester, rerecord_command(check.stdout.str())).assert_outcomes(passed=1)
+    after = json.loads(path.read_text())["snapshots"]["0"]
+    assert after["token_ids"] == default and list(after["variants"]) == ["cpu:bfloat16"]  # the variant replaced
+    run(pytester, "--llm-snapshot").assert_outcomes(passed=1)  # and the float32 gate still green
+    run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16").assert_outcomes(passed=1)
+
+    # a variant of another CPU compared here: the plain update adds this CPU's, leaving the default and that one
+    data = json.loads(path.read_text())
+    data["fingerprint"]["cpu_capability"] = "native-here"
+    data["snapshots"]["0"]["variants"] = {"cpu:bfloat16:other-cpu": data["snapshots"]["0"]["variants"]["cpu:bfloat16"]}
+    data["snapshots"]["0"]["variants"]["cpu:bfloat16:other-cpu"]["token_ids"][1] += 1
+    path.write_text(json.dumps(data))
+    check = run(pytester, "--llm-snapshot", "--llm-dtype", "bfloat16")
+    check.assert_outcomes(failed=1)
+    run_command(pytester, rerecord_command(check.stdout.str())).assert_outcomes(passed=1)
+    after = json.loads(path.read_text())["snapshots"]["0"]
+    assert after["token_ids"] == default
+    assert sorted(after["variants"]) == sorted(["cpu:bfloat16:other-cpu", key])
+
+
+def test_an_update_typed_on_the_command_line_wins_over_a_check_in_addopts(pytester, monkeypatch):
+    pytester.makeini("[pytest]\naddopts = --llm-snapshot\n")
+    pytester.makepyfile(test_story=ENV_STORY)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    monkeypatch.setenv("STORY", "two")
+    check = run(pytester)  # the gate, from addopts
+    check.assert_outcomes(failed=1)
+    run_command(pytester, rerecord_command(check.stdout.str())).assert_outcomes(passed=1)
+    run(pytester).assert_outcomes(passed=1)
+    assert run(pytester, "--llm-snapshot", "--llm-snapshot-update").ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_a_review_run_stopped_early_says_that_later_tests_were_not_reviewed(pytester, monkeypatch):
+    pytester.makepyfile(test_two="""
+        import os
+
+        def test_a(llm_snapshot):
+            assert os.environ.get("STORY", "one") + "a" == llm_snapshot
+
+        def test_b(llm_snapshot):
+            assert os.environ.get("STORY", "one") + "b" == llm_snapshot
+        """)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    monkeypatch.setenv("STORY", "two")
+    result = run(pytester, "--llm-snapshot-review", "-x")
+    result.stdout.fnmatch_lines(["the review run stopped early (-x, --maxfail, --stepwise, Ctrl-C): the tests after "
+                                 "that were not reviewed*"])

@@ -123,3 +123,18 @@ def test_the_startup_modules_hold_no_assert_statement():
 def test_each_module_imports_alone_in_a_fresh_interpreter(module):
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_no_module_below_the_hooks_imports_pytest():
+    # golden/, engines/, determinism/ and the rest are plain Python a test suite can call without a pytest
+    # session: a test fails through a callable the hooks give them (golden.snapshot.SnapshotContext.fail).
+    allowed = {"pytest_llmdet.plugin"} | {name for name in modules() if layer_of(name) == "hooks"}
+    importing = []
+    for name, path in modules().items():
+        if name in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            importing += [f"{name} imports {n}" for n in names if n == "pytest" or n.startswith(("pytest.", "_pytest"))]
+    assert importing == []

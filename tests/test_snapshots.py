@@ -182,9 +182,11 @@ def test_full_update_deletes_unused_and_partial_update_deletes_nothing(pytester)
     assert chat_line in SUITE
     pytester.makepyfile(test_suite=SUITE.replace(chat_line, ""))
     # check mode and partial updates only report them
-    pytester.runpytest("--llm-snapshot").stdout.fnmatch_lines([
+    result = pytester.runpytest("--llm-snapshot")  # a whole check fails: an update would delete them
+    result.stdout.fnmatch_lines([
         "*3 unused golden file(s) or snapshot(s) no test asked for:*",
-        "*a full run with --llm-snapshot-update deletes them"])
+        "the gate fails on them: a full run with --llm-snapshot-update would delete them*"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
     for args in (["-k", "story"], ["test_suite.py::test_named"], ["--deselect", "test_suite.py::test_story"]):
         result = pytester.runpytest("--llm-snapshot-update", *args)
         result.stdout.fnmatch_lines(["*not deleted: this run is partial*"])

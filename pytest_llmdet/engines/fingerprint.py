@@ -26,7 +26,7 @@ TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.
 DEFAULT_ENGINE = "transformers"
 # Fields added to the fingerprint after golden files were first recorded: a file recorded without one does not
 # say what it was, so its absence is not shown as a change.
-LATER_FIELDS = ("cpu_capability", "tokenizer_sha256", "chat_template_sha256")
+LATER_FIELDS = ("cpu_capability", "tokenizer_sha256", "chat_template_sha256", "eos_token_ids")
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -103,6 +103,7 @@ def environment_fingerprint(
     compute_capability: str | None = None, weights: bool = True, device_map: str | None = None,
     engine: str = "transformers", engine_version: str | None = None, engine_arguments: dict[str, Any] | None = None,
     served_model: str | None = None, logprobs: str | None = None, chat_template: Any = None,
+    eos_token_ids: list[int] | None = None,
 ) -> dict[str, Any]:
     """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings, and
     accelerate's device map when one placed the model, and the engine when it is not transformers (its
@@ -143,6 +144,8 @@ def environment_fingerprint(
         fingerprint["compute_capability"] = compute_capability
     if device_type == "cpu":  # the CPU's instruction set: variants are keyed by it too (cpu:bfloat16:avx2)
         fingerprint["cpu_capability"] = cpu_capability()
+    if eos_token_ids is not None:  # an early or late EOS from a changed EOS set is named by it
+        fingerprint["eos_token_ids"] = list(eos_token_ids)
     return fingerprint
 
 

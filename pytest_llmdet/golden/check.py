@@ -8,7 +8,7 @@ missing. A tolerated divergence is neither a failure nor re-recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.generation import Generation
@@ -18,7 +18,7 @@ from pytest_llmdet.golden.inputs import input_changes
 from pytest_llmdet.golden.outcome import Fragile, OutcomeDetails
 from pytest_llmdet.golden.render import text_diff
 from pytest_llmdet.golden.tolerant import compare_tolerant
-from pytest_llmdet.golden.variants import Environment, choose_variant, describe, is_exact
+from pytest_llmdet.golden.variants import Environment, choose_variant, describe, is_exact, recorded_here
 from pytest_llmdet.settings import ComparePlan
 from pytest_llmdet.vocabulary import CompareMode, SnapshotMode, SnapshotStatus
 
@@ -40,7 +40,8 @@ class SnapshotResult:
     name: str
     status: SnapshotStatus  # passed, failed or missing; in update mode unwritten (queued) where a check fails
     details: OutcomeDetails
-    record: GoldenEntry | None = None  # what an update writes, or a pending file keeps (None: nothing)
+    record: GoldenEntry | None = None  # the snapshot an update writes, or a pending file keeps (None: nothing)
+    current: GoldenEntry | None = None  # the current output, which that puts at `target`
     target: str | None = None  # the variant key `record` replaces (None: the default entry)
     compared: GoldenEntry | None = None  # the entry compared with (None: the snapshot is missing)
     variant: str | None = None  # its variant key (None: the default)
@@ -85,8 +86,8 @@ def judge(golden_file: GoldenFile | None, name: str, value: Any, current: Golden
                             comparison=comparison, default_environment=default_env, current_environment=current_env)
     if comparison.matched:
         return result
-    result.target = _target(variant, default_env, current_env, context.record_variant)
-    result.record = _replaced(stored, result.target, current)
+    result.target = _target(variant, default_env, current_env, context.record_variant, bool(stored.variants))
+    result.record, result.current = stored.replaced(result.target, current), current
     if context.mode == SnapshotMode.UPDATE:
         result.status, details.queued = SnapshotStatus.UNWRITTEN, SnapshotStatus.UPDATED
         return result
@@ -115,8 +116,8 @@ def _missing(name: str, current: GoldenEntry, context: CheckContext, details: Ou
     # The first recording is the default, with or without --llm-snapshot-variant.
     if context.mode == SnapshotMode.UPDATE:
         details.queued = SnapshotStatus.WRITTEN
-        return SnapshotResult(name, SnapshotStatus.UNWRITTEN, details, record=current)
-    return SnapshotResult(name, SnapshotStatus.MISSING, details, record=current)
+        return SnapshotResult(name, SnapshotStatus.UNWRITTEN, details, record=current, current=current)
+    return SnapshotResult(name, SnapshotStatus.MISSING, details, record=current, current=current)
 
 
 def _details(current: GoldenEntry, context: CheckContext, fingerprint: dict[str, Any] | None) -> OutcomeDetails:
@@ -131,22 +132,17 @@ def _details(current: GoldenEntry, context: CheckContext, fingerprint: dict[str,
 
 
 def _target(compared: str | None, default_env: Environment | None, current_env: Environment | None,
-            record_variant: bool) -> str | None:
-    # Which entry an update replaces (None: the default). A plain update replaces the compared entry when it was
-    # recorded in exactly this environment, else the default; --llm-snapshot-variant never touches a default
-    # recorded elsewhere: it replaces or adds the variant of this environment.
-    if compared is not None and is_exact(compared, default_env, current_env):
+            record_variant: bool, has_variants: bool) -> str | None:
+    # Which entry an update replaces (None: the default). The entry compared, when it was recorded in this
+    # environment (as far as its key tells); else the default, when that was; else this environment's variant,
+    # with --llm-snapshot-variant or when the snapshot has variants already (it serves several environments: a
+    # plain update never replaces another environment's entry); else, in a snapshot of one environment only, its
+    # default.
+    if compared is not None and recorded_here(compared, default_env, current_env):
         return compared
-    if not record_variant or current_env is None or is_exact(None, default_env, current_env):
+    if current_env is None or recorded_here(None, default_env, current_env):
         return None
-    return current_env.key
-
-
-def _replaced(stored: GoldenEntry, target: str | None, current: GoldenEntry) -> GoldenEntry:
-    """The snapshot with its default (target None) or one variant replaced by `current`; others are kept."""
-    if target is None:
-        return replace(current, variants=dict(stored.variants))
-    return replace(stored, variants=dict(sorted({**stored.variants, target: current}.items())))
+    return current_env.key if record_variant or has_variants else None
 
 
 __all__ = ["CheckContext", "SnapshotResult", "compare", "judge"]

@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pytest_llmdet.golden.variants import KEY_FORM, Environment
@@ -60,6 +60,12 @@ class GoldenEntry:
     top_k_logprobs: list[list[float | None]] | None = None
     # entries recorded in other environments, keyed `[<engine>/]<device type>:<dtype>[:<capability>]` (variants.py)
     variants: dict[str, GoldenEntry] = field(default_factory=dict)
+
+    def replaced(self, target: str | None, current: GoldenEntry) -> GoldenEntry:
+        """This snapshot with its default (target None) or one variant replaced by `current`; others are kept."""
+        if target is None:
+            return replace(current, variants=dict(self.variants))
+        return replace(self, variants=dict(sorted({**self.variants, target: current}.items())))
 
 
 @dataclass

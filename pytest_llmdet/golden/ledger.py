@@ -181,6 +181,11 @@ class SnapshotRun:
             reasons.add("the run stopped early")
         return sorted(reasons)
 
+    def unused_fail(self, update: bool) -> bool:
+        """Whether the unused snapshots fail a check: a whole check run with unused snapshots fails, since an update
+        with the same flags would delete them (a green gate means an update would change nothing)."""
+        return not update and bool(self.unused) and not self.whole_run_reasons()
+
     def counts(self) -> dict[str, int]:
         """The summary line's counts (a missing snapshot counts as failed), then EXTRA_COUNTS."""
         counter = Counter(SnapshotStatus.FAILED if o.status == SnapshotStatus.MISSING else o.status

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,9 @@ class PendingFile:
     # the SHA-256 of the golden file the check compared with ("" when there was none; None: not known, a
     # pending file of pytest-llmdet 0.1): accept refuses when the golden file changed since
     golden_sha256: str | None = None
+    # the check that made it, as run (its flags, its tests) and where it was run: what refreshes it
+    check_command: str | None = None
+    check_dir: str | None = None
 
     @property
     def golden(self) -> Path:
@@ -66,6 +70,8 @@ def write_pending(pending: PendingFile) -> None:
     data = json.loads(dumps(GoldenFile(pending.test, pending.fingerprint, dict(sorted(pending.snapshots.items())))))
     data["pending"] = {"statuses": pending.statuses, "reports": pending.reports,
                        "golden_sha256": pending.golden_sha256}
+    if pending.check_command is not None:  # only then: pending files of 0.1 are read as they were
+        data["pending"].update(check_command=pending.check_command, check_dir=pending.check_dir)
     replace_atomically(pending.path,
                        (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
 
@@ -91,11 +97,13 @@ def read_pending(path: Path) -> PendingFile:
     extra = json.loads(raw).get("pending")
     if not isinstance(extra, dict) or not isinstance(extra.get("statuses"), dict) \
             or not isinstance(extra.get("reports"), dict) \
-            or not isinstance(extra.get("golden_sha256", ""), (str, type(None))):
+            or not isinstance(extra.get("golden_sha256", ""), (str, type(None))) \
+            or not all(isinstance(extra.get(key, ""), (str, type(None))) for key in ("check_command", "check_dir")):
         raise GoldenFileError(f"{path}: missing or malformed 'pending' section")
     return PendingFile(path, golden.test, golden.fingerprint, golden.snapshots,
                        {str(k): str(v) for k, v in extra["statuses"].items()},
-                       {str(k): str(v) for k, v in extra["reports"].items()}, extra.get("golden_sha256"))
+                       {str(k): str(v) for k, v in extra["reports"].items()}, extra.get("golden_sha256"),
+                       extra.get("check_command"), extra.get("check_dir"))
 
 
 class PendingConflict(GoldenFileError):
@@ -113,10 +121,12 @@ def check_unchanged(pending: PendingFile) -> None:
            "the golden file was deleted since the check that made the pending file" if not current else
            "the golden file was created since the check that made the pending file" if not pending.golden_sha256
            else "the golden file changed since the check that made the pending file (a pull, an update?)")
+    refresh = (f"from {shlex.quote(pending.check_dir)}: {pending.check_command}" if pending.check_command else
+               f"pytest --llm-snapshot {shlex.quote(pending.test)} (from the rootdir, with the flags of that check)")
     raise PendingConflict(
         f"not accepted: {why}; accepting {pending.path} would overwrite {pending.golden} without a look at what "
-        f"is in it now. Run the check again to refresh it: pytest --llm-snapshot \"{pending.test}\", or "
-        f"reject it: python -m pytest_llmdet reject {pending.path}")
+        f"is in it now. Run the check again to refresh it, {refresh}; or reject it: python -m pytest_llmdet "
+        f"reject {shlex.quote(str(pending.path))}")
 
 
 def remove_pending(golden: Path) -> bool:

@@ -39,6 +39,7 @@ class SnapshotContext:
     record_variant: bool = False  # --llm-snapshot-variant
     review: bool = False  # --llm-snapshot-review: every comparison passes; the test fails at its end instead
     ci: bool = False  # a check writes pending files outside CI only (or when a review run asks for them)
+    invocation_dir: str = "."  # where pytest was started: where its commands run
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,12 @@ class TestSnapshots:
         return self.names.used
 
     @property
+    def check_command(self) -> str:
+        """The command that repeats this test's check as this run made it."""
+        return self.context.command.line([self.identity.shown_in_commands], self.plan.update_flags.split(),
+                                         mode="--llm-snapshot")
+
+    @property
     def update_command(self) -> str:
         """The command that re-records this test's golden file as this run compared it."""
         return self.context.command.line([self.identity.shown_in_commands], self.plan.update_flags.split())
@@ -178,7 +185,7 @@ class TestSnapshots:
                        self.model.for_judging(current, self.context.mode))
         self._outcome(name, result.status, result.details)
         if result.status == SnapshotStatus.UNWRITTEN:
-            self.queued.add(name, result.record, result.target)
+            self.queued.add(name, result.current, result.target)  # applied to the file as it is when written
             return True, []
         if not result.failed:
             return True, []
@@ -254,7 +261,8 @@ def settle_pending(snapshots: TestSnapshots) -> str | None:
     try:
         kept = context.writer.settle_pending(identity.path, identity.golden_test, snapshots.pending,
                                              snapshots.golden_as_read, snapshots.model.fingerprint,
-                                             drop=context.mode == SnapshotMode.UPDATE or snapshots.log.all_passed)
+                                             drop=context.mode == SnapshotMode.UPDATE or snapshots.log.all_passed,
+                                             check=(snapshots.check_command, context.invocation_dir))
     except (OSError, GoldenFileError) as error:
         return pending_error_message(identity.path, error)
     if kept:

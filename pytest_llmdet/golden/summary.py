@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 
-from pytest_llmdet.commands import join_command
+from pytest_llmdet.commands import command_targets, join_command
 from pytest_llmdet.golden.ledger import SnapshotRun
 from pytest_llmdet.golden.outcome import SnapshotOutcome
-from pytest_llmdet.vocabulary import Label
+from pytest_llmdet.vocabulary import Label, SnapshotStatus
 
 LIST_LIMIT = 20
 
@@ -35,21 +35,19 @@ def count_line(counts: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _rerecord_commands(failed: list[SnapshotOutcome], limit: int = 5) -> str:
+def _rerecord_commands(failed: list[SnapshotOutcome], paths: tuple[str, ...] = ()) -> str:
     # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
-    # stores the top-k candidates that comparison uses (a plain update would store none). Each names the tests
-    # as its outcomes' commands do (a pytest-repeat step by its test).
+    # stores the top-k candidates that comparison uses (a plain update would store none). Each names its tests as
+    # their outcomes' commands do (a pytest-repeat step by its test), or for many tests their files, or the run's
+    # own paths: every command runs as printed.
     by_flags: dict[tuple[str, str], list[str]] = {}
     for o in sorted(failed, key=lambda o: (o.details.command_env, o.details.update_flags, o.nodeid)):
         tests = by_flags.setdefault((o.details.command_env, o.details.update_flags), [])
         test = o.details.command_id or o.nodeid
         if test not in tests:
             tests.append(test)
-    commands = []
-    for (environment, flags), tests in by_flags.items():
-        command = join_command(environment, flags, tests[:limit])
-        commands.append(command + (" ..." if len(tests) > limit else ""))
-    return "; ".join(commands)
+    return "; ".join(join_command(environment, flags, command_targets(tests, paths))
+                     for (environment, flags), tests in by_flags.items())
 
 
 def _review_command(pending: list[str]) -> str:
@@ -58,24 +56,26 @@ def _review_command(pending: list[str]) -> str:
     return "python -m pytest_llmdet review" + "".join(f' "{folder}"' for folder in outside)
 
 
-def summary_lines(run: SnapshotRun, update: bool, details: bool) -> list[str]:
-    """The section's lines. The error count is shown only when a write failed."""
+def summary_lines(run: SnapshotRun, update: bool, details: bool, paths: tuple[str, ...] = (),
+                  review: bool = False) -> list[str]:
+    """The section's lines; `paths`: the run's own file and folder arguments (what a command of many tests
+    names); `review`: a review run. The error count is shown only when a write failed."""
     listed = "; listed below" if details else ""  # --llm-snapshot-details lists every snapshot anyway
     lines = [count_line(run.counts())]
-    lines += _failure_lines(run)
+    lines += _failure_lines(run, paths)
+    if review and "the run stopped early" in run.partial_reasons:
+        lines.append("the review run stopped early (-x, --maxfail, --stepwise, Ctrl-C): the tests after that were "
+                     "not reviewed, so accepting what is pending may still leave the gate failing")
     lines += _not_compared_lines(run, listed, details)
     lines += _tolerated_lines(run, listed, details)
-    errored = run.errored_tests()
-    if errored:
-        lines.append(f"{len(errored)} test(s) whose golden file could not be written (see their errors): "
-                     + _quoted(errored))
+    lines += _error_lines(run)
     lines += _cleanup_lines(run, update)
     if details:
         lines += _detail_lines(run)
     return lines
 
 
-def _failure_lines(run: SnapshotRun) -> list[str]:
+def _failure_lines(run: SnapshotRun, paths: tuple[str, ...]) -> list[str]:
     failed_outcomes = run.failed_outcomes()
     lines = []
     no_top_k = [o for o in failed_outcomes if o.details.divergence and o.details.divergence.label == Label.NO_TOP_K]
@@ -84,7 +84,7 @@ def _failure_lines(run: SnapshotRun) -> list[str]:
                      "top-k candidates (it was recorded without --llm-compare tolerant)")
     if failed_outcomes:
         lines.append(f"{len(run.failed_tests())} test(s) with changed or missing snapshots. If the change is "
-                     f"intended, re-record with: {_rerecord_commands(failed_outcomes)}")
+                     f"intended, re-record with: {_rerecord_commands(failed_outcomes, paths)}")
     if run.pending:
         lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
                      f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
@@ -109,6 +109,18 @@ def _tolerated_lines(run: SnapshotRun, listed: str, details: bool) -> list[str]:
                                                 for o in tolerated]))
 
 
+def _error_lines(run: SnapshotRun, limit: int = 5) -> list[str]:
+    # Each error's first lines too: a run stopped by Ctrl-C shows no teardown error of its own.
+    errored = [o for o in run.outcomes if o.status == SnapshotStatus.ERROR]
+    if not errored:
+        return []
+    lines = [f"{len(run.errored_tests())} test(s) whose golden file could not be written (see their errors): "
+             + _quoted(run.errored_tests())]
+    shown = list(dict.fromkeys(o.details.error for o in errored if o.details.error))
+    lines += [f"  {line}" for error in shown[:limit] for line in error.splitlines()[:2]]
+    return lines + ([f"  ... {len(shown) - limit} more"] if len(shown) > limit else [])
+
+
 def _cleanup_lines(run: SnapshotRun, update: bool) -> list[str]:
     lines = []
     if run.unused:
@@ -117,8 +129,12 @@ def _cleanup_lines(run: SnapshotRun, update: bool) -> list[str]:
         reasons = run.whole_run_reasons()
         if update and reasons:
             lines.append(f"not deleted: this run is partial ({'; '.join(sorted(reasons))})")
+        elif not update and reasons:
+            lines.append(f"a full run with --llm-snapshot-update deletes them (no failure here: this run is partial "
+                         f"({'; '.join(sorted(reasons))}))")
         elif not update:
-            lines.append("a full run with --llm-snapshot-update deletes them")
+            lines.append("the gate fails on them: a full run with --llm-snapshot-update would delete them (run it, "
+                         "or bring back the tests that compared them)")
     if run.deleted:
         lines.append(f"deleted {len(run.deleted)} unused golden file(s) or snapshot(s) (committed ones come back "
                      "with: git checkout -- <file>):")

@@ -126,6 +126,15 @@ def is_exact(key: str | None, default: Environment | None, current: Environment 
     return current is not None and match_score(candidate, current) == 3
 
 
+def recorded_here(key: str | None, default: Environment | None, current: Environment | None) -> bool:
+    """Whether a candidate was recorded in this environment as far as its key tells: exactly, or with the same
+    engine, device type and dtype where the key names no capability (a key or fingerprint written before the
+    capability was recorded)."""
+    candidate = default if key is None else parse_key(key)
+    score = 0 if current is None else match_score(candidate, current)
+    return score == 3 or (score == 2 and candidate.capability is None)
+
+
 def describe(key: str | None, default: Environment | None) -> str:
     """How a report names the compared candidate."""
     if key is None:

@@ -19,8 +19,8 @@ from pytest_llmdet.vocabulary import PendingStatus
 
 @dataclass
 class Queued:
-    """What one test has for its golden file: each snapshot's entry and which entry of it that replaces (None: the
-    default, else a variant key)."""
+    """What one test has for its golden file: each snapshot's new entry and which entry of the snapshot it
+    replaces (None: the default, else a variant key)."""
 
     entries: dict[str, GoldenEntry] = field(default_factory=dict)
     targets: dict[str, str | None] = field(default_factory=dict)
@@ -68,19 +68,23 @@ class SnapshotWriter:
         under its lock and the snapshots go into what it holds now (one that cannot be used is replaced, as an
         update was asked to); the snapshots the test did not compare stay."""
         def merged(existing: GoldenFile | None) -> GoldenFile:
+            # each new entry goes into its snapshot as the file holds it now: another process's variant stays
             snapshots = dict(existing.snapshots) if existing else {}
-            snapshots.update(queued.entries)
+            for name, entry in queued.entries.items():
+                stored = snapshots.get(name)
+                snapshots[name] = entry if stored is None else stored.replaced(queued.targets.get(name), entry)
             return GoldenFile(test=test, fingerprint=file_fingerprint(existing, fingerprint, queued, record_variant),
                               snapshots=dict(sorted(snapshots.items())))
 
         return edit_golden(path, merged, self.locks, replace_unusable=True)
 
     def settle_pending(self, path: Path, test: str, pending: Pending, compared: GoldenFile | None,
-                       fingerprint: Callable[[], dict[str, Any] | None], drop: bool) -> bool:
+                       fingerprint: Callable[[], dict[str, Any] | None], drop: bool,
+                       check: tuple[str, str] | None = None) -> bool:
         """At a test's end: keep what its check found as the pending file of golden file `path`, or with `drop`
         (an update supersedes it, or every snapshot matched) remove a stale one; True if it wrote one. A check
         creates no folder, and the file records the golden file's digest, for accept to tell whether that
-        changed since."""
+        changed since, and `check` (the command of the check and its folder) what refreshes it."""
         if drop:
             remove_pending(path)
             return False
@@ -89,7 +93,8 @@ class SnapshotWriter:
         kept = compared.fingerprint if compared is not None and pending.variants_only else fingerprint() or {}
         write_pending(PendingFile(pending_path(path), test, kept, dict(pending.entries),
                                   {name: str(status) for name, status in pending.statuses.items()},
-                                  dict(pending.reports), golden_sha256=golden_digest(path) or ""))
+                                  dict(pending.reports), golden_sha256=golden_digest(path) or "",
+                                  check_command=check[0] if check else None, check_dir=check[1] if check else None))
         return True
 
 

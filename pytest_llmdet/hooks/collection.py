@@ -4,6 +4,8 @@ why the run is partial (a partial update deletes no unused snapshot)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_llmdet.golden.ledger import SnapshotRun
@@ -29,6 +31,17 @@ def golden_test_of(item: pytest.Item) -> str:
         return item.nodeid
     del ids[matches[-1]]
     return item.nodeid[: -len(suffix)] + (f"[{'-'.join(ids)}]" if ids else "")
+
+
+def command_id_of(item: pytest.Item, test: str) -> str:
+    """How a command run from where pytest was started names test `test` (item's, or its pytest-repeat step's):
+    its file relative to that folder, then the rest of the node id. Node ids are relative to the rootdir (or to
+    the ini file's folder, which may not hold the tests): the file's own path is what names it from there."""
+    path = getattr(item, "path", None)
+    if path is None or "::" not in test:
+        return item.config.cwd_relative_nodeid(test)
+    relative = os.path.relpath(path, item.config.invocation_params.dir).replace(os.sep, "/")
+    return f"{relative}::{test.split('::', 1)[1]}"
 
 
 def _module_items(items: list[pytest.Item]) -> list[pytest.Item]:
@@ -73,4 +86,4 @@ def record_collection(session: pytest.Session, run: SnapshotRun, snapshot_dir: s
         run.partial_reasons.add("collection errors")
 
 
-__all__ = ["golden_test_of", "record_collection", "record_deselected", "remember_before_filtering"]
+__all__ = ["command_id_of", "golden_test_of", "record_collection", "record_deselected", "remember_before_filtering"]

@@ -22,6 +22,7 @@ from pytest_llmdet.golden.location import golden_path
 from pytest_llmdet.golden.snapshot import ModelAccess, SnapshotContext, TestIdentity, TestSnapshots, end_test
 from pytest_llmdet.golden.summary import fragile_lines, summary_lines
 from pytest_llmdet.hooks.collection import (
+    command_id_of,
     golden_test_of,
     record_collection,
     record_deselected,
@@ -42,13 +43,12 @@ def _fail(message: str) -> None:
 class SnapshotPlugin:
     """The golden-file state of one pytest process and its hooks."""
 
-    def __init__(self, session: LLMDetSession, settings: SnapshotSettings,
-                 command_inputs: tuple[dict[str, Any], list[str], str | None, str | None]) -> None:
+    def __init__(self, session: LLMDetSession, settings: SnapshotSettings, command_inputs: tuple[Any, ...]) -> None:
         self.session = session  # the models (for fingerprints and decoding) and how paths are shown
         self.settings = settings
         self.mode = SnapshotMode(settings.mode)
-        # what the command line gave (each flag's value, the -o overrides, -c and --rootdir): re-record commands
-        # repeat what shaped the outputs
+        # what the command line gave (each flag's value, the -o overrides, -c, --rootdir, the environment (None:
+        # this process's), the file and folder arguments): re-record commands repeat what shaped the outputs
         self.command_inputs = command_inputs
         self.run = SnapshotRun()
 
@@ -61,7 +61,7 @@ class SnapshotPlugin:
     def context(self) -> SnapshotContext:
         s = self.settings
         return SnapshotContext(self.mode, s.near_tie, self.run.writer, self.run.outcomes.append, _fail,
-                               self.command, s.variant, s.review, in_ci())
+                               self.command, s.variant, s.review, in_ci(), str(self.session.invocation_dir))
 
     # -- xdist: the share of the golden files (hooks/workers.py) -----------------------------------------------
 
@@ -78,8 +78,7 @@ class SnapshotPlugin:
         node = request.node
         test = golden_test_of(node)
         path = golden_path(Path(str(node.path)), test, self.settings.snapshot_dir)
-        identity = TestIdentity(node.nodeid, path, self.session.display(path), test,
-                                request.config.cwd_relative_nodeid(test))
+        identity = TestIdentity(node.nodeid, path, self.session.display(path), test, command_id_of(node, test))
         return TestSnapshots(self.context, identity, plan, self._model_access(node, bool(
             request.config.getoption("llmdet_report"))), passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False))
 
@@ -131,6 +130,9 @@ class SnapshotPlugin:
                        display=self.session.display)
             except OSError as error:  # the cleanup must not crash the session: report it like any other failure
                 self.run.errors.append(f"could not finish the golden-file cleanup: {error}")
+            if self.run.unused_fail(update=self.mode == SnapshotMode.UPDATE) \
+                    and session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
@@ -143,7 +145,8 @@ class SnapshotPlugin:
                 or run.deleted or run.foreign):
             return
         terminalreporter.write_sep("=", "llm snapshots")
-        for line in summary_lines(run, self.mode == SnapshotMode.UPDATE, s.details) + fragile_lines(run, s.near_tie):
+        lines = summary_lines(run, self.mode == SnapshotMode.UPDATE, s.details, self.command.paths, s.review)
+        for line in lines + fragile_lines(run, s.near_tie):
             terminalreporter.write_line(line)
 
 

@@ -148,9 +148,11 @@ class LLMDetSession:
         key = (engine.spec, weights)
         if key not in self._fingerprints:
             base = engine.plan(self.settings.max_new_tokens, {}, self.settings.inherit_processors)
+            eos = base.config.get("eos_token_id")  # the tokens that end an output: not among the settings recorded
             self._fingerprints[key] = environment_fingerprint(
                 **engine.describe(), generation=base.settings, cache=self.weights_cache, weights=weights,
-                chat_template=getattr(engine.tokenizer, "chat_template", None))
+                chat_template=getattr(engine.tokenizer, "chat_template", None),
+                eos_token_ids=sorted(eos if isinstance(eos, list) else [] if eos is None else [eos]))
         return self._fingerprints[key]
 
     # -- paths -------------------------------------------------------------------------------------------
