@@ -110,3 +110,41 @@ def test_a_model_vllm_cannot_run_gives_vllms_reason_in_one_line(pytester: pytest
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*pytest-llmdet: vLLM * cannot run model 'pytest-llmdet/embedded-tiny-qwen2' "
                                  "(*) with llm_vllm_args *: *head_dim=16*"])
+
+
+VARIANT_SUITE = '''
+def test_it(llm, llm_snapshot):
+    assert llm.generate("The king said", max_new_tokens=12) == llm_snapshot
+'''
+
+
+def test_a_variant_recorded_on_vllm_is_read_back_and_gates_vllm_alone(pytester: pytest.Pytester,
+                                                                      engine_models: EngineModels,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """The default is recorded on transformers with the perturbed model; the variant on vLLM with the original
+    (its outputs differ, so the variant is not redundant). The file stays readable on every engine: vLLM
+    compares with its own variant and passes; transformers never picks the vLLM variant."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    pytester.makepyfile(test_variant=VARIANT_SUITE)
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.perturbed}\n")
+    pytester.runpytest_subprocess("--llm-snapshot-update", "-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.original}\n")
+    on_vllm = ("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
+
+    recorded = pytester.runpytest_subprocess("--llm-snapshot-update", "--llm-snapshot-variant", *on_vllm)
+    recorded.assert_outcomes(passed=1)
+    golden = pytester.path / "__llm_snapshots__" / "test_variant" / "test_it.json"
+    variants = json.loads(golden.read_text())["snapshots"]["0"]["variants"]
+    assert [key.partition("/")[0] for key in variants] == ["vllm"], variants
+    key = next(iter(variants))
+
+    checked = pytester.runpytest_subprocess("--llm-snapshot", "--llm-snapshot-details", *on_vllm)
+    checked.assert_outcomes(passed=1)
+    checked.stdout.fnmatch_lines([f"*(compared with variant {key})*"])
+    again = pytester.runpytest_subprocess("--llm-snapshot-update", "--llm-snapshot-variant", *on_vllm)
+    again.assert_outcomes(passed=1)
+    assert json.loads(golden.read_text())["snapshots"]["0"]["variants"] == variants  # nothing to re-record
+
+    on_transformers = pytester.runpytest_subprocess("--llm-snapshot", "-p", "no:cacheprovider")
+    on_transformers.assert_outcomes(failed=1)  # the original model against the perturbed default
+    assert f"variant {key}" not in on_transformers.stdout.str()
