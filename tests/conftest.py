@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import pkgutil
 import shutil
 from pathlib import Path
@@ -61,3 +63,78 @@ def golden_for(content: bytes, nodeid: str) -> bytes:
     golden = loads(content, "copy")
     golden.test = nodeid
     return dumps(golden).encode("utf-8")
+
+
+@pytest.fixture
+def only_this_plugin(monkeypatch):
+    """In-process runs load only pytest-llmdet (and what a test names with -p): third-party plugins installed
+    beside it would be imported again on every in-process run (pytester drops the modules a run imports). No CI,
+    so that check runs keep pending files, and no ATEN_CPU_CAPABILITY from the outer run in fresh processes. A run
+    with --llm-threads sets torch's thread count for the whole process: it is put back."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def refuses_new_files(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    except PermissionError:
+        return True
+    os.unlink(folder / "probe")
+    return False
+
+
+@pytest.fixture
+def make_read_only(monkeypatch):
+    """Make a folder read-only with chmod. Where that does not stop writes (root, as in CI), the kernel's
+    answer is simulated instead: every call that would create, rename or delete an entry in the folder
+    fails with EACCES. Either way, the folder is checked to really refuse a new file."""
+    changed: list[Path] = []
+
+    def make(folder: Path) -> str:
+        folder.chmod(0o555)
+        changed.append(folder)
+        if refuses_new_files(folder):
+            return "chmod"
+        inside = os.path.realpath(folder) + os.sep
+
+        def denied(path) -> bool:
+            return isinstance(path, (str, bytes, os.PathLike)) and \
+                os.path.realpath(os.fsdecode(path)).startswith(inside)
+
+        def refuse(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(path))
+
+        names = ("open", "replace", "rename", "unlink", "rmdir", "mkdir")
+        real = {name: getattr(os, name) for name in names}
+
+        def guarded_open(path, flags, *args, **kwargs):
+            if flags & WRITE_FLAGS and denied(path):
+                refuse(path)
+            return real["open"](path, flags, *args, **kwargs)
+
+        def guard(name):
+            def guarded(path, *args, **kwargs):
+                target = args[0] if name in ("replace", "rename") else path
+                if denied(path) or denied(target):
+                    refuse(target)
+                return real[name](path, *args, **kwargs)
+            return guarded
+
+        monkeypatch.setattr(os, "open", guarded_open)
+        for name in names[1:]:
+            monkeypatch.setattr(os, name, guard(name))
+        assert refuses_new_files(folder)
+        return "simulated"
+
+    yield make
+    monkeypatch.undo()
+    for folder in changed:
+        folder.chmod(0o755)

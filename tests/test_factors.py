@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_beyond_exact import validate_report
+from sessions import validate_report
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR

@@ -138,3 +138,18 @@ def test_no_module_below_the_hooks_imports_pytest():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             importing += [f"{name} imports {n}" for n in names if n == "pytest" or n.startswith(("pytest.", "_pytest"))]
     assert importing == []
+
+
+def test_no_test_file_shares_its_module_name_with_a_file_that_a_pytester_test_writes():
+    """pytester imports the files it writes by their basename: an inner `test_review.py` beside an outer
+    tests/test_review.py fails with "import file mismatch" under -n 2 (where both are collected in one worker)."""
+    tests = Path(__file__).parent
+    outer = {path.stem for path in tests.rglob("test_*.py")}
+    inner = set()
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("makepyfile", "makeconftest"):
+                inner |= {keyword.arg for keyword in node.keywords if keyword.arg}
+                inner |= {key.value for arg in node.args if isinstance(arg, ast.Dict)
+                          for key in arg.keys if isinstance(key, ast.Constant) and isinstance(key.value, str)}
+    assert not outer & inner, f"rename the outer test file or the inner one: {sorted(outer & inner)}"

@@ -5,6 +5,7 @@ import json
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+import sessions
 
 pytest.importorskip("pytest_rerunfailures")  # a test-only dependency (the `test` extra)
 
@@ -31,14 +32,11 @@ HEADER = ("llmdet: --reruns {n}: a re-run snapshot test counts each snapshot onc
           "by llm_determinism are not re-run (their runs are the check: a re-run would hide nondeterminism)")
 
 
-@pytest.fixture(autouse=True)
-def only_these_plugins(monkeypatch):
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+pytestmark = pytest.mark.usefixtures("only_this_plugin")
 
 
 def run(pytester, *args: str):
-    return pytester.runpytest("-p", "pytest_llmdet.plugin", "-p", "pytest_rerunfailures", "-p", "no:cacheprovider",
-                              *args)
+    return sessions.run(pytester, "-p", "pytest_rerunfailures", *args)
 
 
 def outcomes(result) -> dict[str, int]:

@@ -1,10 +1,19 @@
-"""Settings: ini options and flags, the flag winning, bad values refused at startup."""
+"""Settings: ini options and flags, the flag winning, bad values refused at startup; every numeric setting's
+bounds (seeds in numpy's range, threads up to four per CPU, max_new_tokens >= 1), a value out of range a usage
+error naming the option (and the ini file)."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sessions import run
 
-from pytest_llmdet.settings import OPTIONS, Settings, SettingsError, resolve_settings
+from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
+from pytest_llmdet.settings import OPTIONS, SEED_MAX, Settings, SettingsError, resolve_settings, threads_max
+
+pytestmark = pytest.mark.usefixtures("only_this_plugin")
 
 
 def resolve(flags=None, ini=None, inipath=None):
@@ -101,12 +110,12 @@ def test_the_determinism_runs_come_from_the_ini_file_too(pytester):
         def test_after():
             assert len(RUNS) == 2
     """)
-    pytester.runpytest().assert_outcomes(passed=2)
+    run(pytester, ).assert_outcomes(passed=2)
 
 
 def test_bad_flag_is_a_usage_error_at_startup(pytester):
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest("--llm-dtype", "fp33")
+    result = run(pytester, "--llm-dtype", "fp33")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*bad value 'fp33' for --llm-dtype; allowed values: float32, bfloat16*"])
 
@@ -114,6 +123,143 @@ def test_bad_flag_is_a_usage_error_at_startup(pytester):
 def test_bad_ini_value_is_a_usage_error_naming_the_file(pytester):
     pytester.makeini("[pytest]\nllm_device = gpu\n")
     pytester.makepyfile("def test_nothing(): pass")
-    result = pytester.runpytest()
+    result = run(pytester, )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*bad value 'gpu' for llm_device in *tox.ini*allowed values: cpu, auto*"])
+
+
+
+def test_seed_accepts_the_whole_numpy_range():
+    assert SEED_MAX == 2**32 - 1
+    assert resolve(flags={"seed": "0"}).seed == 0
+    assert resolve(flags={"seed": str(2**32 - 1)}).seed == 2**32 - 1
+    assert resolve(ini={"seed": str(2**32 - 1)}).seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("value", [str(2**32), str(2**64), "-1"])
+def test_a_seed_outside_numpys_range_names_the_option_and_the_range(value):
+    with pytest.raises(SettingsError) as flag_error:
+        resolve(flags={"seed": value})
+    assert str(flag_error.value) == (
+        f"pytest-llmdet: bad value {value!r} for --llm-seed; allowed values: an integer >= 0 and <= 4294967295 "
+        "(2**32 - 1, numpy's largest seed)"
+    )
+    with pytest.raises(SettingsError, match=r"for llm_seed in /project/pytest\.ini; .*<= 4294967295"):
+        resolve(ini={"seed": value}, inipath=Path("/project/pytest.ini"))
+
+
+def test_a_seed_of_2_to_the_32_is_a_usage_error_at_startup(pytester):
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester, "--llm-seed", str(2**32))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad value '4294967296' for --llm-seed; allowed values: an integer >= 0 "
+                                 "and <= 4294967295*"])
+
+
+def test_a_seed_too_large_in_the_ini_file_is_a_usage_error_naming_the_file(pytester):
+    pytester.makeini(f"[pytest]\nllm_seed = {2**32}\n")
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad value '4294967296' for llm_seed in *tox.ini; allowed values: *"])
+
+
+def test_the_largest_seed_runs(pytester):
+    pytester.makepyfile("""
+        import numpy, random
+
+        def test_seeded(llm):
+            assert llm.seed == 2**32 - 1
+            assert random.random() == random.Random(2**32 - 1).random()
+            llm.generate("Hi", max_new_tokens=1)
+    """)
+    run(pytester, "--llm-seed", str(2**32 - 1)).assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("seed", [2**32, -1, True, 1.0])
+def test_a_sampling_seed_outside_numpys_range_is_refused(seed):
+    with pytest.raises(GenerationArgumentError) as error:
+        plan_generation({}, max_new_tokens=4, overrides={"do_sample": True, "seed": seed})
+    assert str(error.value) == f"seed must be an integer from 0 to 2**32 - 1 (4294967295), not {seed!r}"
+
+
+def test_the_largest_sampling_seed_is_accepted():
+    plan = plan_generation({}, max_new_tokens=4, overrides={"do_sample": True, "seed": 2**32 - 1})
+    assert plan.seed == 2**32 - 1
+
+
+def test_threads_allow_four_per_cpu(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert threads_max() == 8
+    assert resolve(flags={"threads": "1"}).threads == 1
+    assert resolve(flags={"threads": "8"}).threads == 8
+    with pytest.raises(SettingsError) as error:
+        resolve(flags={"threads": "9"})
+    assert str(error.value) == ("pytest-llmdet: bad value '9' for --llm-threads; allowed values: an integer >= 1 "
+                                "and <= 8 (4 x the 2 CPUs of this machine)")
+    with pytest.raises(SettingsError, match=r"'0' for llm_threads in /project/pytest\.ini; .*>= 1 and <= 8"):
+        resolve(ini={"threads": "0"}, inipath=Path("/project/pytest.ini"))
+
+
+def test_threads_fall_back_to_a_fixed_maximum_when_the_cpu_count_is_unknown(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert threads_max() == 256
+    assert resolve(flags={"threads": "256"}).threads == 256
+    with pytest.raises(SettingsError, match=r"<= 256 \(the CPU count of this machine is unknown\)"):
+        resolve(flags={"threads": "257"})
+
+
+def test_a_huge_thread_count_is_a_usage_error_at_startup(pytester):
+    pytester.makepyfile("def test_nothing(): pass")
+    result = run(pytester, "--llm-threads=100000")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*bad value '100000' for --llm-threads; allowed values: an integer >= 1 and "
+                                 f"<= {threads_max()} (4 x the *CPUs of this machine)*"])
+
+
+def test_settings_stays_cheap_to_import():
+    probe = ("import sys, pytest_llmdet.settings; "
+             "print([m for m in ('torch', 'numpy', 'transformers', 'multiprocessing') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, True, False, "4", 4.0])
+def test_max_new_tokens_must_be_a_positive_int(value):
+    expected = f"max_new_tokens must be an integer >= 1 (or None for the llm_max_new_tokens setting), not {value!r}"
+    with pytest.raises(GenerationArgumentError) as direct:
+        plan_generation({}, max_new_tokens=value)
+    assert str(direct.value) == expected
+    with pytest.raises(GenerationArgumentError) as override:  # the same bound through **overrides
+        plan_generation({}, max_new_tokens=8, overrides={"max_new_tokens": value})
+    assert str(override.value) == expected
+
+
+def test_max_new_tokens_of_one_and_a_none_override_are_accepted():
+    assert plan_generation({}, max_new_tokens=1).config["max_new_tokens"] == 1
+    assert plan_generation({}, max_new_tokens=8, overrides={"max_new_tokens": 1}).config["max_new_tokens"] == 1
+    assert plan_generation({}, max_new_tokens=8, overrides={"max_new_tokens": None}).config["max_new_tokens"] == 8
+
+
+def test_generate_refuses_a_bad_max_new_tokens_and_none_means_the_setting(pytester):
+    pytester.makepyfile("""
+        import pytest
+        from pytest_llmdet.engines.greedy import GenerationArgumentError
+
+        @pytest.mark.parametrize("value", [0, 1.5, True])
+        def test_refused(llm, value):
+            with pytest.raises(GenerationArgumentError, match="max_new_tokens must be an integer >= 1"):
+                llm.generate("The fox", max_new_tokens=value)
+            assert llm.calls == []
+
+        def test_zero_fails_with_the_value(llm):
+            llm.generate("The fox", max_new_tokens=0)
+
+        def test_one_and_none(llm):
+            assert len(llm.generate("The fox", max_new_tokens=1, min_new_tokens=1).token_ids) == 1
+            assert llm.generate("The fox", max_new_tokens=None).settings["max_new_tokens"] == 5
+    """)
+    result = run(pytester, "--llm-max-new-tokens", "5")
+    result.assert_outcomes(passed=4, failed=1)
+    result.stdout.fnmatch_lines(["*GenerationArgumentError: max_new_tokens must be an integer >= 1 (or None for "
+                                 "the llm_max_new_tokens setting), not 0"])

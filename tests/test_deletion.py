@@ -1,67 +1,83 @@
-"""The golden-file lifecycle under hostile use: nothing deleted that is not ours, nothing deleted before the run
-is whole, ownership from what ran, pending files that follow their golden file, reads and writes that cannot
-hang, and counts that say what happened. Each test reproduces a way 0.1 lost or misreported golden files."""
+"""Which golden files are deleted: only the plugin's own, only by an update that ran the whole suite, only
+what the tests that ran stopped using, once at the end; runs that run no test delete nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import golden_for
+from sessions import SNAPSHOTS, SUITE, goldens, recorded, run
 
 from pytest_llmdet import review
-from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError, dumps, loads
-from pytest_llmdet.golden.pending import PendingConflict, PendingFile, accept, read_pending, write_pending
+from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, loads
 from pytest_llmdet.golden.store import delete_golden, read_golden, write_golden
 
-SNAPSHOTS = "__llm_snapshots__"
-
-# Plain-string snapshots: no model, so each run takes a fraction of a second.
-SUITE = """
-def test_a(llm_snapshot):
-    assert "a one" == llm_snapshot(name="one")
-    assert "a two" == llm_snapshot(name="two")
-
-def test_b(llm_snapshot):
-    assert "b" == llm_snapshot
-"""
+pytestmark = pytest.mark.usefixtures("only_this_plugin")
 
 
-@pytest.fixture(autouse=True)
-def only_this_plugin(monkeypatch):
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-    monkeypatch.delenv("CI", raising=False)
+def test_unused_snapshots_are_dropped_only_at_the_end_of_a_whole_update(pytester, monkeypatch):
+    # A test that changes one snapshot and stops comparing another: its end writes the change and keeps the
+    # other; the end of the whole run drops it. A run that stops before the end has deleted nothing.
+    pytester.makepyfile(test_once="""
+        import os
 
+        VERSION = os.environ["SUITE_VERSION"]
 
-def run(pytester, *args: str):
-    return pytester.runpytest("-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", *args)
+        def test_x(llm_snapshot):
+            assert VERSION + " a" == llm_snapshot(name="a")
+            if VERSION == "v1":
+                assert "b" == llm_snapshot(name="b")
 
-
-def goldens(root: Path) -> dict[str, bytes]:
-    """Every file below the snapshot folders (golden or not), by path relative to `root`."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and SNAPSHOTS in p.parts}
-
-
-def recorded(pytester, suite: str = SUITE) -> dict[str, bytes]:
-    pytester.makepyfile(test_mod=suite)
+        def test_later():
+            assert os.environ.get("STOP") is None
+    """)
+    monkeypatch.setenv("SUITE_VERSION", "v1")
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    path = pytester.path / SNAPSHOTS / "test_once" / "test_x.json"
+    monkeypatch.setenv("SUITE_VERSION", "v2")
+    monkeypatch.setenv("STOP", "1")
+    result = run(pytester, "--llm-snapshot-update", "-x")  # stops at test_later: the run is not whole
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["0 passed, 0 failed, 0 written, 1 updated, 0 deleted, 1 unused",
+                                 "not deleted: this run is partial (the run stopped early)"])
+    assert {name: e.text for name, e in read_golden(path).snapshots.items()} == {"a": "v2 a", "b": "b"}
+    monkeypatch.delenv("STOP")
+    replaced = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (replaced.append(Path(dst)), real_replace(src, dst)))
     result = run(pytester, "--llm-snapshot-update")
-    assert result.ret == 0, result.stdout.str()
-    return goldens(pytester.path)
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 1 deleted, 0 unused",
+                                 "deleted 1 unused golden file(s) or snapshot(s) (committed ones come back with: "
+                                 "git checkout -- <file>):", f"  {path.relative_to(pytester.path)} [b]"])
+    assert replaced == [path]  # the test's own write changed nothing: only the end of the run rewrote it
+    assert {name: e.text for name, e in read_golden(path).snapshots.items()} == {"a": "v2 a"}
+
+
+def test_a_run_of_some_modules_never_deletes_the_golden_files_of_the_others(pytester):
+    # Module folder names are sanitised (test_API -> test_API-<hash>), and the snapshot folder may be nested:
+    # neither may make an existing module look deleted.
+    pytester.makeini("[pytest]\nllm_snapshot_dir = golden/llm\n")
+    suite = "def test_it(llm_snapshot):\n    assert 'text' == llm_snapshot\n"
+    pytester.makepyfile(test_API=suite, test_other=suite, test_gone=suite)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=3)
+    folders = sorted(p.name for p in (pytester.path / "golden" / "llm").iterdir())
+    assert len(folders) == 3 and any(f.startswith("test_API-") for f in folders)
+    result = run(pytester, "--llm-snapshot-update", "test_other.py")
+    result.stdout.fnmatch_lines(["1 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused"])
+    assert sorted(p.name for p in (pytester.path / "golden" / "llm").iterdir()) == folders
+    (pytester.path / "test_gone.py").unlink()  # a module that is really gone: its golden files are unused
+    result = run(pytester, "--llm-snapshot-update", "test_other.py")
+    result.stdout.fnmatch_lines(["*1 deleted*"])
+    assert sorted(p.name for p in (pytester.path / "golden" / "llm").iterdir()) == \
+        [f for f in folders if f != "test_gone"]
 
 
 def drop_two(suite: str = SUITE) -> str:
     """The suite with test_a no longer comparing snapshot 'two' (which a whole update would then delete)."""
     return suite.replace('    assert "a two" == llm_snapshot(name="two")\n', "")
-
-
-# -- 1. runs that do not run the tests delete nothing --------------------------------------------------------
 
 
 @pytest.mark.parametrize("args", [["--setup-only"], ["--setup-plan"], ["--collect-only"],
@@ -75,9 +91,6 @@ def test_setup_only_setup_plan_and_collect_only_leave_every_golden_file_as_it_wa
     assert result.ret == 0, result.stdout.str()
     assert goldens(pytester.path) == before
     assert "deleted" not in result.stdout.str().split("llm snapshots")[-1].replace("0 deleted", "")
-
-
-# -- 2. only our files are ever deleted -----------------------------------------------------------------------
 
 
 def test_a_snapshot_folder_that_holds_other_files_keeps_them_and_lists_them_as_foreign(pytester):
@@ -139,9 +152,6 @@ def test_a_snapshot_folder_that_is_a_link_out_of_the_project_is_never_deleted_th
     assert set(loads((outside / "test_mod" / "test_a.json").read_bytes(), "a").snapshots) == {"one", "two"}
 
 
-# -- 3. ownership comes from what ran ------------------------------------------------------------------------
-
-
 def test_a_snapshot_reached_through_getfixturevalue_is_owned_by_its_test(pytester):
     suite = """
         import pytest
@@ -180,8 +190,6 @@ def test_a_test_that_stopped_using_snapshots_loses_its_golden_file_on_a_whole_up
     result.stdout.fnmatch_lines(["*1 deleted, 0 unused"])
     assert set(goldens(pytester.path)) == set(before) - {f"{SNAPSHOTS}/test_mod/test_b.json"}
 
-
-# -- 4. deletion waits for a whole run ------------------------------------------------------------------------
 
 LATER = {
     "a later failure with -x": ("def test_z():\n    assert False\n", ["-x"], "the run stopped early"),
@@ -235,9 +243,6 @@ def _has_xdist() -> bool:
     return True
 
 
-# -- 5. pending files follow their golden file ---------------------------------------------------------------
-
-
 def test_deleting_a_golden_file_deletes_its_pending_file(pytester):
     recorded(pytester)
     pytester.makepyfile(test_mod=SUITE.replace('"b" == llm_snapshot', '"b changed" == llm_snapshot'))
@@ -253,164 +258,6 @@ def test_deleting_a_golden_file_deletes_its_pending_file(pytester):
     assert review.main(["accept", str(pytester.path)], stdout=out, stderr=err) == 0
     assert out.getvalue() == "0 pending snapshot(s) accepted\n"
     assert not pending.with_name("test_b.json").exists()
-
-
-def _pending_for(tmp_path: Path) -> tuple[Path, PendingFile]:
-    golden = tmp_path / SNAPSHOTS / "test_mod" / "test_b.json"
-    write_golden(golden, GoldenFile("test_mod.py::test_b", {}, {"0": GoldenEntry("old")}))
-    digest = hashlib.sha256(golden.read_bytes()).hexdigest()
-    pending = PendingFile(golden.with_name(golden.name + ".llmdet-pending"), "test_mod.py::test_b", {},
-                          {"0": GoldenEntry("new")}, {"0": "changed"}, {"0": "report"}, golden_sha256=digest)
-    write_pending(pending)
-    return golden, read_pending(pending.path)
-
-
-def test_accept_refuses_a_golden_file_that_changed_since_the_check(tmp_path):
-    golden, pending = _pending_for(tmp_path)
-    write_golden(golden, GoldenFile("test_mod.py::test_b", {}, {"0": GoldenEntry("pulled")}))  # a git pull
-    before = golden.read_bytes()
-    with pytest.raises(PendingConflict) as refused:
-        accept(pending)
-    assert str(refused.value) == (  # a pending file that does not name its check: the rootdir-relative id, quoted
-        "not accepted: the golden file changed since the check that made the pending file (a pull, an update?); "
-        f"accepting {pending.path} would overwrite {golden} without a look at what is in it now. Run the check "
-        "again to refresh it, pytest --llm-snapshot test_mod.py::test_b (from the rootdir, with the flags of that "
-        f"check); or reject it: python -m pytest_llmdet reject {pending.path}")
-    assert golden.read_bytes() == before and pending.path.exists()
-
-
-def test_accept_goes_on_past_a_refused_file_and_reports_it(tmp_path):
-    changed, refused = _pending_for(tmp_path / "one")
-    write_golden(changed, GoldenFile("test_mod.py::test_b", {}, {"0": GoldenEntry("pulled")}))
-    fine, _ = _pending_for(tmp_path / "two")
-    out, err = io.StringIO(), io.StringIO()
-    assert review.main(["accept", str(tmp_path)], stdout=out, stderr=err) == 1
-    assert out.getvalue() == "1 pending snapshot(s) accepted\n"
-    assert err.getvalue().startswith("error: not accepted: the golden file changed since the check")
-    assert read_golden(fine).snapshots["0"].text == "new"
-    assert read_golden(changed).snapshots["0"].text == "pulled"
-
-
-def test_a_pending_file_without_the_golden_digest_is_not_accepted(tmp_path):
-    golden, pending = _pending_for(tmp_path)
-    data = json.loads(pending.path.read_text(encoding="utf-8"))
-    del data["pending"]["golden_sha256"]  # as pytest-llmdet 0.1 wrote them
-    pending.path.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(PendingConflict, match="made by an older pytest-llmdet"):
-        accept(read_pending(pending.path))
-
-
-def test_a_check_run_records_the_golden_file_it_compared_with_in_the_pending_file(pytester):
-    recorded(pytester)
-    pytester.makepyfile(test_mod=SUITE.replace('"b" == llm_snapshot', '"b changed" == llm_snapshot'))
-    run(pytester, "--llm-snapshot").assert_outcomes(passed=1, failed=1)
-    golden = pytester.path / SNAPSHOTS / "test_mod" / "test_b.json"
-    pending = read_pending(golden.with_name("test_b.json.llmdet-pending"))
-    assert pending.golden_sha256 == hashlib.sha256(golden.read_bytes()).hexdigest()
-    assert accept(pending) == ["0"] and read_golden(golden).snapshots["0"].text == "b changed"
-
-
-# -- 6. no read or write can hang or fill memory --------------------------------------------------------------
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
-def test_an_update_refuses_a_pipe_or_device_where_a_golden_file_should_be_without_reading_it(pytester):
-    recorded(pytester)
-    folder = pytester.path / SNAPSHOTS / "test_mod"
-    (folder / "test_a.json").unlink()
-    os.mkfifo(folder / "test_a.json")  # 0.1 waited forever for a writer
-    (folder / "test_b.json").unlink()
-    (folder / "test_b.json").symlink_to("/dev/zero")  # 0.1 read until MemoryError
-    pytester.makepyfile(test_mod=SUITE.replace('"b" ==', '"b2" ==').replace('"a one" ==', '"a1" =='))
-    result = pytester.runpytest_subprocess("-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider",
-                                           "--llm-snapshot-update", timeout=120)
-    result.assert_outcomes(passed=2, errors=2)
-    result.stdout.fnmatch_lines([
-        "*could not write golden file __llm_snapshots__/test_mod/test_a.json: not a regular file (a pipe is in "
-        "its place); remove it",
-        "*could not write golden file __llm_snapshots__/test_mod/test_b.json: not a regular file (a device is in "
-        "its place); remove it",
-    ])
-    assert stat.S_ISFIFO((folder / "test_a.json").lstat().st_mode) and (folder / "test_b.json").is_symlink()
-    check = pytester.runpytest_subprocess("-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider",
-                                          "--llm-snapshot", timeout=120)
-    check.assert_outcomes(failed=2)
-    check.stdout.fnmatch_lines(["*test_a.json is not a regular file (a pipe is in its place); remove it and re-run"])
-
-
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
-def test_delete_and_pending_reads_refuse_a_pipe(tmp_path):
-    pipe = tmp_path / "test_x.json.llmdet-pending"
-    os.mkfifo(pipe)
-    with pytest.raises(GoldenFileError, match="is not a regular file"):
-        read_pending(pipe)
-    out, err = io.StringIO(), io.StringIO()
-    assert review.main(["pending", "--json", str(tmp_path)], stdout=out, stderr=err) == 1
-    assert json.loads(out.getvalue()) == [] and "is not a regular file" in err.getvalue()
-
-
-def test_a_golden_file_nested_1500_deep_is_refused_clearly_in_every_place(pytester):
-    deep = ('{"format_version": 1, "test": "test_mod.py::test_b", "fingerprint": {}, "snapshots": {"0": '
-            '{"text_lines": ["b"], "deep": ' + "[" * 1500 + "]" * 1500 + "}}}\n")
-    recorded(pytester)
-    folder = pytester.path / SNAPSHOTS / "test_mod"
-    (folder / "test_b.json").write_text(deep, encoding="utf-8")
-    (folder / "test_gone.json").write_text(deep.replace("test_b", "test_gone"), encoding="utf-8")  # owned by none
-    (folder / "test_zz.json.llmdet-pending").write_text(deep, encoding="utf-8")  # no test owns it
-    message = "is nested too deeply (over 64 levels): it is not one pytest-llmdet wrote"
-
-    result = run(pytester, "--llm-snapshot")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines([f"*__llm_snapshots__/test_mod/test_b.json {message}",
-                                 "2 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused",
-                                 '1 test(s) with changed or missing snapshots. If the change is intended, re-record '
-                                 'with: pytest --llm-snapshot-update "test_mod.py::test_b"',
-                                 "1 file(s) in snapshot folders that are not golden files of this suite*",
-                                 f"  {(folder / 'test_gone.json').relative_to(pytester.path)}"])
-    assert "RecursionError" not in result.stdout.str() and "INTERNALERROR" not in result.stdout.str()
-    result = run(pytester, "--llm-snapshot-update")  # replaces the unusable file; leaves the foreign one
-    result.stdout.fnmatch_lines(["2 passed, 0 failed, 1 written, 0 updated, 0 deleted, 0 unused"])
-    assert read_golden(folder / "test_b.json").snapshots["0"].text == "b"
-    assert (folder / "test_gone.json").read_text(encoding="utf-8") == deep.replace("test_b", "test_gone")
-    out, err = io.StringIO(), io.StringIO()
-    assert review.main(["pending", str(pytester.path)], stdout=out, stderr=err) == 1
-    assert message in err.getvalue() and out.getvalue() == "0 pending snapshot(s)\n"
-
-
-# -- 7. counts say what happened -------------------------------------------------------------------------------
-
-
-def test_a_write_that_failed_is_an_error_in_the_counts_and_the_report(pytester):
-    recorded(pytester)
-    folder = pytester.path / SNAPSHOTS / "test_mod"
-    (folder / "test_b.json").unlink()
-    (folder / "test_b.json").mkdir()  # a directory in place of the file
-    pytester.makepyfile(test_mod=SUITE.replace('"b" ==', '"b2" =='))
-    result = run(pytester, "--llm-snapshot-update", "--llm-report=report.json")
-    result.assert_outcomes(passed=2, errors=1)
-    result.stdout.fnmatch_lines(["2 passed, 0 failed, 0 written, 0 updated, 0 deleted, 0 unused, 1 error",
-                                 '1 test(s) whose golden file could not be written (see their errors): '
-                                 '"test_mod.py::test_b"'])
-    report = json.loads((pytester.path / "report.json").read_text(encoding="utf-8"))
-    assert report["summary"]["error"] == 1 and report["summary"]["written"] == 0
-    (entry,) = [e for e in report["snapshots"] if e["test"] == "test_mod.py::test_b"]
-    assert entry["status"] == "error" and "Is a directory" in entry["error"]
-
-
-def test_a_corrupt_golden_file_in_check_mode_is_counted_failed_and_listed_to_re_record(pytester):
-    recorded(pytester)
-    (pytester.path / SNAPSHOTS / "test_mod" / "test_b.json").write_text("{not json", encoding="utf-8")
-    result = run(pytester, "--llm-snapshot", "--llm-report=report.json")
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["2 passed, 1 failed, 0 written, 0 updated, 0 deleted, 0 unused",
-                                 '1 test(s) with changed or missing snapshots. If the change is intended, re-record '
-                                 'with: pytest --llm-snapshot-update "test_mod.py::test_b"'])
-    report = json.loads((pytester.path / "report.json").read_text(encoding="utf-8"))
-    (entry,) = [e for e in report["snapshots"] if e["test"] == "test_mod.py::test_b"]
-    assert entry["status"] == "failed" and "is not valid JSON" in entry["error"]
-
-
-# -- 9. a partial check lists only what it can know is unused ----------------------------------------------------
 
 
 @pytest.mark.parametrize("args", [["test_mod.py::test_b"], ["-k", "test_b"], ["--deselect", "test_mod.py::test_a"]])
@@ -432,36 +279,6 @@ def test_a_partial_check_still_lists_the_unused_snapshots_of_the_tests_it_ran(py
     assert result.ret == 0  # a partial update would delete nothing either
 
 
-# -- 10. file modes and duplicate keys ------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
-def test_golden_files_get_the_mode_the_umask_gives_and_keep_an_existing_mode(tmp_path):
-    old_umask = os.umask(0o022)
-    try:
-        from pytest_llmdet.golden import store
-
-        store._new_file_mode.cache_clear()
-        path = tmp_path / "test_x.json"
-        write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("one")}))
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
-        path.chmod(0o664)
-        write_golden(path, GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("two")}))
-        assert stat.S_IMODE(path.stat().st_mode) == 0o664 and read_golden(path).snapshots["0"].text == "two"
-    finally:
-        os.umask(old_umask)
-        store._new_file_mode.cache_clear()
-
-
-def test_a_golden_file_with_a_duplicate_key_is_refused_naming_the_key():
-    text = dumps(GoldenFile("t.py::test_x", {}, {"0": GoldenEntry("one")}))
-    duplicated = text.replace('"format_version": 1,', '"format_version": 1,\n  "test": "other",', 1)
-    with pytest.raises(GoldenFileError) as refused:
-        loads(duplicated.encode(), "f.json")
-    assert str(refused.value) == ("f.json is not valid JSON: the key 'test' appears twice in one object (a reader "
-                                  "sees the first, the parser would take the last); keep one")
-
-
 def test_delete_golden_removes_only_the_golden_file_and_its_pending_file(tmp_path):
     path = tmp_path / "m" / "test_x.json"
     write_golden(path, GoldenFile("m.py::test_x", {}, {"0": GoldenEntry("one")}))
@@ -469,9 +286,6 @@ def test_delete_golden_removes_only_the_golden_file_and_its_pending_file(tmp_pat
     path.with_name("test_y.json.llmdet-pending").write_text("{}", encoding="utf-8")
     assert delete_golden(path)
     assert sorted(p.name for p in path.parent.iterdir()) == ["test_y.json.llmdet-pending"]
-
-
-# -- found by attacking the lifecycle --------------------------------------------------------------------------
 
 
 def test_tests_a_conftest_filters_out_without_deselecting_keep_their_golden_files(pytester):
@@ -550,14 +364,69 @@ def test_the_pending_file_of_a_removed_test_goes_on_a_whole_update_and_accept_br
     assert not pending.with_name("test_new.json").exists()
 
 
-def test_pending_json_stays_json_with_a_lone_surrogate_in_a_report(tmp_path):
-    golden, pending = _pending_for(tmp_path)
-    data = json.loads(pending.path.read_text(encoding="utf-8"))
-    data["pending"]["reports"]["0"] = "bad \ud800 text"
-    pending.path.write_text(json.dumps(data), encoding="utf-8")  # json.dumps escapes it: a valid file
-    out, err = io.StringIO(), io.StringIO()
-    assert review.main(["pending", "--json", str(tmp_path)], stdout=out, stderr=err) == 0
-    assert json.loads(out.getvalue())[0]["snapshots"][0]["report"] == "bad \ud800 text"
-    out = io.StringIO()
-    assert review.main(["review", str(tmp_path)], stdin=io.StringIO("s\n"), stdout=out, stderr=err) == 0
-    assert "bad \\ud800 text" in out.getvalue()
+def test_a_machine_dependent_parameter_list_loses_its_golden_but_a_skipped_param_keeps_it(pytester):
+    pytester.makepyfile(test_devices="""
+        import pytest
+
+        HAS_GPU = True
+        DEVICES = ["cpu"] + (["cuda"] if HAS_GPU else [])
+
+        @pytest.mark.parametrize("device", DEVICES)
+        def test_story(llm_snapshot, device):
+            assert f"story on {device}" == llm_snapshot
+        """)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=2)
+    cuda = pytester.path / SNAPSHOTS / "test_devices" / "test_story[cuda].json"
+    assert cuda.exists()
+    # the documented pattern: the parameter is always collected, and skipped where it cannot run
+    pytester.makepyfile(test_devices="""
+        import pytest
+
+        HAS_GPU = False
+        DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_GPU, reason="no GPU here"))]
+
+        @pytest.mark.parametrize("device", DEVICES)
+        def test_story(llm_snapshot, device):
+            assert f"story on {device}" == llm_snapshot
+        """)
+    result = run(pytester, "--llm-snapshot-update")
+    result.assert_outcomes(passed=1, skipped=1)
+    assert cuda.exists()
+    # the pattern to avoid: the parameter disappears on this machine, and a full update deletes its golden
+    pytester.makepyfile(test_devices="""
+        import pytest
+
+        HAS_GPU = False
+        DEVICES = ["cpu"] + (["cuda"] if HAS_GPU else [])
+
+        @pytest.mark.parametrize("device", DEVICES)
+        def test_story(llm_snapshot, device):
+            assert f"story on {device}" == llm_snapshot
+        """)
+    result = run(pytester, "--llm-snapshot-update")
+    result.stdout.fnmatch_lines(["deleted 1 unused golden file(s) or snapshot(s) (committed ones come back with: "
+                                 "git checkout -- <file>):",
+                                 f"  {SNAPSHOTS}/test_devices/test_story[[]cuda].json"])
+    assert not cuda.exists()
+
+
+TWO_NAMED = """
+def test_several(llm_snapshot):
+    assert "a fox" == llm_snapshot(name="fox")
+    assert "a lion" == llm_snapshot(name="lion")
+"""
+
+
+def test_a_whole_check_with_unused_snapshots_fails_since_an_update_would_delete_them(pytester):
+    pytester.makepyfile(test_two=TWO_NAMED)
+    run(pytester, "--llm-snapshot-update").assert_outcomes(passed=1)
+    pytester.makepyfile(test_two=TWO_NAMED.replace('    assert "a lion" == llm_snapshot(name="lion")\n', ""))
+    check = run(pytester, "--llm-snapshot")
+    check.assert_outcomes(passed=1)  # the test itself passed: the gate fails at the end of the run
+    assert check.ret == pytest.ExitCode.TESTS_FAILED
+    check.stdout.fnmatch_lines(["1 unused golden file(s) or snapshot(s) no test asked for:",
+                                "  __llm_snapshots__/test_two/test_several.json [[]lion]",
+                                "the gate fails on them: a full run with --llm-snapshot-update would delete them*"])
+    assert run(pytester, "--llm-snapshot", "-k", "several").ret == 0  # a partial check: nothing would be deleted
+    run(pytester, "--llm-snapshot-update").stdout.fnmatch_lines(["*1 deleted, 0 unused"])
+    assert run(pytester, "--llm-snapshot").ret == 0
