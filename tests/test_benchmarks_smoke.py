@@ -90,7 +90,7 @@ def test_import_benchmark_alternates_the_order_of_each_pair_and_drops_the_warmup
     import bench_import
 
     order = []
-    monkeypatch.setattr(bench_import, "run_command", lambda argv, cwd: order.append(argv[0]) or argv[0])
+    monkeypatch.setattr(bench_import, "run_command", lambda argv, cwd, env=None: order.append(argv[0]) or argv[0])
     runs = bench_import.paired_runs({"on": ["on"], "off": ["off"]}, Path("."), repeats=3, warmup=1)
     assert order == ["on", "off", "off", "on", "on", "off", "off", "on"]
     assert runs == {"on": ["on"] * 3, "off": ["off"] * 3}

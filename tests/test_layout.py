@@ -24,14 +24,16 @@ LAYERS = {
     "top": 3,  # json_report, review, header, __main__
     "hooks": 4,
     "plugin": 5,
+    "startup": 6,  # the pytest11 entry point: plugin.py, imported past assertion rewriting
 }
 
 
-# The modules every pytest run imports (tests/test_llm_fixture.py checks that no other is imported there). plugin.py
-# imports them past pytest's assertion-rewriting import hook, which would only slow their loading down.
+# The modules every pytest run imports (tests/test_llm_fixture.py checks that no other is imported there). startup.py
+# and plugin.py import them past pytest's assertion-rewriting import hook, which would only slow their loading down.
 STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engines.seeding", "pytest_llmdet.hooks",
                    "pytest_llmdet.hooks.determinism", "pytest_llmdet.hooks.keys", "pytest_llmdet.hooks.state",
-                   "pytest_llmdet.markers", "pytest_llmdet.plugin", "pytest_llmdet.settings")
+                   "pytest_llmdet.markers", "pytest_llmdet.plugin", "pytest_llmdet.settings",
+                   "pytest_llmdet.startup")
 
 
 def layer_of(module: str) -> str:
@@ -39,7 +41,7 @@ def layer_of(module: str) -> str:
     if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "commands",
                                  "vocabulary", "__init__"):
         return "base"
-    if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin"):
+    if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin", "startup"):
         return parts[0]
     return "top"
 

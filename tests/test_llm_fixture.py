@@ -421,7 +421,7 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
     result.stdout.fnmatch_lines([
         "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.seeding pytest_llmdet.hooks "
         "pytest_llmdet.hooks.determinism pytest_llmdet.hooks.keys pytest_llmdet.hooks.state pytest_llmdet.markers "
-        "pytest_llmdet.plugin pytest_llmdet.settings",
+        "pytest_llmdet.plugin pytest_llmdet.settings pytest_llmdet.startup",
     ])
 
 
@@ -429,7 +429,9 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
                                                                                               tmp_path):
     # As installed from a wheel: pytest marks every module of a plugin's distribution for assertion rewriting
     # and would load each startup module from its own bytecode cache, which costs about 20 times the normal
-    # import (benchmarks/bench_import.py). A distribution that lists the package, first on the path, is that.
+    # import, and compile each from source on every run where it cannot write that cache (PYTHONDONTWRITEBYTECODE;
+    # benchmarks/bench_import.py). Only the tiny entry module is left to it. A distribution that lists the
+    # package, first on the path, is that.
     import os
 
     import pytest_llmdet
@@ -437,8 +439,9 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
     info = tmp_path / "dists" / "pytest_llmdet-0.1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-llmdet\nVersion: 0.1.0\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[pytest11]\nllmdet = pytest_llmdet.plugin\n", encoding="utf-8")
-    (info / "RECORD").write_text("pytest_llmdet/__init__.py,,\npytest_llmdet/plugin.py,,\n", encoding="utf-8")
+    (info / "entry_points.txt").write_text("[pytest11]\nllmdet = pytest_llmdet.startup\n", encoding="utf-8")
+    (info / "RECORD").write_text("pytest_llmdet/__init__.py,,\npytest_llmdet/plugin.py,,\npytest_llmdet/startup.py,,\n",
+                                 encoding="utf-8")
     root = Path(pytest_llmdet.__file__).resolve().parent.parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(info.parent), str(root),
                                                                    os.environ.get("PYTHONPATH")])))
@@ -449,8 +452,8 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
         def pytest_sessionfinish(session):
             import pytest_llmdet.golden.compare  # imported when a test compares a golden file (it asserts)
 
-            names = ("pytest_llmdet.settings", "pytest_llmdet.hooks.state", "pytest_llmdet.hooks.determinism",
-                     "pytest_llmdet.golden.compare")
+            names = ("pytest_llmdet.startup", "pytest_llmdet.plugin", "pytest_llmdet.settings",
+                     "pytest_llmdet.hooks.state", "pytest_llmdet.hooks.determinism", "pytest_llmdet.golden.compare")
             print("\\nloaders:", " ".join(f"{n}={type(sys.modules[n].__loader__).__name__}" for n in names))
         """
     )
@@ -458,7 +461,8 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
     result = pytester.runpytest_subprocess("-q", "-s", "-W", "error::pytest.PytestAssertRewriteWarning")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "loaders: pytest_llmdet.settings=SourceFileLoader pytest_llmdet.hooks.state=SourceFileLoader "
+        "loaders: pytest_llmdet.startup=AssertionRewritingHook pytest_llmdet.plugin=SourceFileLoader "
+        "pytest_llmdet.settings=SourceFileLoader pytest_llmdet.hooks.state=SourceFileLoader "
         "pytest_llmdet.hooks.determinism=SourceFileLoader pytest_llmdet.golden.compare=AssertionRewritingHook",
     ])
     assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
