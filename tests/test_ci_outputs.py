@@ -156,6 +156,25 @@ def test_the_job_summary_and_the_annotations_of_a_github_actions_run(failing, mo
                                f"{row['margins golden / current']}")
 
 
+def test_a_comparison_made_outside_the_test_file_points_at_the_test_def_line(pytester, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.delenv("GITHUB_WORKSPACE", raising=False)
+    pytester.makeconftest("""
+        import pytest
+
+        @pytest.fixture
+        def compared_after(llm, llm_snapshot):
+            yield
+            assert llm.generate("The owl", max_new_tokens=2) == llm_snapshot  # at teardown: no test frame
+    """)
+    source = "import os\n\n\ndef test_owl(compared_after):\n    pass\n"
+    pytester.makepyfile(test_owl=source)
+    result = run(pytester, "--llm-snapshot")
+    (annotation,) = [line for line in result.outlines if line.startswith("::error ")]
+    assert annotation.startswith(f"::error file=test_owl.py,line={line_of(source, 'def test_owl')},title=")
+    assert annotation.endswith("::snapshot '0' is missing from __llm_snapshots__/test_owl/test_owl.json")
+
+
 def test_no_job_summary_from_a_run_that_uses_no_golden_file(pytester, monkeypatch):
     summary = pytester.path / "step-summary.md"
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
@@ -180,7 +199,7 @@ def test_the_html_report_and_the_summary_of_two_xdist_workers_equal_the_serial_o
     page, summary = outputs[0]
     assert "The token-level report: out/report.html." in summary
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert page.count('<button type="button" class="tok div') == 4  # two divergences, golden and current each
+    assert page.count('<button class="tok div') == 4  # two divergences, golden and current each
     assert_balanced(page)
 
 
@@ -191,7 +210,7 @@ def test_pytest_html_shows_each_failed_snapshot_as_an_extra(failing):
     assert result.ret == 1
     page = html.unescape((failing.path / "report.html").read_text(encoding="utf-8")).replace('\\"', '"')
     assert page.count('<div class="llmdet">') == 4  # one card per failed snapshot; the passing one has none
-    assert page.count('<button type="button" class="tok div') == 4
+    assert page.count('<button class="tok div') == 4
 
 
 # -- the renderers, as plain functions ---------------------------------------------------------------------------
@@ -262,7 +281,7 @@ def passed(n: int) -> dict:
 def test_a_report_of_1000_snapshots_is_bounded_and_collapses_the_passing_ones():
     entries = [snapshot(n) for n in range(300)] + [passed(n) for n in range(300, 1000)]
     page = html_report.report_html(report_of(entries))
-    assert len(page.encode("utf-8")) < 12_000_000
+    assert len(page.encode("utf-8")) < 6_000_000
     assert page.count('<details class="card"') == html_report.DETAIL_LIMIT
     assert page.count('<details class="card" open') == html_report.OPEN_LIMIT
     assert f"<h3>{300 - html_report.DETAIL_LIMIT} more, without their tokens</h3>" in page
@@ -320,3 +339,88 @@ def test_the_comparison_line_is_the_innermost_frame_of_the_test_file():
     here, line = comparison_line(__file__), sys._getframe().f_lineno
     assert here == line
     assert comparison_line(str(Path(__file__).with_name("not_a_test_file.py"))) is None
+
+
+# -- the HTML report in a real browser ---------------------------------------------------------------------------
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> tuple[str, object]:
+    """Debian's chromium and Playwright's sync API; skips without them, unless LLMDET_REQUIRE_BROWSER=1 (.ci/run
+    installs both), where their absence fails."""
+    import os
+    import shutil
+
+    executable = shutil.which("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    missing = [what for what, found in (("chromium", executable), ("playwright", sync_playwright)) if not found]
+    if missing and os.environ.get("LLMDET_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"LLMDET_REQUIRE_BROWSER=1 but {' and '.join(missing)} not installed")
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (.ci/run installs them)")
+    return executable, sync_playwright
+
+
+def test_the_html_report_in_a_browser_highlights_the_divergence_and_shows_candidates_on_click(pytester, tmp_path,
+                                                                                             monkeypatch):
+    import os
+    import shutil
+
+    executable, sync_playwright = chromium()
+    monkeypatch.setenv("CI", "true")
+    pytester.makepyfile(test_suite=SUITE)
+    assert run(pytester, "--llm-snapshot-update", "--llm-compare", "tolerant").ret == 0  # with top-k candidates
+    tamper(pytester, GOLDEN, "0", 4)
+    run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report-html=report.html",
+        "--llm-report=report.json")
+    story = next(e for e in json.loads((pytester.path / "report.json").read_text())["snapshots"]
+                 if e["test"] == "test_suite.py::test_story")
+    current = story["tokens"]["current"][4 - story["tokens"]["start"]]
+    assert current["top_k"]  # recorded by the tolerant comparison
+    url = (pytester.path / "report.html").as_uri()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            problems: list[str] = []
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(str(error)))
+            page.on("request", lambda request: problems.append(request.url) if request.url != url else None)
+            page.goto(url)
+            card = page.locator("details.card", has_text="test_suite.py::test_story")
+            diverging = card.locator(".side.current .tok.div")
+            assert diverging.count() == 1 and diverging.get_attribute("data-pos") == "4"
+            style = diverging.evaluate("t => [getComputedStyle(t).borderTopWidth, getComputedStyle(t).fontWeight]")
+            assert style == ["3px", "700"]  # outlined and bold, not only coloured
+            candidates = diverging.locator(".cands")
+            assert not candidates.is_visible()
+            page.mouse.move(0, 0)
+            diverging.click()
+            assert candidates.is_visible() and diverging.get_attribute("aria-expanded") == "true"
+            text = candidates.inner_text()
+            assert "◀ chosen" in text and all(str(c[0]) in text for c in current["top_k"])
+            page.mouse.move(0, 0)
+            page.keyboard.press("Escape")
+            assert not candidates.is_visible()
+            diverging.click()
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(url)
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling
+            on_phone = phone.locator("details.card", has_text="test_suite.py::test_story").locator(
+                ".side.current .tok.div")
+            on_phone.click()  # the candidates open at the bottom of the screen, within its width
+            box = on_phone.locator(".cands").bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+            assert problems == []
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("LLMDET_SCREENSHOT_DIR"):  # how docs/images/llm-report-html.png is made
+        shutil.copy(tmp_path / "report.png", Path(os.environ["LLMDET_SCREENSHOT_DIR"]) / "llm-report-html.png")

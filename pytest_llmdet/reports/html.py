@@ -14,7 +14,7 @@ from pytest_llmdet.reports import data
 from pytest_llmdet.reports.html_assets import CSS, JS
 from pytest_llmdet.reports.html_tokens import card, esc
 
-DETAIL_LIMIT = 200  # snapshot cards with their tokens; the failures after them are table rows
+DETAIL_LIMIT = 100  # snapshot cards with their tokens; the failures after them are table rows
 OPEN_LIMIT = 20  # cards open when the page loads
 TABLE_LIMIT = 2000  # rows of any table or list
 Entry = dict[str, Any]

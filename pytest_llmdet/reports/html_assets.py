@@ -42,12 +42,14 @@ color:#1f2328;background:#fff;cursor:pointer;white-space:pre;min-height:1.6em;li
 .llmdet .tok.div{border:3px solid #0a3069;font-weight:700;text-decoration:underline wavy #0a3069 2px}
 .llmdet .tok.div::before{content:"▶ ";font-size:.8em}
 .llmdet .cands{display:none;position:absolute;left:0;top:calc(100% + 4px);z-index:10;background:#fff;
-border:1px solid #57606a;border-radius:4px;padding:4px 6px;min-width:14em;max-width:min(26em,80vw);
+border:1px solid #57606a;border-radius:4px;padding:4px 6px;min-width:16em;max-width:min(28em,80vw);
 box-shadow:0 2px 8px rgba(0,0,0,.25);white-space:normal;text-align:left;font-weight:400;text-decoration:none;
 cursor:auto}
 .llmdet .cands>span{display:block;white-space:pre-wrap}
 .llmdet .cands .chosen{font-weight:700}
 .llmdet .tok:hover>.cands,.llmdet .tok.open>.cands{display:block}
+@media (max-width:700px){.llmdet .cands{position:fixed;left:8px;right:8px;top:auto;bottom:8px;min-width:0;
+max-width:none}}
 .llmdet .legend .tok{cursor:default}
 .llmdet .legend .toks{gap:8px;margin:.3em 0}
 .llmdet .controls button{font:inherit;margin-right:6px}

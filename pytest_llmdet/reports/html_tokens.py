@@ -43,29 +43,26 @@ def shade(margin: float | None, near_tie: float) -> str:
     return "m4"
 
 
-def _candidates(token: Entry, position: int) -> str:
-    lines = [f"<span>position {position} · id {token['id']} · margin {esc(format_margin(token['margin']))}</span>"]
-    if token.get("top_k") is None:
-        lines.append('<span class="muted">no candidates recorded (an exact comparison records margins only)</span>')
-    else:
-        for candidate_id, text, logprob in token["top_k"]:
-            chosen = ' class="chosen"' if candidate_id == token["id"] else ""
-            value = "n/a" if logprob is None else f"{logprob:.3f}"
-            mark = " ◀ chosen" if chosen else ""
-            lines.append(f"<span{chosen}>{candidate_id} {esc(repr(text) if text is not None else '')} "
-                         f"logprob {value}{mark}</span>")
+def _candidates(token: Entry, position: int, fragile: bool) -> str:
+    facts = f"position {position} · id {token['id']} · margin {format_margin(token['margin'])}"
+    lines = [f"<span>{esc(facts)}{' · fragile' if fragile else ''}</span>"]
+    for candidate_id, text, logprob in token.get("top_k") or ():
+        value = "n/a" if logprob is None else f"{logprob:.3f}"
+        line = f"{candidate_id} {repr(text) if text is not None else ''} logprob {value}"
+        if candidate_id == token["id"]:
+            lines.append(f'<span class="chosen">{esc(line)} ◀ chosen</span>')
+        else:
+            lines.append(f"<span>{esc(line)}</span>")
     return f'<span class="cands" role="tooltip">{"".join(lines)}</span>'
 
 
 def token_chip(token: Entry, position: int, index: int, near_tie: float) -> str:
-    """One token as a button: shaded by its margin, the divergence marked, its candidates inside."""
+    """One token as a button: shaded by its margin, the divergence marked, its ID, margin and candidates inside
+    (shown on hover or click)."""
     where = "div" if position == index else "after" if position > index else "same"
-    label = "diverges here, " if where == "div" else ""
-    fragile = ", fragile" if token["margin"] is not None and token["margin"] < near_tie else ""
-    title = f"{label}position {position}, id {token['id']}, margin {format_margin(token['margin'])}{fragile}"
-    return (f'<button type="button" class="tok {where} {shade(token["margin"], near_tie)}" data-pos="{position}" '
-            f'aria-expanded="false" title="{esc(title)}">{esc(shown(token["text"], token["id"]))}'
-            f'{_candidates(token, position)}</button>')
+    fragile = token["margin"] is not None and token["margin"] < near_tie
+    return (f'<button class="tok {where} {shade(token["margin"], near_tie)}" data-pos="{position}">'
+            f'{esc(shown(token["text"], token["id"]))}{_candidates(token, position, fragile)}</button>')
 
 
 def _side(view: Entry, side: str, near_tie: float) -> str:
@@ -123,6 +120,9 @@ def card(entry: Entry, near_tie: float, open_: bool = False) -> str:
     body = '<ul class="facts">' + "".join(f"<li>{fact}</li>" for fact in _facts(entry)) + "</ul>"
     if entry.get("tokens"):
         body += tokens_html(entry["tokens"], near_tie)
+        if not any(t.get("top_k") for t in entry["tokens"]["golden"] + entry["tokens"]["current"]):
+            body += ('<p class="muted">No top-k candidates recorded: an exact comparison records margins only '
+                     "(--llm-compare tolerant records them).</p>")
     if entry.get("text_diff"):
         body += "<h3>text diff</h3><pre>" + esc("\n".join(entry["text_diff"])) + "</pre>"
     return (f'<details class="card"{" open" if open_ else ""}><summary>{summary}'
