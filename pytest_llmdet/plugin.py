@@ -203,7 +203,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     snapshots = config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
     errors = snapshots.run.errors if snapshots is not None else []
-    if _publishing(config):
+    if _publishing(config, snapshots is not None):
         from pytest_llmdet.hooks.ci import publish
 
         errors += publish(config, snapshots, session.exitstatus)
@@ -216,12 +216,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _publishing(config: pytest.Config) -> bool:
-    """Whether the run writes a report (--llm-report, --llm-report-html, --llm-summary-md) or runs under GitHub
-    Actions (its job summary and annotations: hooks/ci.py)."""
-    return bool(config.getoption("llmdet_report") or config.getoption("llmdet_report_html")
-                or config.getoption("llmdet_summary_md") or os.environ.get("GITHUB_STEP_SUMMARY")
-                or os.environ.get("GITHUB_ACTIONS") == "true")
+def _publishing(config: pytest.Config, snapshots: bool) -> bool:
+    """Whether the run writes a report (--llm-report, --llm-report-html, --llm-summary-md), or used golden files
+    or the determinism check under GitHub Actions (its job summary and annotations: hooks/ci.py)."""
+    if any(config.getoption(f"llmdet_{name}") for name in ("report", "report_html", "summary_md")):
+        return True
+    state = config.stash.get(DETERMINISM_KEY, None)
+    used = snapshots or (state is not None and bool(state.verdicts or state.unchecked))
+    return used and bool(os.environ.get("GITHUB_STEP_SUMMARY") or os.environ.get("GITHUB_ACTIONS") == "true")
 
 
 @pytest.hookimpl(optionalhook=True)
