@@ -11,6 +11,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from test_beyond_exact import validate_report
 
 from pytest_llmdet.reports import annotations, markdown
 from pytest_llmdet.reports import html as html_report
@@ -119,6 +120,7 @@ def test_the_job_summary_and_the_annotations_of_a_github_actions_run(failing, mo
     result = run(failing, "--llm-snapshot", "--llm-report=report.json")
     assert result.ret == 1
     report = json.loads((failing.path / "report.json").read_text(encoding="utf-8"))
+    validate_report(report)  # its new fields (location, tokens, environment_changes, the commands) too
     text = summary.read_text(encoding="utf-8")
     assert text.startswith("## an earlier step's summary\n## pytest-llmdet\n")  # appended, never truncated
     assert "**llm snapshots** (check): 1 passed, 4 failed, 0 written" in text
@@ -312,6 +314,7 @@ def test_the_factor_matrix_and_the_files_are_in_both_reports():
     assert found["Determinism"][0]["status"] == "nondeterministic"
     text = markdown.summary_markdown(report)
     assert "- a/b.json.llmdet-pending" in text and "- a/old.json" in text
+    assert "1 checked, 0 deterministic, 1 nondeterministic\n" in text
     page = html_report.report_html(report)
     assert "<h3>Factor matrix</h3>" in page and "<strong>3</strong> ✗" in page
     assert "<code>a/b.json.llmdet-pending</code>" in page and "<code>a/old.json</code>" in page
@@ -378,8 +381,9 @@ def test_the_html_report_in_a_browser_highlights_the_divergence_and_shows_candid
     tamper(pytester, GOLDEN, "0", 4)
     run(pytester, "--llm-snapshot", "--llm-compare", "tolerant", "--llm-report-html=report.html",
         "--llm-report=report.json")
-    story = next(e for e in json.loads((pytester.path / "report.json").read_text())["snapshots"]
-                 if e["test"] == "test_suite.py::test_story")
+    report = json.loads((pytester.path / "report.json").read_text())
+    validate_report(report)  # tokens with their top-k candidates
+    story = next(e for e in report["snapshots"] if e["test"] == "test_suite.py::test_story")
     current = story["tokens"]["current"][4 - story["tokens"]["start"]]
     assert current["top_k"]  # recorded by the tolerant comparison
     url = (pytester.path / "report.html").as_uri()

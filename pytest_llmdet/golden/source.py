@@ -8,15 +8,17 @@ import os
 import sys
 
 
-def _same(a: str, b: str) -> bool:
-    return os.path.normcase(os.path.abspath(a)) == os.path.normcase(os.path.abspath(b))
+def _normal(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
 
 
 def comparison_line(source: str, depth: int = 200) -> int | None:
-    """The line being run in the innermost frame of file `source` on the current call stack (None: none)."""
+    """The line being run in the innermost frame of file `source` on the current call stack, looking `depth`
+    frames up at most (None: none)."""
+    target = _normal(source)
     frame = sys._getframe(1)
     while frame is not None and depth > 0:
-        if _same(frame.f_code.co_filename, source):
+        if frame.f_code.co_filename == source or _normal(frame.f_code.co_filename) == target:
             return frame.f_lineno
         frame, depth = frame.f_back, depth - 1
     return None

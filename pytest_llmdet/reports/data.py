@@ -105,6 +105,20 @@ def variant(entry: Entry) -> str:
     return entry.get("variant") or "default"
 
 
+def determinism_line(report: Entry) -> str:
+    """`3 checked, 2 deterministic, 1 nondeterministic` (and the dtype-sensitive and not-checked counts, when
+    any), as the `llm determinism` section counts."""
+    verdicts = report["determinism"]
+    statuses = [v["status"] for v in verdicts]
+    line = (f"{len(verdicts)} checked, {statuses.count('deterministic')} deterministic, "
+            f"{statuses.count('nondeterministic')} nondeterministic")
+    if statuses.count("sensitive"):
+        line += f", {statuses.count('sensitive')} dtype-sensitive"
+    if report.get("determinism_unchecked"):
+        line += f"; {report['determinism_unchecked']} not checked"
+    return line
+
+
 def factor_columns(report: Entry) -> list[str]:
     """The factors of the matrix, in its order (empty: no test was checked under a factor)."""
     asked = {name for verdict in report["determinism"] for name in verdict.get("factors") or {}}
@@ -117,5 +131,5 @@ def factor_rows(report: Entry) -> list[Entry]:
     return sorted(rows, key=lambda v: (not any(c["status"] == "diverged" for c in v["factors"].values()), v["test"]))
 
 
-__all__ = ["FAILED", "errors", "factor_columns", "factor_rows", "failed", "first_divergence", "flip", "label",
-           "margins", "reason", "token_at", "token_text", "tolerated", "variant"]
+__all__ = ["FAILED", "determinism_line", "errors", "factor_columns", "factor_rows", "failed", "first_divergence",
+           "flip", "label", "margins", "reason", "token_at", "token_text", "tolerated", "variant"]

@@ -65,13 +65,12 @@ def _cards(title: str, entries: list[Entry], near_tie: float) -> str:
 
 def _determinism(report: Entry) -> str:
     verdicts = report["determinism"]
-    if not verdicts:
+    if not verdicts and not report.get("determinism_unchecked"):
         return ""
-    parts = ["<h2>Determinism</h2>", table(("test", "status", "runs", "what changed", "first diverging token",
-                                            "detail"),
-                                           [(v["test"], v["status"], v["runs"], v["kind"] or "",
-                                             "" if v["position"] is None else v["position"], v["detail"] or "")
-                                            for v in verdicts])]
+    rows = [(v["test"], v["status"], v["runs"], v["kind"] or "", "" if v["position"] is None else v["position"],
+             v["detail"] or "") for v in verdicts]
+    parts = ["<h2>Determinism</h2>", f"<p>{esc(data.determinism_line(report))}</p>",
+             table(("test", "status", "runs", "what changed", "first diverging token", "detail"), rows)]
     columns = data.factor_columns(report)
     if columns:
         parts.append("<h3>Factor matrix</h3><p class=\"muted\">=: same tokens, N: the first diverging token, "

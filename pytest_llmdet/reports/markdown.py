@@ -93,11 +93,10 @@ def _file_sections(report: Entry, more: str) -> list[str]:
 
 def _determinism_sections(report: Entry, more: str) -> list[str]:
     verdicts = report["determinism"]
-    if not verdicts:
+    if not verdicts and not report.get("determinism_unchecked"):
         return []
     bad = [v for v in verdicts if v["status"] != "deterministic"]
-    lines = ["### Determinism", "", f"{len(verdicts)} checked, {len(verdicts) - len(bad)} deterministic, "
-             f"{len(bad)} not", ""]
+    lines = ["### Determinism", "", cell(data.determinism_line(report)), ""]
     if bad:
         lines += table(("test", "status", "what changed", "first diverging token", "detail"),
                        [(v["test"], v["status"], v["kind"] or "", "" if v["position"] is None else v["position"],
