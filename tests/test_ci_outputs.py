@@ -11,11 +11,13 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_beyond_exact import validate_report
+from sessions import run, validate_report
 
 from pytest_llmdet.reports import annotations, markdown
 from pytest_llmdet.reports import html as html_report
 from pytest_llmdet.reports.html_tokens import shade
+
+pytestmark = pytest.mark.usefixtures("only_this_plugin")
 
 GOLDEN = "__llm_snapshots__/test_suite/test_story.json"
 SUITE = '''
@@ -46,16 +48,6 @@ def test_text(llm_snapshot):
 def test_same(llm, llm_snapshot):
     assert llm.generate("The hen", max_new_tokens=4) == llm_snapshot
 '''
-
-
-@pytest.fixture(autouse=True)
-def only_this_plugin(monkeypatch):
-    """In-process runs load only pytest-llmdet and the plugins a test names (others would be re-imported)."""
-    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
-
-
-def run(pytester, *args: str):
-    return pytester.runpytest("-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", *args)
 
 
 def line_of(source: str, text: str) -> int:
