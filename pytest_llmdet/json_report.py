@@ -38,6 +38,9 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
                                                           "margin": details.fragile.margin},
         "error": details.error,
         "text_diff": details.text_diff,
+        "location": details.location,
+        "tokens": details.tokens,
+        "environment_changes": details.environment_changes,
     }
 
 
@@ -74,8 +77,10 @@ def factor_entry(cell: FactorCell) -> dict[str, Any]:
 def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[str, int],
                  outcomes: Iterable[SnapshotOutcome], unused: Sequence[str], deleted: Sequence[str],
                  verdicts: Iterable[Verdict], unchecked: int, foreign: Sequence[str] = (),
-                 not_compared: Iterable[NotCompared] = (), pending: Sequence[str] = ()) -> dict[str, Any]:
-    """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly."""
+                 not_compared: Iterable[NotCompared] = (), pending: Sequence[str] = (),
+                 rerecord_command: str | None = None, review_command: str | None = None) -> dict[str, Any]:
+    """The whole report as plain data, sorted by test so that two runs of the same suite compare cleanly;
+    `rerecord_command` and `review_command` as the `llm snapshots` summary prints them (None: nothing to run)."""
     version = package_version("pytest-llmdet")
     return {
         "report_version": REPORT_VERSION,
@@ -94,6 +99,8 @@ def build_report(*, mode: str, near_tie: float, exit_status: int, counts: dict[s
         "pending": sorted(pending),
         "determinism": sorted((determinism_entry(v) for v in verdicts), key=lambda e: e["test"]),
         "determinism_unchecked": unchecked,
+        "rerecord_command": rerecord_command,
+        "review_command": review_command,
     }
 
 

@@ -202,10 +202,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         send_to_controller(config)
         return
     snapshots = config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
-    report_path = config.getoption("llmdet_report")
-    if report_path:
-        _write_json_report(config, snapshots, Path(report_path), session.exitstatus)
     errors = snapshots.run.errors if snapshots is not None else []
+    if _publishing(config, snapshots is not None):
+        from pytest_llmdet.hooks.ci import publish
+
+        errors += publish(config, snapshots, session.exitstatus)
     if errors:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         for line in errors:
@@ -215,23 +216,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _write_json_report(config: pytest.Config, snapshots: Any, path: Path, exit_status: int) -> None:
-    from pytest_llmdet.golden.ledger import SnapshotRun
-    from pytest_llmdet.json_report import build_report, write_report
-
-    run = snapshots.run if snapshots is not None else SnapshotRun()
-    settings = config.stash[SESSION_KEY].snapshot_settings
+def _publishing(config: pytest.Config, snapshots: bool) -> bool:
+    """Whether the run writes a report (--llm-report, --llm-report-html, --llm-summary-md), or used golden files
+    or the determinism check under GitHub Actions (its job summary and annotations: hooks/ci.py)."""
+    if any(config.getoption(f"llmdet_{name}") for name in ("report", "report_html", "summary_md")):
+        return True
     state = config.stash.get(DETERMINISM_KEY, None)
-    report = build_report(
-        mode=settings.mode, near_tie=settings.near_tie, exit_status=exit_status,
-        counts=run.counts(), outcomes=run.outcomes, unused=run.unused, deleted=run.deleted, foreign=run.foreign,
-        not_compared=run.not_compared, pending=run.pending,
-        verdicts=state.verdicts if state else [], unchecked=state.unchecked if state else 0,
-    )
-    try:
-        write_report(config.invocation_params.dir / path, report)
-    except OSError as error:
-        run.errors.append(f"could not write the JSON report {path}: {error.strerror or error}")
+    used = snapshots or (state is not None and bool(state.verdicts or state.unchecked))
+    return used and bool(os.environ.get("GITHUB_STEP_SUMMARY") or os.environ.get("GITHUB_ACTIONS") == "true")
 
 
 @pytest.hookimpl(optionalhook=True)

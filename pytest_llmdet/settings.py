@@ -371,6 +371,11 @@ OPTIONS: tuple[Option, ...] = (
            parse_top_k, metavar="K"),
     Option("report", "write every snapshot and determinism result as JSON to PATH (schema: "
            "docs/llm-report.schema.json)", None, str, has_ini=False, metavar="PATH"),
+    Option("report_html", "write a self-contained HTML report to PATH: each failed or tolerated snapshot token by "
+           "token with margins and candidates, the factor matrix, pending and unused files", None, str,
+           has_ini=False, metavar="PATH"),
+    Option("summary_md", "append the run's Markdown summary to PATH (default: the file GITHUB_STEP_SUMMARY names, "
+           "the GitHub Actions job summary)", None, str, has_ini=False, metavar="PATH"),
     # nondeterminism detection
     Option("determinism_runs", f"runs of each determinism-checked test (default {RUNS_DEFAULT})", RUNS_DEFAULT,
            _parse_int(1), metavar="N"),

@@ -21,7 +21,7 @@ LAYERS = {
     "engines": 1,
     "golden": 2,
     "determinism": 2,
-    "top": 3,  # json_report, review, header, __main__
+    "top": 3,  # json_report, review, header, __main__, reports/
     "hooks": 4,
     "plugin": 5,
     "startup": 6,  # the pytest11 entry point: plugin.py, imported past assertion rewriting

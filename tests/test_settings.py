@@ -91,7 +91,7 @@ def test_every_option_comes_from_one_table_with_names_that_match():
     assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {
         "--llm-snapshot", "--llm-snapshot-update", "--llm-snapshot-details", "--llm-snapshot-variant",
         "--llm-snapshot-review",
-        "--llm-report", "--llm-check-determinism",
+        "--llm-report", "--llm-report-html", "--llm-summary-md", "--llm-check-determinism",
     }
     assert all(o.flag == "--" + o.ini.replace("_", "-") for o in OPTIONS)
 

@@ -116,6 +116,9 @@ class OutcomeDetails:
     command_id: str = ""  # the test as its update command names it
     queued: SnapshotStatus | None = None  # an update's: written or updated, what it counts as once on disk
     text_diff: list[str] | None = None  # a failed comparison whose text changed: the bounded diff of the texts
+    location: dict[str, Any] | None = None  # a failed one: {"file", "line"} of the comparison in the test's file
+    tokens: dict[str, Any] | None = None  # a failed or tolerated one: both sides' tokens near it (tokens.py)
+    environment_changes: list[str] | None = None  # a failed one: `field: old → new` of the environment recorded
 
     @property
     def checked(self) -> str | None:

@@ -51,7 +51,7 @@ def failure_report(result: SnapshotResult, value: Any, golden_file: GoldenFile, 
         if generation is not None and plan.mode == CompareMode.TOLERANT and comparison.divergence else None
     report.join(comparison_report(comparison, golden, value.text if generation else value,
                                   generation.token_ids if generation else [], decode, near_tie, sources, candidates))
-    changes = _environment_changes(recorded, current, skip=PROMPT_TOKEN_SOURCES if sources else ())
+    changes = environment_changes(result, golden_file, current)
     if changes:
         report.add("the environment differs from the one recorded (this may explain the change): " + "; ".join(changes))
     report.add(f"if the change is intended, re-record with: {update_command}")
@@ -62,10 +62,14 @@ def failure_report(result: SnapshotResult, value: Any, golden_file: GoldenFile, 
     return report
 
 
-def _environment_changes(recorded: dict[str, Any], current: dict[str, Any] | None, skip: tuple[str, ...]) -> list[str]:
-    # what the input lines already named (the tokenizer's and chat template's hashes) is not repeated
+def environment_changes(result: SnapshotResult, golden_file: GoldenFile, current: dict[str, Any] | None) -> list[str]:
+    """How the current environment (`current`: its full fingerprint) differs from the one the compared entry was
+    recorded in, as `field: old → new`; what the input lines already name (the tokenizer's and chat template's
+    hashes, when the prompt tokens changed) is not repeated."""
     if current is None:
         return []
+    recorded = recorded_fingerprint(golden_file.fingerprint, result.variant)
+    skip = PROMPT_TOKEN_SOURCES if result.comparison is not None and result.comparison.input_changes else ()
     return fingerprint_changes({k: v for k, v in recorded.items() if k not in skip},
                                {k: v for k, v in current.items() if k not in skip})
 
@@ -85,4 +89,4 @@ def review_failure(nodeid: str, outcomes: list[SnapshotOutcome], pending_file: s
     return "\n".join(lines)
 
 
-__all__ = ["failure_report", "missing_report", "review_failure", "variant_command"]
+__all__ = ["environment_changes", "failure_report", "missing_report", "review_failure", "variant_command"]

@@ -11,18 +11,27 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pytest_llmdet.commands import RerecordCommand
-from pytest_llmdet.golden.check import CheckContext, judge
+from pytest_llmdet.generation import Generation
+from pytest_llmdet.golden.check import CheckContext, SnapshotResult, judge
 from pytest_llmdet.golden.entry import SnapshotUsageError, entry_from
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import PENDING_SUFFIX
 from pytest_llmdet.golden.naming import SnapshotNames
 from pytest_llmdet.golden.outcome import OutcomeDetails, SnapshotOutcome, TestOutcomes
 from pytest_llmdet.golden.render import Decoder
-from pytest_llmdet.golden.report import failure_report, missing_report, review_failure, variant_command
+from pytest_llmdet.golden.report import (
+    environment_changes,
+    failure_report,
+    missing_report,
+    review_failure,
+    variant_command,
+)
+from pytest_llmdet.golden.source import comparison_line
 from pytest_llmdet.golden.store import read_golden
+from pytest_llmdet.golden.tokens import view_of
 from pytest_llmdet.golden.writer import Pending, Queued, SnapshotWriter, pending_error_message, write_error_message
 from pytest_llmdet.settings import ComparePlan
-from pytest_llmdet.vocabulary import PendingStatus, SnapshotMode, SnapshotStatus
+from pytest_llmdet.vocabulary import Label, PendingStatus, SnapshotMode, SnapshotStatus
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,9 @@ class TestIdentity:
     display_path: str  # as the user reads it
     test: str = ""  # whose golden file it is: `nodeid` without a pytest-repeat step (default: nodeid)
     command_id: str = ""  # as a command run from where pytest was started names it (default: `test`)
+    source: str = ""  # the test's file (where a comparison's line is looked up; empty: none)
+    source_shown: str = ""  # as the user reads its path
+    def_line: int | None = None  # the line of its `def`: where a failure points when no comparison line is found
 
     @property
     def golden_test(self) -> str:
@@ -187,6 +199,7 @@ class TestSnapshots:
         if result.status == SnapshotStatus.UNWRITTEN:
             self.queued.add(name, result.current, result.target)  # applied to the file as it is when written
             return True, []
+        self._keep_tokens(result, value)
         if not result.failed:
             return True, []
         if result.compared is None:
@@ -196,9 +209,28 @@ class TestSnapshots:
                                     self.context.near_tie, _safe(self.model.decoder()), self.model.fingerprint(),
                                     self.update_command)
             self.reports.append("\n".join(report.full()))
+            current = self.model.fingerprint()
+            if current is not None:
+                result.details.environment_changes = environment_changes(result, golden_file, current)
         status = PendingStatus.NEW if result.compared is None else PendingStatus.CHANGED
         self.pending.keep(name, result.record, result.target, status, "\n".join(report.full()))
         return False, report.compact() if result.compared is not None else report.full()
+
+    def _keep_tokens(self, result: SnapshotResult, value: Any) -> None:
+        # A failed or tolerated snapshot keeps both sides' tokens near its divergence (the HTML report's view).
+        divergence = result.details.divergence
+        if divergence is None or divergence.first is None or not isinstance(value, Generation) \
+                or result.compared is None or result.compared.token_ids is None:
+            return
+        if result.failed or divergence.label == Label.TOLERATED:
+            result.details.tokens = view_of(result.compared, value, divergence.first.index,
+                                            _safe(self.model.decoder()))
+
+    def _location(self) -> dict[str, Any] | None:
+        """Where in the test's file the comparison being made is: its line, else the test's `def` line."""
+        identity = self.identity
+        line = (comparison_line(identity.source) if identity.source else None) or identity.def_line
+        return None if line is None or not identity.source_shown else {"file": identity.source_shown, "line": line}
 
     def _judging(self) -> CheckContext:
         c = self.context
@@ -208,6 +240,8 @@ class TestSnapshots:
         command = self.context.command
         details.update_flags = command.flags_line(self.plan.update_flags.split())
         details.command_env, details.command_id = command.environment_line(), self.identity.shown_in_commands
+        if status in (SnapshotStatus.FAILED, SnapshotStatus.MISSING):
+            details.location = self._location()
         self.log.add(SnapshotOutcome(self.nodeid, name, status, self.identity.display_path, details))
 
     @property

@@ -35,11 +35,13 @@ def count_line(counts: dict[str, int]) -> str:
     return ", ".join(parts)
 
 
-def _rerecord_commands(failed: list[SnapshotOutcome], paths: tuple[str, ...] = ()) -> str:
-    # One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
-    # stores the top-k candidates that comparison uses (a plain update would store none). Each names its tests as
-    # their outcomes' commands do (a pytest-repeat step by its test), or for many tests their files, or the run's
-    # own paths: every command runs as printed.
+def rerecord_commands(failed: list[SnapshotOutcome], paths: tuple[str, ...] = ()) -> str:
+    """The commands that re-record the `failed` snapshots, joined by `; `.
+
+    One command per set of flags: the tests a tolerant comparison failed need --llm-compare tolerant, which
+    stores the top-k candidates that comparison uses (a plain update would store none). Each names its tests as
+    their outcomes' commands do (a pytest-repeat step by its test), or for many tests their files, or the run's
+    own paths: every command runs as printed."""
     by_flags: dict[tuple[str, str], list[str]] = {}
     for o in sorted(failed, key=lambda o: (o.details.command_env, o.details.update_flags, o.nodeid)):
         tests = by_flags.setdefault((o.details.command_env, o.details.update_flags), [])
@@ -50,8 +52,9 @@ def _rerecord_commands(failed: list[SnapshotOutcome], paths: tuple[str, ...] = (
                      for (environment, flags), tests in by_flags.items())
 
 
-def _review_command(pending: list[str]) -> str:
-    # review searches the current folder by default; pending files elsewhere are named by their folders
+def review_command(pending: list[str]) -> str:
+    """The command that reviews the `pending` files (it searches the current folder by default; pending files
+    elsewhere are named by their folders)."""
     outside = sorted({os.path.dirname(p) for p in pending if os.path.isabs(p) or p.startswith("..")})
     return "python -m pytest_llmdet review" + "".join(f' "{folder}"' for folder in outside)
 
@@ -84,10 +87,10 @@ def _failure_lines(run: SnapshotRun, paths: tuple[str, ...]) -> list[str]:
                      "top-k candidates (it was recorded without --llm-compare tolerant)")
     if failed_outcomes:
         lines.append(f"{len(run.failed_tests())} test(s) with changed or missing snapshots. If the change is "
-                     f"intended, re-record with: {_rerecord_commands(failed_outcomes, paths)}")
+                     f"intended, re-record with: {rerecord_commands(failed_outcomes, paths)}")
     if run.pending:
         lines.append(f"{len(run.pending)} pending file(s) keep the new outputs beside their golden files (which are "
-                     f"unchanged); accept or reject them one by one with: {_review_command(run.pending)}")
+                     f"unchanged); accept or reject them one by one with: {review_command(run.pending)}")
     return lines
 
 

@@ -18,6 +18,7 @@ DETERMINISM_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.state.Determi
 SNAPSHOT_PLUGIN_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.snapshots.SnapshotPlugin, with golden files
 SHARES_KEY: pytest.StashKey[dict[str, Any]] = pytest.StashKey()  # by name: what xdist workers send (hooks/workers.py)
 MERGED_KEY: pytest.StashKey[set[Any]] = pytest.StashKey()  # on the controller: the workers merged so far
+ANNOTATIONS_KEY: pytest.StashKey[list[str]] = pytest.StashKey()  # GitHub Actions' ::error lines (hooks/ci.py)
 
 # session.stash
 BEFORE_FILTERING_KEY: pytest.StashKey[list] = pytest.StashKey()  # (node id, path, test) of each item, unfiltered

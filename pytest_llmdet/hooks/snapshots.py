@@ -28,7 +28,7 @@ from pytest_llmdet.hooks.collection import (
     record_deselected,
     remember_before_filtering,
 )
-from pytest_llmdet.hooks.keys import CALL_RAN_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY
+from pytest_llmdet.hooks.keys import ANNOTATIONS_KEY, CALL_RAN_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.json_report import junit_properties
 from pytest_llmdet.markers import compare_plan
@@ -78,7 +78,9 @@ class SnapshotPlugin:
         node = request.node
         test = golden_test_of(node)
         path = golden_path(Path(str(node.path)), test, self.settings.snapshot_dir)
-        identity = TestIdentity(node.nodeid, path, self.session.display(path), test, command_id_of(node, test))
+        source, def_line = Path(str(node.path)), node.location[1]
+        identity = TestIdentity(node.nodeid, path, self.session.display(path), test, command_id_of(node, test),
+                                str(source), self.session.display(source), None if def_line is None else def_line + 1)
         return TestSnapshots(self.context, identity, plan, self._model_access(node, bool(
             request.config.getoption("llmdet_report"))), passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False))
 
@@ -113,7 +115,14 @@ class SnapshotPlugin:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Iterator[None]:
         outcome = yield
-        take_report(item, outcome.get_result(), self.run)  # every test: getfixturevalue reaches it too
+        report = outcome.get_result()
+        take_report(item, report, self.run)  # every test: getfixturevalue reaches it too
+        test_snapshots = item.stash.get(SNAPSHOTS_KEY, None)
+        if report.when == "call" and test_snapshots is not None and test_snapshots.outcomes \
+                and getattr(item.config.option, "htmlpath", None):  # pytest-html writes a report
+            from pytest_llmdet.hooks.ci import add_html_extras
+
+            add_html_extras(report, test_snapshots.outcomes, self.settings.near_tie)  # with pytest-html
 
     def pytest_assertrepr_compare(self, op: str, left: Any, right: Any) -> list[str] | None:
         if op != "==":
@@ -147,6 +156,8 @@ class SnapshotPlugin:
         terminalreporter.write_sep("=", "llm snapshots")
         lines = summary_lines(run, self.mode == SnapshotMode.UPDATE, s.details, self.command.paths, s.review)
         for line in lines + fragile_lines(run, s.near_tie):
+            terminalreporter.write_line(line)
+        for line in terminalreporter.config.stash.get(ANNOTATIONS_KEY, []):  # under GitHub Actions (hooks/ci.py)
             terminalreporter.write_line(line)
 
 
