@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from pytest_llmdet import settings
 from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
 from pytest_llmdet.golden.format import GoldenEntry
 from pytest_llmdet.golden.pending import PendingFile, write_pending
 from pytest_llmdet.review import main
-from pytest_llmdet.settings import SEED_MAX, SettingsError, resolve_settings, threads_max
+from pytest_llmdet.settings.values import SEED_MAX, SettingsError, threads_max
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,7 @@ def run(pytester, *args: str):
 
 
 def resolve(flags=None, ini=None, inipath=None):
-    return resolve_settings(flags or {}, ini or {}, inipath, Path("/invocation"))
+    return settings.resolve(flags or {}, ini or {}, inipath, Path("/invocation"))[0]
 
 
 # -- 1. the seed: 0 ... 2**32 - 1, what numpy takes ------------------------------------------------------------

@@ -35,7 +35,7 @@ from pytest_llmdet.golden.format import MAX_FILE_BYTES, GoldenEntry, GoldenFile,
 from pytest_llmdet.golden.location import golden_path, is_inside, safe_file_stem
 from pytest_llmdet.golden.render import render_comparison
 from pytest_llmdet.golden.store import TMP_SUFFIX, clean_temporaries, read_golden, temporary_target, write_golden
-from pytest_llmdet.settings import SettingsError, parse_snapshot_dir
+from pytest_llmdet.settings.values import SettingsError, parse_snapshot_dir
 
 SNAPSHOTS = "__llm_snapshots__"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -4,11 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmdet.settings import OPTIONS, Settings, SettingsError, resolve_settings
+from pytest_llmdet.settings import OPTIONS, Settings
+from pytest_llmdet.settings import resolve as resolve_all
+from pytest_llmdet.settings.values import SettingsError
 
 
 def resolve(flags=None, ini=None, inipath=None):
-    return resolve_settings(flags or {}, ini or {}, inipath, Path("/invocation"))
+    return resolve_all(flags or {}, ini or {}, inipath, Path("/invocation"))[0]
 
 
 def test_defaults_match_the_documented_ones():
