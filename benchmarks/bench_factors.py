@@ -61,7 +61,7 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
     from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
     from pytest_llmdet.engines.seeding import configure_torch
     from pytest_llmdet.engines.transformers import TransformersEngine
-    from pytest_llmdet.settings import FACTOR_NAMES
+    from pytest_llmdet.settings.values import FACTOR_NAMES
 
     configure_torch("warn", common.TORCH_THREADS)
     session_threads = torch.get_num_threads()

@@ -7,7 +7,7 @@ the config standing in for the model's own):
 - without margins: the prompt encoded as `LLM.encode` does, then `model.generate(...)` with that config, no
   scores kept;
 - with margins: the same with `output_scores=True, return_dict_in_generate=True`, then the runner's own
-  margin and log-prob computation (`_token_statistics`): this minus the first is the margin capture;
+  margin and log-prob computation (`common.token_statistics`): this minus the first is the margin capture;
 - `LLM.generate`: the plugin's call as shipped, which adds planning the config, checking the length,
   seeding, decoding the text and recording the Generation to the second.
 
@@ -87,7 +87,7 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
         if not margins:
             return output[0, len(prompt_ids):].tolist()
         new_ids = output.sequences[0, len(prompt_ids):]
-        hf._token_statistics(output.scores, new_ids, 0)
+        common.token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
     ways = {

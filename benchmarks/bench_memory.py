@@ -12,7 +12,8 @@ each in a fresh process per repetition, interleaved:
 
 - bare `model.generate`: the plugin's forced-greedy config, `model.generate` without scores;
 - `LLM.generate`: the plugin's call as shipped (and once more with capture_top_k=5);
-- old path: `output_scores=True, return_dict_in_generate=True`, then the runner's `_token_statistics`.
+- old path: `output_scores=True, return_dict_in_generate=True`, then the old runner's statistics
+  (`common.token_statistics`).
 
 Each process loads the model, runs its variant once for 8 tokens (warm-up), resets its peak RSS to the current
 RSS (Linux's /proc/self/clear_refs; loading the model peaks higher than a call of this small model), then
@@ -131,7 +132,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
         if not scores:
             return output[0, input_ids.shape[1]:].tolist()
         new_ids = output.sequences[0, input_ids.shape[1]:]
-        hf._token_statistics(output.scores, new_ids, 0)
+        common.token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
     def call(count: int) -> list[int]:

@@ -14,7 +14,9 @@ import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_llmdet.settings import OPTIONS, RERECORD_OPTIONS, url_without_credentials
+from pytest_llmdet.settings import OPTIONS
+from pytest_llmdet.settings.options import RERECORD_OPTIONS
+from pytest_llmdet.settings.values import url_without_credentials
 
 # Environment variables that change the tokens and that a shell may have set for this one run.
 OUTPUT_ENVIRONMENT = ("ATEN_CPU_CAPABILITY",)

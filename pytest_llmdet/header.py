@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from pytest_llmdet.engines.greedy import model_config_use
+from pytest_llmdet.engines.kinds import engine_kind
 from pytest_llmdet.engines.models import ModelSource, auto_device, cuda_device_count, read_local_generation_config
 from pytest_llmdet.settings import Settings
 from pytest_llmdet.versions import package_version
@@ -50,7 +51,7 @@ def header_lines(settings: Settings, source: ModelSource | None, workers: int | 
         f"transformers {package_version('transformers', 'not installed')}",
         "llmdet: " + generation_config_line(config, settings.inherit_processors),
     ]
-    engine = engine_line(settings)
+    engine = engine_kind(settings.engine).header_line(settings)
     if engine:
         lines.insert(1, engine)
     if workers and settings.device == "auto" and not settings.device_map:
@@ -59,27 +60,11 @@ def header_lines(settings: Settings, source: ModelSource | None, workers: int | 
     return lines
 
 
-def engine_line(settings: Settings) -> str | None:
-    """The engine, when it is not transformers: what generates, and which settings then do not apply."""
-    if settings.engine == "vllm":
-        arguments = " ".join(f"{key}={value}" for key, value in settings.vllm_args)
-        return ("llmdet: engine vllm (vLLM's offline LLM in this process"
-                + (f"; llm_vllm_args {arguments}" if arguments else "") + "; llm_device does not apply)")
-    if settings.engine == "openai":
-        from pytest_llmdet.engines.openai_server import shown_url
-
-        shown = shown_url(settings.base_url or "")
-        served = f", served model {settings.served_model}" if settings.served_model else ""
-        return (f"llmdet: engine openai, the server at {shown}{served} (its dtype and device are the server's; "
-                f"API key from ${settings.api_key_env})")
-    return None
-
-
 def worker_devices_line(workers: int, cuda_devices: int, visible: str | None) -> str:
     """Which pytest-xdist worker puts its models where under `llm_device = auto` (engines.models.auto_device)."""
     if cuda_devices < 1:
         return f"llmdet: device auto, {workers} xdist workers: no CUDA device, every worker on cpu"
-    shown = 8  # a line, not a wall: the rule is in the README
+    shown = 8  # a line, not a wall: the rule is in docs/llm-fixture.md (xdist workers)
     pairs = ", ".join(f"gw{k} {auto_device(f'gw{k}', cuda_devices)}" for k in range(min(workers, shown)))
     more = f", ... (gwK on cuda:(K mod {cuda_devices}))" if workers > shown else ""
     where = f" of CUDA_VISIBLE_DEVICES={visible}" if visible is not None else ""

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from pytest_llmdet.settings import (
+from pytest_llmdet.settings import ComparePlan, Settings, SnapshotSettings
+from pytest_llmdet.settings.values import (
     FACTOR_NAMES,
-    ComparePlan,
     FactorName,
-    Settings,
     SettingsError,
-    SnapshotSettings,
     parse_bool,
     parse_compare,
     parse_device,

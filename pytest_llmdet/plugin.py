@@ -42,12 +42,14 @@ def _without_assertion_rewriting() -> Iterator[None]:
 
 
 with _without_assertion_rewriting():
+    from pytest_llmdet.engines.kinds import check_settings
     from pytest_llmdet.engines.seeding import prepare_cuda_environment
     from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
     from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY, SHARES_KEY, SNAPSHOT_PLUGIN_KEY
     from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
     from pytest_llmdet.markers import MARKERS
-    from pytest_llmdet.settings import OPTIONS, SettingsError, in_ci, resolve
+    from pytest_llmdet.settings import OPTIONS, in_ci, resolve
+    from pytest_llmdet.settings.values import SettingsError
 
 if TYPE_CHECKING:
     from pytest_llmdet.engines.llm import LLM
@@ -87,7 +89,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings, snapshot_settings = resolve(
             flags, {o.name: str(config.getini(o.ini)) for o in OPTIONS if o.has_ini},
-            config.inipath, config.invocation_params.dir,
+            config.inipath, config.invocation_params.dir, check_settings,
         )
     except SettingsError as error:
         raise pytest.UsageError(str(error)) from None

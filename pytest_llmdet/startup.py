@@ -8,7 +8,8 @@ bytecode pip compiled (benchmarks/bench_import.py measures both). PYTEST_DONT_RE
 
 import sys
 
-_rewriters = [(i, finder) for i, finder in enumerate(sys.meta_path) if type(finder).__name__ == "AssertionRewritingHook"]
+_rewriters = [(i, finder) for i, finder in enumerate(sys.meta_path)
+              if type(finder).__name__ == "AssertionRewritingHook"]
 for _i, _finder in reversed(_rewriters):
     sys.meta_path.remove(_finder)
 try:

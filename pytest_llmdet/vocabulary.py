@@ -6,7 +6,7 @@ and the code that branches on them compares with these members, which equal thos
 
 from __future__ import annotations
 
-from pytest_llmdet.settings import Word  # the one base of every word (factor names are settings' own)
+from pytest_llmdet.settings.values import Word  # the one base of every word (factor names are settings' own)
 
 
 class SnapshotMode(Word):

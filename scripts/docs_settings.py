@@ -22,10 +22,11 @@ END = "<!-- end of the generated settings table -->"
 def _options() -> tuple:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    import pytest_llmdet
     from pytest_llmdet import settings
 
-    if Path(settings.__file__).resolve().parent.parent != ROOT:  # another checkout came first on sys.path
-        raise RuntimeError(f"pytest_llmdet was imported from {settings.__file__}, not from {ROOT}")
+    if Path(pytest_llmdet.__file__).resolve().parent.parent != ROOT:  # another checkout came first on sys.path
+        raise RuntimeError(f"pytest_llmdet was imported from {pytest_llmdet.__file__}, not from {ROOT}")
     return settings.OPTIONS
 
 

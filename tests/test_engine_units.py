@@ -7,14 +7,24 @@ import pytest
 
 from pytest_llmdet.engines.fingerprint import environment_fingerprint, fingerprint_changes
 from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
-from pytest_llmdet.engines.models import ModelLoadError, ModelSource, ModelSpec
+from pytest_llmdet.engines.kinds import KINDS, check_settings, engine_kind
+from pytest_llmdet.engines.models import (
+    LoadedModel,
+    ModelLoadError,
+    ModelSource,
+    ModelSpec,
+    ServerOptions,
+    TransformersOptions,
+    VLLMOptions,
+)
 from pytest_llmdet.engines.openai_server import choose_served_model
-from pytest_llmdet.engines.remote import first_line
 from pytest_llmdet.engines.remote_sampling import sampling_fields
 from pytest_llmdet.engines.rows import row_from_steps
+from pytest_llmdet.errors import cause_line, first_line, named_line
 from pytest_llmdet.golden.variants import Environment, choose_variant, environment_of, parse_key
 from pytest_llmdet.markers import model_choice
-from pytest_llmdet.settings import Settings, SettingsError, parse_engine_args
+from pytest_llmdet.settings import Settings
+from pytest_llmdet.settings.values import ENGINES, SettingsError, parse_engine_args
 
 QWEN = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
         "eos_token_id": [2, 0], "bos_token_id": 0, "pad_token_id": 0}
@@ -129,7 +139,7 @@ def test_a_transformers_fingerprint_is_unchanged_and_a_check_on_vllm_names_the_e
 
 def test_the_served_model_is_the_one_named_like_the_model_or_by_llm_served_model():
     source = ModelSource("local", "/models/tiny-qwen", "models/tiny-qwen")
-    spec = ModelSpec(source, engine="openai", base_url="http://u:secret@127.0.0.1:8000/v1")
+    spec = ModelSpec(source, options=ServerOptions("http://u:secret@127.0.0.1:8000/v1"))
     assert choose_served_model(["tiny-qwen"], spec) == "tiny-qwen"
     assert choose_served_model(["other", "/srv/tiny-qwen"], spec) == "/srv/tiny-qwen"
     with pytest.raises(ModelLoadError, match=r"serves anything, and none is named like model 'models/tiny-qwen' "
@@ -137,7 +147,7 @@ def test_the_served_model_is_the_one_named_like_the_model_or_by_llm_served_model
         choose_served_model(["anything"], spec)  # the only model, but another one: never taken for this one
     with pytest.raises(ModelLoadError, match=r"serves a, b, and none"):
         choose_served_model(["a", "b"], spec)
-    named = ModelSpec(source, engine="openai", base_url="http://127.0.0.1:8000/v1", served_model="prod-qwen")
+    named = ModelSpec(source, options=ServerOptions("http://127.0.0.1:8000/v1", served_model="prod-qwen"))
     assert choose_served_model(["prod-qwen", "other"], named) == "prod-qwen"
     with pytest.raises(ModelLoadError, match="does not serve llm_served_model = 'prod-qwen'; it serves: a"):
         choose_served_model(["a"], named)
@@ -151,7 +161,12 @@ def test_an_engines_reason_is_the_innermost_cause_in_one_line():
         except ValueError as inner:
             raise RuntimeError("Engine core initialization failed. See root cause above.") from inner
     except RuntimeError as outer:
-        assert first_line(outer) == "ValueError: Unsupported CPU attention configuration: head_dim=16"
+        assert cause_line(outer) == "ValueError: Unsupported CPU attention configuration: head_dim=16"
+        assert named_line(outer) == "RuntimeError: Engine core initialization failed. See root cause above."
+    assert named_line(KeyboardInterrupt()) == "KeyboardInterrupt"  # no text: the type alone
+    assert first_line(ValueError("  \n"), "ValueError") == "ValueError"
+    assert first_line(OSError(" disk full\n  details"), "OSError") == "disk full"
+    assert first_line("  a\nb") == "a"
 
 
 def test_the_model_marker_selects_an_engine_with_or_without_a_model():
@@ -187,9 +202,11 @@ def test_a_rerecord_command_names_the_engine_the_check_ran_on_and_its_arguments_
     assert rerecord_command({}, environ={}).flags_line() == ""
 
 
-def test_the_header_names_the_engine_and_what_does_not_apply_there():
-    from pytest_llmdet.header import engine_line
+def engine_line(settings: Settings) -> str | None:
+    return engine_kind(settings.engine).header_line(settings)
 
+
+def test_the_header_names_the_engine_and_what_does_not_apply_there():
     assert engine_line(Settings()) is None
     assert engine_line(Settings(engine="vllm", vllm_args=(("enforce_eager", True),))) == (
         "llmdet: engine vllm (vLLM's offline LLM in this process; llm_vllm_args enforce_eager=True; llm_device "
@@ -206,3 +223,79 @@ def test_the_threads_factor_does_not_apply_where_torchs_thread_count_is_pinned(m
 
     monkeypatch.setattr(torch, "set_num_threads", lambda count: None)  # what vLLM's CPU worker does in-process
     assert engine_module._thread_count_settable(torch.get_num_threads() + 1) is False
+
+
+# -- the engine kinds ------------------------------------------------------------------------------------------
+
+def test_there_is_one_kind_for_each_engine_the_settings_allow():
+    assert tuple(KINDS) == ENGINES
+    assert all(engine_kind(name).name == name for name in ENGINES)
+
+
+def test_each_engines_spec_holds_only_the_settings_it_uses():
+    settings = Settings(device_map="balanced", vllm_args=(("enforce_eager", True),), base_url="http://h:1/v1",
+                        served_model="m", api_key_env="KEY", request_timeout=5.0)
+    assert engine_kind("transformers").options(settings) == TransformersOptions("balanced")
+    assert engine_kind("vllm").options(settings) == VLLMOptions((("enforce_eager", True),))
+    assert engine_kind("openai").options(settings) == ServerOptions("http://h:1/v1", "m", "KEY", 5.0)
+    source = ModelSource("embedded", "/m", "m")
+    # one model on one engine is one spec, whatever the other engines' settings are
+    assert ModelSpec(source, options=engine_kind("vllm").options(settings)) == \
+        ModelSpec(source, options=engine_kind("vllm").options(Settings(vllm_args=(("enforce_eager", True),))))
+    assert ModelSpec(source, options=VLLMOptions()).engine == "vllm"
+    assert ModelSpec(source).engine == "transformers" and ModelSpec(source).device_map is None
+    assert ModelSpec(source, options=TransformersOptions("auto")).device_map == "auto"
+    assert ModelSpec(source, options=ServerOptions("http://h:1/v1")).device_map is None
+
+
+def test_the_openai_engine_needs_a_url_at_startup_and_when_a_marker_chooses_it():
+    check_settings(Settings())  # transformers needs nothing
+    check_settings(Settings(engine="vllm"))
+    check_settings(Settings(engine="openai", base_url="http://h:1/v1"))
+    with pytest.raises(SettingsError, match=r"^pytest-llmdet: --llm-engine openai needs the server's URL: set "
+                                            r"--llm-base-url or llm_base_url, such as http://127.0.0.1:8000/v1$"):
+        check_settings(Settings(engine="openai"))
+    with pytest.raises(SettingsError, match=r"^the openai engine needs the server's URL: set --llm-base-url or "
+                                            r"llm_base_url, such as http://127.0.0.1:8000/v1$"):
+        engine_kind("openai").options(Settings())
+
+
+def _loaded(options, details=None, device="cpu"):
+    return LoadedModel(ModelSpec(ModelSource("local", "/models/q", "models/q"), "bfloat16", options=options),
+                       model=None, tokenizer=None, device=device, load_seconds=0.0, details=details)
+
+
+def test_each_engine_names_the_models_it_loaded_in_the_summary():
+    from pytest_llmdet.engines.openai_server import ServerDetails
+    from pytest_llmdet.engines.vllm import VLLMDetails
+
+    def line(loaded):
+        return engine_kind(loaded.spec.engine).loaded_line(loaded)
+
+    assert line(_loaded(TransformersOptions())) == "models/q bfloat16 cpu"
+    assert line(_loaded(TransformersOptions("balanced"), device="cuda:0")) == \
+        "models/q bfloat16 device_map balanced (inputs on cuda:0)"
+    assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20))) == \
+        "models/q bfloat16 on the vllm engine (0.32.0, cpu)"
+    server = ServerDetails(512, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1")
+    assert line(_loaded(ServerOptions("http://u:p@h:1/v1"), server, "server")) == \
+        "models/q on the openai engine: q served by vllm 0.32.0 at http://h:1/v1"
+
+
+def test_the_remote_engines_describe_themselves_for_the_fingerprint():
+    from pytest_llmdet.engines.openai_server import ServerDetails, ServerEngine
+    from pytest_llmdet.engines.vllm import VLLMDetails, VLLMEngine
+
+    where = {"model": "models/q", "source_kind": "local", "location": "/models/q", "revision": None,
+             "compute_capability": None, "device_map": None}
+    vllm = VLLMEngine(_loaded(VLLMOptions((("enforce_eager", True),)), VLLMDetails(512, "0.32.0", "float16", 20)))
+    assert vllm.describe() == {**where, "dtype": "float16", "device": "cpu", "engine": "vllm",
+                               "engine_version": "0.32.0", "engine_arguments": {"enforce_eager": True},
+                               "logprobs": "processed"}
+    assert vllm.max_positions == 512
+    server = ServerEngine(_loaded(ServerOptions("http://h:1/v1"),
+                                  ServerDetails(256, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1"), "server"))
+    assert server.describe() == {**where, "dtype": "unknown", "device": "server", "engine": "openai",
+                                 "engine_version": "vllm 0.32.0", "served_model": "q",
+                                 "logprobs": "as the server computes them (vLLM: its --logprobs-mode)"}
+    assert server.max_positions == 256 and server.server == "the vllm 0.32.0 server at http://h:1/v1"

@@ -17,7 +17,7 @@ PACKAGE = Path(pytest_llmdet.__file__).parent
 # A module may import modules of its own layer's package and of lower layers, never of a higher one; golden and
 # determinism are siblings that never import each other.
 LAYERS = {
-    "base": 0,  # settings, markers, generation, commands, vocabulary, the package itself
+    "base": 0,  # settings, markers, generation, commands, vocabulary, errors, the package itself
     "engines": 1,
     "golden": 2,
     "determinism": 2,
@@ -30,16 +30,17 @@ LAYERS = {
 
 # The modules every pytest run imports (tests/test_llm_fixture.py checks that no other is imported there). startup.py
 # and plugin.py import them past pytest's assertion-rewriting import hook, which would only slow their loading down.
-STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engines.seeding", "pytest_llmdet.hooks",
-                   "pytest_llmdet.hooks.determinism", "pytest_llmdet.hooks.keys", "pytest_llmdet.hooks.state",
-                   "pytest_llmdet.markers", "pytest_llmdet.plugin", "pytest_llmdet.settings",
-                   "pytest_llmdet.startup")
+STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engines.kinds",
+                   "pytest_llmdet.engines.seeding", "pytest_llmdet.hooks", "pytest_llmdet.hooks.determinism",
+                   "pytest_llmdet.hooks.keys", "pytest_llmdet.hooks.state", "pytest_llmdet.markers",
+                   "pytest_llmdet.plugin", "pytest_llmdet.settings", "pytest_llmdet.settings.options",
+                   "pytest_llmdet.settings.values", "pytest_llmdet.startup")
 
 
 def layer_of(module: str) -> str:
     parts = module.split(".")[1:]
     if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "commands",
-                                 "vocabulary", "__init__"):
+                                 "vocabulary", "errors", "__init__"):
         return "base"
     if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin", "startup"):
         return parts[0]
@@ -155,3 +156,47 @@ def test_no_test_file_shares_its_module_name_with_a_file_that_a_pytester_test_wr
                 inner |= {key.value for arg in node.args if isinstance(arg, ast.Dict)
                           for key in arg.keys if isinstance(key, ast.Constant) and isinstance(key.value, str)}
     assert not outer & inner, f"rename the outer test file or the inner one: {sorted(outer & inner)}"
+
+
+def _names_an_engine(node: ast.expr) -> bool:
+    # `engine`, `kind.engine`, `spec.engine`, `settings.engine`: a value that is an engine's name
+    return (isinstance(node, ast.Name) and node.id == "engine") or \
+        (isinstance(node, ast.Attribute) and node.attr == "engine")
+
+
+def _is_words(node: ast.expr) -> bool:
+    # a string, or a tuple, list or set of strings
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, str)
+    return isinstance(node, ast.Tuple | ast.List | ast.Set) and all(_is_words(e) for e in node.elts)
+
+
+def engine_name_comparisons(source: str) -> list[int]:
+    """The lines of `source` that compare an engine's name with a word (`engine == "vllm"`, `spec.engine !=
+    "openai"`, `settings.engine in ("vllm", "openai")`, either way round)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            for left, right, op in zip(sides[:-1], sides[1:], node.ops, strict=True):
+                if not isinstance(op, ast.Eq | ast.NotEq | ast.In | ast.NotIn):
+                    continue
+                if (_names_an_engine(left) and _is_words(right)) or (_names_an_engine(right) and _is_words(left)):
+                    lines.append(node.lineno)
+    return lines
+
+
+def test_the_engine_name_check_finds_each_spelling():
+    source = ('engine == "vllm"\nspec.engine != "openai"\n"vllm" == settings.engine\n'
+              'x.engine in ("vllm", "openai")\nengine not in ["vllm"]\n'
+              'engine == other.engine\nengine is None\nname == "vllm"\nengine == DEFAULT\n')
+    assert engine_name_comparisons(source) == [1, 2, 3, 4, 5]
+
+
+def test_no_module_outside_the_engines_branches_on_an_engines_name():
+    # engines/kinds.py chooses an engine by its name once (`engine_kind(name)`); everything an engine owns is its
+    # kind's, so no other module compares a name with a word. (Comparing two engines' names, as a variant key's
+    # engine with the current one, is data, not a branch on which engine it is.)
+    branching = [f"{name}:{line}" for name, path in modules().items() if layer_of(name) != "engines"
+                 for line in engine_name_comparisons(path.read_text(encoding="utf-8"))]
+    assert branching == []

@@ -419,9 +419,10 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
     result = pytester.runpytest_subprocess("-q", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.seeding pytest_llmdet.hooks "
-        "pytest_llmdet.hooks.determinism pytest_llmdet.hooks.keys pytest_llmdet.hooks.state pytest_llmdet.markers "
-        "pytest_llmdet.plugin pytest_llmdet.settings pytest_llmdet.startup",
+        "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.kinds pytest_llmdet.engines.seeding "
+        "pytest_llmdet.hooks pytest_llmdet.hooks.determinism pytest_llmdet.hooks.keys pytest_llmdet.hooks.state "
+        "pytest_llmdet.markers pytest_llmdet.plugin pytest_llmdet.settings pytest_llmdet.settings.options "
+        "pytest_llmdet.settings.values pytest_llmdet.startup",
     ])
 
 
@@ -600,7 +601,8 @@ def test_a_device_map_is_passed_to_from_pretrained_and_recorded_in_the_fingerpri
 
     monkeypatch.setattr(models, "accelerate_installed", lambda: True)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
-    loaded = models.load_model(models.ModelSpec(models.resolve_source(None, []), device_map="balanced"))
+    loaded = models.load_model(models.ModelSpec(models.resolve_source(None, []),
+                                                options=models.TransformersOptions(device_map="balanced")))
     assert placed == ["balanced"] and loaded.device == "cpu"
     fingerprint = environment_fingerprint(**TransformersEngine(loaded).describe(), generation={}, weights=False)
     assert fingerprint["device_map"] == "balanced"

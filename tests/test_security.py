@@ -13,7 +13,7 @@ from sessions import run
 
 import pytest_llmdet
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, dumps, loads
-from pytest_llmdet.settings import SettingsError, parse_snapshot_dir
+from pytest_llmdet.settings.values import SettingsError, parse_snapshot_dir
 
 pytestmark = pytest.mark.usefixtures("only_this_plugin")
 

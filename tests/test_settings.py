@@ -11,13 +11,15 @@ import pytest
 from sessions import run
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
-from pytest_llmdet.settings import OPTIONS, SEED_MAX, Settings, SettingsError, resolve_settings, threads_max
+from pytest_llmdet.settings import OPTIONS, Settings
+from pytest_llmdet.settings import resolve as resolve_all
+from pytest_llmdet.settings.values import SEED_MAX, SettingsError, threads_max
 
 pytestmark = pytest.mark.usefixtures("only_this_plugin")
 
 
 def resolve(flags=None, ini=None, inipath=None):
-    return resolve_settings(flags or {}, ini or {}, inipath, Path("/invocation"))
+    return resolve_all(flags or {}, ini or {}, inipath, Path("/invocation"))[0]
 
 
 def test_defaults_match_the_documented_ones():

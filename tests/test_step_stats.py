@@ -1,8 +1,11 @@
-"""The per-step recorder gives exactly what the old path gave: `generate(output_scores=True)`, then the
-runner's `_token_statistics` over the kept scores (the reference below, batched over rows)."""
+"""The per-step recorder gives exactly what the old path gave: `generate(output_scores=True)`, then the old
+runner's statistics over the kept scores (the reference, batched over rows: benchmarks/common.py, whose
+benchmarks time that path)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,10 @@ from pytest_llmdet.engines.step_stats import (
     generate_with_stats,
 )
 from pytest_llmdet.generation import Generation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from common import token_statistics as reference_statistics  # noqa: E402
 
 PROMPTS = [
     "Once upon a time",
@@ -54,18 +61,6 @@ def _llm(loaded, inherit_processors: bool = True) -> runner.LLM:
                       inherit_processors=inherit_processors)
 
 
-def reference_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int, row: int) -> tuple[list, ...]:
-    """The old runner's `_token_statistics`, for one row of a batch."""
-    logprobs = torch.log_softmax(torch.stack(scores)[:, row, :].float(), dim=-1)
-    top = torch.topk(logprobs, k=min(max(2, top_k), logprobs.shape[-1]), dim=-1)
-    best = top.values
-    margins = (best[:, 0] - best[:, 1]) if best.shape[-1] >= 2 else torch.full_like(best[:, 0], float("inf"))
-    chosen = logprobs.gather(1, new_ids[: logprobs.shape[0]].unsqueeze(1)).squeeze(1)
-    if not top_k:
-        return margins.tolist(), chosen.tolist(), None, None
-    return margins.tolist(), chosen.tolist(), top.indices[:, :top_k].tolist(), best[:, :top_k].tolist()
-
-
 def old_generate(llm: runner.LLM, prompt: Any, capture: int, **overrides: Any) -> dict[str, Any]:
     """What `LLM.generate` recorded before: the scores of every step kept, then the statistics over them."""
     plan = plan_generation(llm.engine.generation_config, max_new_tokens=llm.max_new_tokens,
@@ -80,8 +75,6 @@ def old_generate(llm: runner.LLM, prompt: Any, capture: int, **overrides: Any) -
                                     generation_config=config)
     new_ids = output.sequences[0, len(prompt_ids):]
     margins, logprobs, top_ids, top_logprobs = reference_statistics(output.scores, new_ids, capture, 0)
-    # The runner's own function, kept for the benchmarks, still agrees with this reference.
-    assert hf._token_statistics(output.scores, new_ids, capture) == (margins, logprobs, top_ids, top_logprobs)
     return {"token_ids": new_ids.tolist(), "margins": margins, "logprobs": logprobs, "top_k_ids": top_ids,
             "top_k_logprobs": top_logprobs}
 

@@ -1,7 +1,9 @@
 """The model under test, without pytest: an engine loads a model and generates with a forced-greedy plan;
 `engines.llm.LLM` (the `llm` fixture's object) and the batch probe talk to it only through the verbs below.
 
+    engines/kinds.py         each engine by name: its settings, header line, loading (the one place a name is read)
     engines/transformers.py  the transformers engine (from_pretrained, generate, per-step statistics)
+    engines/vllm.py          vLLM's offline LLM;  engines/openai_server.py  an OpenAI-compatible server
     engines/models.py        which model, from where; loading once per session with clear errors
     engines/prompts.py       what a prompt may be: checked, and recorded as plain data
     engines/greedy.py        the forced-greedy plan: kept, dropped and refused generation-config fields
@@ -10,7 +12,7 @@
     engines/fingerprint.py   the environment fingerprint of a golden file
     engines/variation.py     a variation: one change a factor of the determinism check asks an engine for
 
-A new engine (vLLM, an OpenAI-compatible server) is a new module with the same verbs.
+A new engine is a new module with the same verbs, and its kind in engines/kinds.py.
 """
 
 from __future__ import annotations

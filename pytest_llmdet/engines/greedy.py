@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_llmdet.settings import SEED_MAX
+from pytest_llmdet.settings.values import SEED_MAX
 
 # Fields that only matter when sampling: never inherited on the greedy path.
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "typical_p", "min_p", "top_h", "epsilon_cutoff", "eta_cutoff")

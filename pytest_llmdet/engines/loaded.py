@@ -75,3 +75,15 @@ class LoadedEngine:
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    def describe(self) -> dict[str, Any]:
+        """What the environment fingerprint records of this engine (engines.fingerprint): the model and where it
+        comes from, and what `described` says of how it generates."""
+        source = self.spec.source
+        return {"model": source.name, "source_kind": source.kind, "location": source.location, "revision": None,
+                "compute_capability": None, "device_map": None, **self.described()}
+
+    def described(self) -> dict[str, Any]:
+        """This engine's own part of `describe`: its dtype and device, and on an engine other than transformers
+        its name, version and how its log-probs are computed."""
+        raise NotImplementedError

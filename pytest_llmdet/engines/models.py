@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pytest_llmdet.errors import first_line
 
 EMBEDDED_MODEL_DIR = Path(__file__).parent.parent / "embedded_model"  # pytest_llmdet/embedded_model
 EMBEDDED_MODEL_NAME = "pytest-llmdet/embedded-tiny-qwen2"
@@ -38,6 +40,39 @@ class ModelSource:
         return f"{self.name} (hub)"
 
 
+# What each engine takes of the settings (engines/kinds.py builds them): only what it uses, so that one model on
+# one engine is one spec.
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """The transformers engine's own settings."""
+
+    engine: ClassVar[str] = "transformers"
+    device_map: str | None = None  # accelerate's device map (auto, balanced, ...): the spec's device is then unused
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """The vllm engine's own settings."""
+
+    engine: ClassVar[str] = "vllm"
+    arguments: tuple[tuple[str, Any], ...] = ()  # of vllm.LLM, sorted by key (llm_vllm_args)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """The openai engine's own settings: the server and how it is asked."""
+
+    engine: ClassVar[str] = "openai"
+    base_url: str = field(repr=False)  # the server's API (it may hold a password)
+    served_model: str | None = None  # the served model's name, when the server does not name it like ours
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable of the key (never the key itself)
+    request_timeout: float = 60.0  # seconds a request may take
+
+
+EngineOptions = TransformersOptions | VLLMOptions | ServerOptions
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything that makes two loaded models different: each distinct spec is loaded once per session."""
@@ -46,13 +81,17 @@ class ModelSpec:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
-    device_map: str | None = None  # accelerate's device map (auto, balanced, ...): `device` is then not used
-    engine: str = "transformers"  # what generates: transformers, vllm or openai (engines/registry.py)
-    engine_args: tuple[tuple[str, Any], ...] = ()  # vllm: arguments of vllm.LLM, sorted by key
-    base_url: str | None = field(default=None, repr=False)  # openai: the server's API (it may hold a password)
-    served_model: str | None = None  # openai: the served model's name, when the server does not name it like ours
-    api_key_env: str = "OPENAI_API_KEY"  # openai: the environment variable of the key (never the key itself)
-    request_timeout: float = 60.0  # openai: seconds a request may take
+    options: EngineOptions = TransformersOptions()  # the engine that generates, with its own settings
+
+    @property
+    def engine(self) -> str:
+        """The name of the engine that generates: transformers, vllm or openai (engines/kinds.py)."""
+        return self.options.engine
+
+    @property
+    def device_map(self) -> str | None:
+        """accelerate's device map that places the model (the transformers engine's; None on the others)."""
+        return self.options.device_map if isinstance(self.options, TransformersOptions) else None
 
 
 _WHAT_TO_SET = "--llm-model / llm_model (or @pytest.mark.llm_model)"
@@ -144,8 +183,9 @@ def resolve_device(device: str, worker: str | None = None) -> str:
 @dataclass
 class LoadedModel:
     """A model and its tokenizer, loaded once and shared by every test that asks for the same spec. On the vllm
-    engine `model` is the vllm.LLM, on the openai engine the client of the server; `details` hold what the
-    engine says of itself (its version, the served model)."""
+    engine `model` is the vllm.LLM, on the openai engine the client of the server; `details` are what the
+    engine learned of itself as it loaded, frozen (engines/vllm.VLLMDetails, engines/openai_server.ServerDetails;
+    None on transformers)."""
 
     spec: ModelSpec
     model: Any
@@ -153,7 +193,8 @@ class LoadedModel:
     device: str
     load_seconds: float
     generation_config: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Any = None
+    unavailable: str | None = None  # why the engine stopped answering (a server gone): later calls fail at once
 
 
 def accelerate_installed() -> bool:
@@ -205,7 +246,7 @@ def load_model(spec: ModelSpec, worker: str | None = None) -> LoadedModel:
 
 def _explain_load_failure(source: ModelSource, error: Exception) -> str:
     """One line: what was tried, why it failed (the first line of the error), what to do."""
-    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = first_line(error, type(error).__name__)
     if source.kind == "hub":
         if _hub_offline() and not _in_hub_cache(source.location):
             return (f"model {source.name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 is set, so "
@@ -213,12 +254,12 @@ def _explain_load_failure(source: ModelSource, error: Exception) -> str:
                     f", or point {_WHAT_TO_SET} at a local model directory")
         if _hub_offline():
             return (f"could not load model {source.name!r} from the local Hugging Face cache (HF_HUB_OFFLINE=1 is "
-                    f"set): {type(error).__name__}: {first_line}; download it again where there is network "
+                    f"set): {type(error).__name__}: {first}; download it again where there is network "
                     f"(hf download {source.location}), or point {_WHAT_TO_SET} at a local model directory")
         return (f"could not load model {source.name!r} from the Hugging Face hub: {type(error).__name__}: "
-                f"{first_line}; if the machine is offline, download the model once and point {_WHAT_TO_SET} at "
+                f"{first}; if the machine is offline, download the model once and point {_WHAT_TO_SET} at "
                 "its directory, or set HF_HUB_OFFLINE=1 with the model in the local cache")
-    return (f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first_line}; "
+    return (f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first}; "
             "the directory must hold what save_pretrained writes (config.json, weights, tokenizer files)")
 
 

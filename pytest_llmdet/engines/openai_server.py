@@ -11,14 +11,16 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
-from pytest_llmdet.engines.remote import RemoteEngine, first_line, is_usage_error, load_local_side
+from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
-from pytest_llmdet.settings import url_without_credentials
+from pytest_llmdet.errors import cause_line, first_line
+from pytest_llmdet.settings.values import url_without_credentials
 
 INSTALL = "pip install 'pytest-llmdet[openai]'"
 TOKEN_ID_PREFIX = "token_id:"  # how return_tokens_as_token_ids spells a token
@@ -38,7 +40,7 @@ def import_openai() -> Any:
         import openai
     except ImportError as error:
         raise ModelLoadError(f"llm_engine = openai needs the openai client, which is not installed "
-                             f"({first_line(error)}): {INSTALL}") from None
+                             f"({cause_line(error)}): {INSTALL}") from None
     return openai
 
 
@@ -72,13 +74,13 @@ def choose_served_model(served: list[str], spec: ModelSpec) -> str:
     written, its folder, or the folder's name); ModelLoadError listing what is served otherwise. A server that
     serves another model under the only name it has is not taken for this one: its tokens would be recorded
     or compared as this model's."""
-    url = shown_url(spec.base_url or "")
+    named = spec.options.served_model
+    url = shown_url(spec.options.base_url)
     listed = ", ".join(served) if served else "none"
-    if spec.served_model is not None:
-        if spec.served_model in served:
-            return spec.served_model
-        raise ModelLoadError(f"the server at {url} does not serve llm_served_model = {spec.served_model!r}; "
-                             f"it serves: {listed}")
+    if named is not None:
+        if named in served:
+            return named
+        raise ModelLoadError(f"the server at {url} does not serve llm_served_model = {named!r}; it serves: {listed}")
     source = spec.source
     wanted = {source.name, source.location, os.path.basename(source.location.rstrip("/"))}
     matches = [name for name in served if name in wanted or os.path.basename(name.rstrip("/")) in wanted]
@@ -100,45 +102,56 @@ def api_reason(error: Exception) -> str:
         message = body["error"].get("message", message)
     if status is not None:
         text = str(message if message is not None else getattr(error, "message", "") or "").strip()
-        return f"HTTP {status}" + (f": {(text.splitlines() or [''])[0]}" if text else "")
-    return first_line(error)
+        return f"HTTP {status}" + (f": {first_line(text)}" if text else "")
+    return cause_line(error)
+
+
+@dataclass(frozen=True)
+class ServerDetails(RemoteDetails):
+    """What the server said of itself when the engine connected."""
+
+    served_model: str  # the name it serves the model under
+    label: str  # who serves it, and the version: "vllm 0.32.0"
+    version: str | None  # what its /version says (None: it has no such endpoint)
+    url: str  # its URL as messages show it (no password)
 
 
 def connect(spec: ModelSpec) -> LoadedModel:
-    """Reach the server at `spec.base_url` once (bounded by the request timeout, no retry), learn what it
+    """Reach the server at the spec's base_url once (bounded by the request timeout, no retry), learn what it
     serves and its version, and check with a one-token request that it answers with token IDs and log-probs.
     Every failure is a ModelLoadError, which the model pool remembers: the tests that need the server error
     with it, and the server is not asked again."""
     started = time.perf_counter()
     openai = import_openai()
     tokenizer, generation_config, limit = load_local_side(spec)
-    shown = shown_url(spec.base_url or "")
+    server = spec.options  # its repr leaves the URL out
+    shown = shown_url(server.base_url)
     # No local variable holds the key or the URL's password: a traceback with -l shows frame locals.
-    client = openai.OpenAI(base_url=spec.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY",
-                           timeout=spec.request_timeout, max_retries=RETRIES)  # no key: a server without --api-key
+    client = openai.OpenAI(base_url=server.base_url, api_key=os.environ.get(server.api_key_env) or "EMPTY",
+                           timeout=server.request_timeout, max_retries=RETRIES)  # no key: a server without --api-key
     try:
         listed = client.with_options(max_retries=0).models.list().data
     except openai.APIConnectionError as error:
-        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({first_line(error)}; a request "
-                             f"waits at most {spec.request_timeout:g} s, llm_request_timeout): {START_HINT}") from None
+        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({cause_line(error)}; a "
+                             f"request waits at most {server.request_timeout:g} s, llm_request_timeout): "
+                             f"{START_HINT}") from None
     except openai.AuthenticationError:
-        raise ModelLoadError(f"the server at {shown} refused the API key (read from ${spec.api_key_env}, "
-                             f"{'set' if os.environ.get(spec.api_key_env) else 'not set'}): set it to the key "
+        raise ModelLoadError(f"the server at {shown} refused the API key (read from ${server.api_key_env}, "
+                             f"{'set' if os.environ.get(server.api_key_env) else 'not set'}): set it to the key "
                              "the server was started with, or name another variable with llm_api_key_env") from None
     except Exception as error:  # noqa: BLE001 - an API error, or an answer that is not a model list
-        reason = api_reason(error) if isinstance(error, openai.APIError) else first_line(error)
+        reason = api_reason(error) if isinstance(error, openai.APIError) else cause_line(error)
         raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {reason}); is it an "
                              "OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
     served = choose_served_model([str(getattr(model, "id", "")) for model in listed], spec)
     owner = next((str(getattr(model, "owned_by", "") or "") for model in listed if model.id == served), "")
-    version = server_version(client, spec.request_timeout)
+    version = server_version(client, server.request_timeout)
     label = " ".join(part for part in (owner or "server", version) if part)
     max_model_len = next((getattr(model, "max_model_len", None) for model in listed if model.id == served), None)
     if isinstance(max_model_len, int):
         limit = max_model_len if limit is None else min(limit, max_model_len)
     loaded = LoadedModel(spec, client, tokenizer, "server", 0.0, generation_config,
-                         details={"max_positions": limit, "served_model": served, "label": label,
-                                  "version": version, "url": shown})
+                         ServerDetails(limit, served, label, version, shown))
     engine = ServerEngine(loaded)
     probe = engine.encode("Hello")[:8] or [0]
     try:
@@ -155,13 +168,16 @@ class ServerEngine(RemoteEngine):
     kind = "openai"
 
     @property
+    def details(self) -> ServerDetails:
+        return self.loaded.details
+
+    @property
     def served_model(self) -> str:
-        return self.loaded.details["served_model"]
+        return self.details.served_model
 
     @property
     def server(self) -> str:
-        details = self.loaded.details
-        return f"the {details['label']} server at {details['url']}"
+        return f"the {self.details.label} server at {self.details.url}"
 
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None, seed: int = 0) -> list[RowOutput]:
@@ -184,9 +200,8 @@ class ServerEngine(RemoteEngine):
         `fields["logprobs"]` candidates. A server that stopped answering is remembered: later calls fail at once."""
         import openai
 
-        details = self.loaded.details
-        if details.get("gone"):
-            raise EngineError(f"{self.server} stopped answering earlier in this session ({details['gone']}); "
+        if self.loaded.unavailable:
+            raise EngineError(f"{self.server} stopped answering earlier in this session ({self.loaded.unavailable}); "
                               "it is not asked again")
         extra = {name: fields[name] for name in _EXTRA_FIELDS if name in fields}
         extra.update(return_token_ids=True, return_tokens_as_token_ids=True)
@@ -197,29 +212,29 @@ class ServerEngine(RemoteEngine):
                 model=self.served_model, prompt=prompt_ids, max_tokens=fields["max_tokens"], n=1, echo=False,
                 stream=False, logprobs=fields["logprobs"], extra_body=extra, **standard)
         except openai.APIConnectionError as error:  # a timeout too
-            details["gone"] = first_line(error)
-            raise EngineError(f"{self.server} did not answer ({first_line(error)}; a request waits at most "
-                              f"{self.spec.request_timeout:g} s, llm_request_timeout, and is retried {RETRIES} "
+            self.loaded.unavailable = cause_line(error)
+            raise EngineError(f"{self.server} did not answer ({cause_line(error)}; a request waits at most "
+                              f"{self.spec.options.request_timeout:g} s, llm_request_timeout, and is retried {RETRIES} "
                               "time); is it still running?") from None
         except openai.APIError as error:
             raise EngineError(f"{self.server} refused the request: {api_reason(error)}") from None
         except Exception as error:  # noqa: BLE001 - an answer the client cannot read (not JSON, say)
             raise EngineError(f"{self.server} answered with something that is not a completion: "
-                              f"{first_line(error)}") from None
+                              f"{cause_line(error)}") from None
         try:
             return self._parse(response, prompt_ids, fields["logprobs"])
         except EngineError:
             raise
         except Exception as error:  # noqa: BLE001 - a completion of another shape
             raise EngineError(f"{self.server} answered with a completion pytest-llmdet cannot read "
-                              f"({first_line(error)}); it needs choices[0] with token_ids and logprobs "
+                              f"({cause_line(error)}); it needs choices[0] with token_ids and logprobs "
                               "(tokens, token_logprobs, top_logprobs)") from None
 
     def _parse(self, response: Any, prompt_ids: list[int], wanted: int) -> tuple[list[int], list[dict[int, float]]]:
         choice = response.choices[0]
         extra = getattr(choice, "model_extra", None) or {}
         token_ids = extra.get("token_ids", getattr(choice, "token_ids", None))
-        version = self.loaded.details.get("version")
+        version = self.details.version
         if not isinstance(token_ids, list):
             raise EngineError(
                 f"{self.server} (/version: {version or 'not served'}) returned no token IDs: its completion has no "
@@ -258,11 +273,7 @@ class ServerEngine(RemoteEngine):
             steps.append(step)
         return [int(token) for token in token_ids], steps
 
-    def describe(self) -> dict[str, Any]:
-        source = self.spec.source
-        details = self.loaded.details
-        return {"model": source.name, "source_kind": source.kind, "location": source.location, "revision": None,
-                "dtype": "unknown", "device": "server", "compute_capability": None, "device_map": None,
-                "engine": "openai", "engine_version": details.get("label"),
-                "served_model": details.get("served_model"),
+    def described(self) -> dict[str, Any]:
+        return {"dtype": "unknown", "device": "server", "engine": self.kind, "engine_version": self.details.label,
+                "served_model": self.details.served_model,
                 "logprobs": "as the server computes them (vLLM: its --logprobs-mode)"}

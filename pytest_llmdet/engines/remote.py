@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError
 from pytest_llmdet.engines.loaded import LoadedEngine, position_limit
 from pytest_llmdet.engines.models import ModelLoadError, ModelSpec
 from pytest_llmdet.engines.variation import Variation, VariationError
+from pytest_llmdet.errors import first_line
 
 
 def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
@@ -32,7 +34,7 @@ def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
         except OSError:  # no generation_config.json: the model's config provides the token ids
             generation = GenerationConfig.from_model_config(config).to_diff_dict()
     except Exception as error:  # noqa: BLE001 - any failure here becomes one clear message
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error, type(error).__name__)
         raise ModelLoadError(
             f"could not read the tokenizer and config of model {source.name!r} from {source.location} (the "
             f"{spec.engine} engine tokenizes prompts locally): {type(error).__name__}: {first}") from error
@@ -44,15 +46,22 @@ def load_local_side(spec: ModelSpec) -> tuple[Any, dict[str, Any], int | None]:
     return tokenizer, generation, limit
 
 
+@dataclass(frozen=True)
+class RemoteDetails:
+    """What a remote engine learned of its model as it loaded (each engine adds its own)."""
+
+    max_positions: int | None  # prompt plus new tokens: the least of the model's config and the engine's limit
+
+
 class RemoteEngine(LoadedEngine):
     """The verbs that do not generate, over a LoadedModel whose tokenizer and generation config were read
-    locally (`details["max_positions"]`: the position limit)."""
+    locally and whose details are RemoteDetails."""
 
     kind = "remote"
 
     @property
     def max_positions(self) -> int | None:
-        return self.loaded.details.get("max_positions")
+        return self.loaded.details.max_positions
 
     @property
     def vocabulary_size(self) -> int:
@@ -79,20 +88,6 @@ class RemoteEngine(LoadedEngine):
     def varied(self, variation: Variation) -> Iterator[None]:
         raise VariationError(self.cannot_vary(variation) or "")
         yield  # pragma: no cover - a generator, for contextmanager
-
-
-def first_line(error: BaseException) -> str:
-    """The innermost cause of an error, in one line: `Type: message` (an engine's own reason, not the chain
-    of wrappers around it)."""
-    seen = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        inner = error.__cause__ or error.__context__
-        if inner is None:
-            break
-        error = inner
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def is_usage_error(excinfo: Any) -> bool:

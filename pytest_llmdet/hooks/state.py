@@ -9,17 +9,16 @@ nothing for them (the import-cost benchmark in benchmarks/bench_import.py).
 
 from __future__ import annotations
 
-import os
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_llmdet.settings import Settings, SettingsError, SnapshotSettings
+from pytest_llmdet.settings import Settings, SnapshotSettings
 
 if TYPE_CHECKING:
     from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
-    from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSpec
+    from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSource, ModelSpec
 
 
 class DeterminismState:
@@ -68,8 +67,8 @@ class LLMDetSession:
     @cached_property
     def pool(self) -> ModelPool:
         """The models loaded so far."""
+        from pytest_llmdet.engines.kinds import load
         from pytest_llmdet.engines.models import ModelPool
-        from pytest_llmdet.engines.registry import load
 
         return ModelPool(worker=self.worker, load=load)
 
@@ -82,62 +81,51 @@ class LLMDetSession:
 
     @property
     def snapshots_on(self) -> bool:
-        """Whether this run compares or records golden files (--llm-snapshot, --llm-snapshot-review or
-        --llm-snapshot-update); hooks/snapshots.py's plugin is then registered."""
+        """Whether this run compares or records golden files (hooks/snapshots.py's plugin is then registered)."""
         return self.snapshot_settings.mode != "off"
 
     # -- models ------------------------------------------------------------------------------------------
 
     def default_spec(self) -> ModelSpec:
-        from pytest_llmdet.engines.models import ModelSpec, resolve_source
+        """The spec of the run's model (llm_model) on the run's engine."""
+        from pytest_llmdet.engines.kinds import engine_kind
+        from pytest_llmdet.engines.models import ModelSpec
 
         s = self.settings
-        base_dirs = [s.model_base_dir] if s.model_base_dir else []
-        fields = {"device_map": s.device_map, **self._engine_fields(s.engine)}
-        return ModelSpec(resolve_source(s.model, base_dirs + [self.rootdir]), s.dtype, s.device,
-                         s.trust_remote_code, **fields)
-
-    def _engine_fields(self, engine: str) -> dict[str, Any]:
-        """The spec fields of `engine`: only those it uses, so that one model on one engine is one spec."""
-        s = self.settings
-        if engine == "vllm":
-            return {"engine": engine, "engine_args": s.vllm_args, "device_map": None}
-        if engine == "openai":
-            if s.base_url is None:
-                raise SettingsError("the openai engine needs the server's URL: set --llm-base-url or "
-                                    "llm_base_url, such as http://127.0.0.1:8000/v1")
-            return {"engine": engine, "base_url": s.base_url, "served_model": s.served_model,
-                    "api_key_env": s.api_key_env,
-                    "request_timeout": s.request_timeout, "device_map": None}
-        return {}
+        return ModelSpec(self._run_model(), s.dtype, s.device, s.trust_remote_code, engine_kind(s.engine).options(s))
 
     def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
         """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
+        from pytest_llmdet.engines.kinds import engine_kind
         from pytest_llmdet.engines.models import ModelSpec, resolve_source
         from pytest_llmdet.markers import model_choice
 
-        choice = model_choice(args, kwargs, self.settings)
-        if choice.name is None:  # @pytest.mark.llm_model(engine=...): the run's model on another engine
-            base_dirs = [self.settings.model_base_dir] if self.settings.model_base_dir else []
-            source = resolve_source(self.settings.model, base_dirs + [self.rootdir])
-        else:
-            source = resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
-        fields = {"device_map": self.settings.device_map, **self._engine_fields(choice.engine)}
-        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code, **fields)
+        choice = model_choice(args, kwargs, self.settings)  # no name (engine=... alone): the run's model
+        source = self._run_model() if choice.name is None else \
+            resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
+        return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code,
+                         engine_kind(choice.engine).options(self.settings))
+
+    def _run_model(self) -> ModelSource:
+        from pytest_llmdet.engines.models import resolve_source
+
+        base_dirs = [self.settings.model_base_dir] if self.settings.model_base_dir else []
+        return resolve_source(self.settings.model, base_dirs + [self.rootdir])
 
     def llm_for(self, spec: ModelSpec) -> LLM:
         """A handle on the model of `spec`, loaded on first use, with every random source seeded."""
+        from pytest_llmdet.engines.kinds import engine_kind
         from pytest_llmdet.engines.llm import LLM
-        from pytest_llmdet.engines.registry import engine_for
         from pytest_llmdet.engines.seeding import configure_torch, seed_everything
 
         if not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
             self._torch_configured = True
-        loaded = self.pool.get(spec)
-        seed_everything(self.settings.seed)
-        return LLM(engine_for(loaded), seed=self.settings.seed, max_new_tokens=self.settings.max_new_tokens,
-                   inherit_processors=self.settings.inherit_processors, stats=self.stats)
+        engine = engine_kind(spec.engine).engine_for(self.pool.get(spec))
+        s = self.settings
+        seed_everything(s.seed)
+        return LLM(engine, seed=s.seed, max_new_tokens=s.max_new_tokens, inherit_processors=s.inherit_processors,
+                   stats=self.stats)
 
     def fingerprint_for(self, llm: LLM, weights: bool = True) -> dict[str, Any]:
         """The environment fingerprint of the model behind `llm` (computed once per model); `weights=False`
@@ -155,25 +143,13 @@ class LLMDetSession:
                 eos_token_ids=sorted(eos if isinstance(eos, list) else [] if eos is None else [eos]))
         return self._fingerprints[key]
 
-    # -- paths -------------------------------------------------------------------------------------------
-
-    def display(self, path: Path) -> str:
-        """A path as the user reads it: relative to where pytest was started, when it lies below."""
-        try:
-            return os.path.relpath(path, self.invocation_dir) if path.is_relative_to(self.invocation_dir) \
-                else str(path)
-        except ValueError:
-            return str(path)
-
     def worker_data(self) -> dict[str, Any]:
         """What this process loaded and generated: the session's share, which an xdist worker sends the controller
         (hooks/workers.py)."""
         loaded = self.pool.loaded.values() if "pool" in self.__dict__ else ()
         stats = self.stats if "stats" in self.__dict__ else None
-        return {
-            "loads": [{"model": describe_loaded(m), "seconds": m.load_seconds, "worker": self.worker} for m in loaded],
-            "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0},
-        }
+        return {"loads": [{"model": loaded_line(m), "seconds": m.load_seconds, "worker": self.worker} for m in loaded],
+                "generations": {"count": stats.count if stats else 0, "seconds": stats.seconds if stats else 0.0}}
 
     def merge_worker(self, data: dict[str, Any]) -> None:
         """On the controller: add what one xdist worker loaded and generated."""
@@ -188,17 +164,11 @@ class LLMDetSession:
         return own["loads"] + self.worker_loads, generations
 
 
-def describe_loaded(loaded: LoadedModel) -> str:
-    """One line naming a loaded model: name, dtype and the device it was put on (`auto` resolved), or the
-    device map that placed it."""
-    spec = loaded.spec
-    if spec.engine == "openai":
-        return f"{spec.source.name} on the openai engine: {loaded.details.get('served_model')} served by " \
-               f"{loaded.details.get('label')} at {loaded.details.get('url')}"
-    if spec.engine == "vllm":
-        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.get('version')}, {loaded.device})"
-    where = loaded.device if spec.device_map is None else f"device_map {spec.device_map} (inputs on {loaded.device})"
-    return f"{spec.source.name} {spec.dtype} {where}"
+def loaded_line(loaded: LoadedModel) -> str:
+    """One line naming a loaded model, as its engine writes it: name, dtype and where it runs."""
+    from pytest_llmdet.engines.kinds import engine_kind
+
+    return engine_kind(loaded.spec.engine).loaded_line(loaded)
 
 
-__all__ = ["DeterminismState", "LLMDetSession", "describe_loaded"]
+__all__ = ["DeterminismState", "LLMDetSession", "loaded_line"]
