@@ -56,7 +56,7 @@ import contextlib, functools, inspect, io, sys, time
 import pytest
 from _pytest.config import PytestPluginManager
 started = time.perf_counter()
-import pytest_llmdet.startup
+import pytest_llmdet.plugin
 import pytest_llmdet.hooks.determinism
 imported = time.perf_counter() - started
 heavy = [m for m in ('torch', 'transformers', 'filelock') if m in sys.modules]
@@ -73,7 +73,7 @@ def timed(function, slot):
                 spent[slot] += time.perf_counter() - began
     return wrapper
 
-for module in (pytest_llmdet.startup, pytest_llmdet.hooks.determinism):
+for module in (pytest_llmdet.plugin, pytest_llmdet.hooks.determinism):
     for name, value in list(vars(module).items()):
         if name.startswith('pytest_') and inspect.isfunction(value) and not inspect.isgeneratorfunction(value):
             setattr(module, name, timed(value, 0))

@@ -5,51 +5,27 @@ pytest imports this module in every run of every project where the plugin is ins
 the settings: torch, transformers and filelock, and the model, golden-file and report code too, are imported
 inside the fixtures and hooks that need them (benchmarks/bench_import.py measures what is left).
 
-pytest loads this module itself, through its assertion-rewriting import hook; it holds no assert, and with
-PYTEST_DONT_REWRITE pytest does not walk its syntax tree for asserts either, which it would do on every run
-where it cannot cache the result (PYTHONDONTWRITEBYTECODE=1)."""
+It is the `pytest11` entry point. Like every module of the package it is a plain import, past pytest's
+assertion-rewriting hook (pytest_llmdet/__init__.py says why); PYTEST_DONT_REWRITE tells pytest not to warn that
+it was imported before pytest could rewrite it."""
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-
-@contextmanager
-def _without_assertion_rewriting() -> Iterator[None]:
-    """Import the startup modules with pytest's assertion-rewriting import hook set aside.
-
-    pytest rewrites every module of a plugin installed from a wheel and loads each from its own bytecode cache
-    with `marshal.load` on an open file, which makes a Python call for every few bytes of the code: more than
-    ten times the instructions of a normal import, about 15 million for these modules (a third of what the
-    plugin added to a `pytest --co` run). They hold no assert statement (tests/test_layout.py checks it), so
-    rewriting them changes nothing; the modules imported later, when a test needs them, are still rewritten."""
-    hooks = [(i, finder) for i, finder in enumerate(sys.meta_path)
-             if type(finder).__name__ == "AssertionRewritingHook"]
-    for _, finder in reversed(hooks):
-        sys.meta_path.remove(finder)
-    try:
-        yield
-    finally:
-        for i, finder in hooks:
-            sys.meta_path.insert(i, finder)
-
-
-with _without_assertion_rewriting():
-    from pytest_llmdet.engines.kinds import check_settings
-    from pytest_llmdet.engines.seeding import prepare_cuda_environment
-    from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
-    from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY, SHARES_KEY, SNAPSHOT_PLUGIN_KEY
-    from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
-    from pytest_llmdet.markers import MARKERS
-    from pytest_llmdet.settings import OPTIONS, in_ci, resolve
-    from pytest_llmdet.settings.values import SettingsError
+from pytest_llmdet.engines.kinds import check_settings
+from pytest_llmdet.engines.seeding import prepare_cuda_environment
+from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
+from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY, SHARES_KEY, SNAPSHOT_PLUGIN_KEY
+from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
+from pytest_llmdet.markers import MARKERS
+from pytest_llmdet.settings import OPTIONS, in_ci, resolve
+from pytest_llmdet.settings.values import SettingsError
 
 if TYPE_CHECKING:
     from pytest_llmdet.engines.llm import LLM

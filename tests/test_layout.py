@@ -24,17 +24,7 @@ LAYERS = {
     "top": 3,  # json_report, review, header, __main__, reports/
     "hooks": 4,
     "plugin": 5,
-    "startup": 6,  # the pytest11 entry point: plugin.py, imported past assertion rewriting
 }
-
-
-# The modules every pytest run imports (tests/test_llm_fixture.py checks that no other is imported there). startup.py
-# and plugin.py import them past pytest's assertion-rewriting import hook, which would only slow their loading down.
-STARTUP_MODULES = ("pytest_llmdet", "pytest_llmdet.engines", "pytest_llmdet.engines.kinds",
-                   "pytest_llmdet.engines.seeding", "pytest_llmdet.hooks", "pytest_llmdet.hooks.determinism",
-                   "pytest_llmdet.hooks.keys", "pytest_llmdet.hooks.state", "pytest_llmdet.markers",
-                   "pytest_llmdet.plugin", "pytest_llmdet.settings", "pytest_llmdet.settings.options",
-                   "pytest_llmdet.settings.values", "pytest_llmdet.startup")
 
 
 def layer_of(module: str) -> str:
@@ -42,7 +32,7 @@ def layer_of(module: str) -> str:
     if not parts or parts[0] in ("settings", "markers", "generation", "divergence", "versions", "commands",
                                  "vocabulary", "errors", "__init__"):
         return "base"
-    if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin", "startup"):
+    if parts[0] in ("engines", "golden", "determinism", "hooks", "plugin"):
         return parts[0]
     return "top"
 
@@ -112,14 +102,6 @@ def test_no_private_name_is_imported_across_modules():
                 private += [f"{name} imports {node.module}.{a.name}" for a in node.names
                             if a.name.startswith("_") and not a.name.startswith("__")]
     assert private == []
-
-
-def test_the_startup_modules_hold_no_assert_statement():
-    # pytest's assertion rewriting would change nothing in them: so plugin.py may import them without it.
-    asserts = [f"{name}:{node.lineno}" for name in STARTUP_MODULES
-               for node in ast.walk(ast.parse(modules()[name].read_text(encoding="utf-8")))
-               if isinstance(node, ast.Assert)]
-    assert asserts == []
 
 
 @pytest.mark.parametrize("module", sorted(m for m in modules() if not m.endswith("__main__")))

@@ -422,17 +422,16 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
         "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.kinds pytest_llmdet.engines.seeding "
         "pytest_llmdet.hooks pytest_llmdet.hooks.determinism pytest_llmdet.hooks.keys pytest_llmdet.hooks.state "
         "pytest_llmdet.markers pytest_llmdet.plugin pytest_llmdet.settings pytest_llmdet.settings.options "
-        "pytest_llmdet.settings.values pytest_llmdet.startup",
+        "pytest_llmdet.settings.values",
     ])
 
 
-def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_are_rewritten(pytester, monkeypatch,
-                                                                                              tmp_path):
+def test_the_package_modules_are_plain_imports_and_only_its_init_is_rewritten(pytester, monkeypatch, tmp_path):
     # As installed from a wheel: pytest marks every module of a plugin's distribution for assertion rewriting
-    # and would load each startup module from its own bytecode cache, which costs about 20 times the normal
-    # import, and compile each from source on every run where it cannot write that cache (PYTHONDONTWRITEBYTECODE;
-    # benchmarks/bench_import.py). Only the tiny entry module is left to it. A distribution that lists the
-    # package, first on the path, is that.
+    # and would load each from its own bytecode cache, which costs many times the normal import, or compile each
+    # from source on every run where it cannot write that cache (PYTHONDONTWRITEBYTECODE;
+    # benchmarks/bench_import.py). Only the package's __init__, which puts its own finder first, is left to it,
+    # at startup and later alike. A distribution that lists the package, first on the path, is that.
     import os
 
     import pytest_llmdet
@@ -440,9 +439,8 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
     info = tmp_path / "dists" / "pytest_llmdet-0.1.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pytest-llmdet\nVersion: 0.1.0\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[pytest11]\nllmdet = pytest_llmdet.startup\n", encoding="utf-8")
-    (info / "RECORD").write_text("pytest_llmdet/__init__.py,,\npytest_llmdet/plugin.py,,\npytest_llmdet/startup.py,,\n",
-                                 encoding="utf-8")
+    (info / "entry_points.txt").write_text("[pytest11]\nllmdet = pytest_llmdet.plugin\n", encoding="utf-8")
+    (info / "RECORD").write_text("pytest_llmdet/__init__.py,,\npytest_llmdet/plugin.py,,\n", encoding="utf-8")
     root = Path(pytest_llmdet.__file__).resolve().parent.parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(info.parent), str(root),
                                                                    os.environ.get("PYTHONPATH")])))
@@ -451,10 +449,10 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
         import sys
 
         def pytest_sessionfinish(session):
-            import pytest_llmdet.golden.compare  # imported when a test compares a golden file (it asserts)
+            import pytest_llmdet.golden.compare  # imported when a test compares a golden file
 
-            names = ("pytest_llmdet.startup", "pytest_llmdet.plugin", "pytest_llmdet.settings",
-                     "pytest_llmdet.hooks.state", "pytest_llmdet.hooks.determinism", "pytest_llmdet.golden.compare")
+            names = ("pytest_llmdet", "pytest_llmdet.plugin", "pytest_llmdet.settings", "pytest_llmdet.hooks.state",
+                     "pytest_llmdet.hooks.determinism", "pytest_llmdet.golden.compare")
             print("\\nloaders:", " ".join(f"{n}={type(sys.modules[n].__loader__).__name__}" for n in names))
         """
     )
@@ -462,11 +460,26 @@ def test_startup_modules_are_imported_past_assertion_rewriting_and_later_ones_ar
     result = pytester.runpytest_subprocess("-q", "-s", "-W", "error::pytest.PytestAssertRewriteWarning")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "loaders: pytest_llmdet.startup=AssertionRewritingHook pytest_llmdet.plugin=SourceFileLoader "
+        "loaders: pytest_llmdet=AssertionRewritingHook pytest_llmdet.plugin=SourceFileLoader "
         "pytest_llmdet.settings=SourceFileLoader pytest_llmdet.hooks.state=SourceFileLoader "
-        "pytest_llmdet.hooks.determinism=SourceFileLoader pytest_llmdet.golden.compare=AssertionRewritingHook",
+        "pytest_llmdet.hooks.determinism=SourceFileLoader pytest_llmdet.golden.compare=SourceFileLoader",
     ])
     assert "PytestAssertRewriteWarning" not in result.stdout.str() + result.stderr.str()
+
+
+def test_the_finder_leaves_other_modules_and_sys_meta_path_at_exit_alone(pytester):
+    # _PlainImports answers for pytest_llmdet's submodules only, and is off sys.meta_path before shutdown.
+    result = pytester.run(sys.executable, "-c", (
+        "import atexit, sys\n"
+        "ours = lambda: sum(getattr(f, 'prefix', None) == 'pytest_llmdet.' for f in sys.meta_path)\n"
+        "atexit.register(lambda: print('at exit:', ours()))  # runs after the package's own (last in, first out)\n"
+        "import pytest_llmdet\n"
+        "finder = sys.meta_path[0]\n"
+        "print('first:', finder.__name__, finder.find_spec('json', None), finder.find_spec('pytest_llmdetx', None))\n"
+        "import importlib; importlib.reload(pytest_llmdet)\n"
+        "print('installed:', ours())\n"))
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["first: _PlainImports None None", "installed: 1", "at exit: 0"])
 
 
 def test_disabled_with_no_llmdet(pytester):

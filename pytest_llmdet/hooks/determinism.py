@@ -5,9 +5,9 @@ once, and the `llm determinism` summary (xdist included). Its marker and options
 pytest imports this module on every run, so it holds the hooks only: running a checked test N times and judging
 it is in hooks/rerun.py, imported when a test is checked; the comparison is in determinism/runs.py, its report in
 determinism/report.py, the summary in determinism/summary.py, the batch probe in determinism/probe.py.
-Registered through `pytest_plugins` in plugin.py, so `-p no:llmdet` disables it too; plugin.py imports it first,
-past pytest's assertion rewriting (it holds no assert), and PYTEST_DONT_REWRITE tells pytest not to warn that it
-was imported before it could rewrite it.
+Registered through `pytest_plugins` in plugin.py, so `-p no:llmdet` disables it too; plugin.py imports it first
+(a plain import, as every module of the package: pytest_llmdet/__init__.py), and PYTEST_DONT_REWRITE tells pytest
+not to warn that it was imported before it could rewrite it.
 """
 
 from __future__ import annotations
