@@ -128,14 +128,8 @@ def review(pending: list[PendingFile], stdin: TextIO, out: TextIO, err: TextIO |
     return counts
 
 
-def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
-         stderr: TextIO | None = None) -> int:
-    """The command line; returns the exit status (1 when a pending file could not be read or written).
-
-    Problems (a pending file skipped as unreadable, a failed write) go to stderr, so that the stdout of
-    `pending --json` is JSON and nothing else."""
-    out, err = _Printable(stdout or sys.stdout), _Printable(stderr or sys.stderr)
-    inp = stdin or sys.stdin
+def argument_parser() -> argparse.ArgumentParser:
+    """The command line's four commands, each taking the paths to search."""
     parser = argparse.ArgumentParser(prog="python -m pytest_llmdet",
                                      description="review the pending snapshots of pytest-llmdet check runs")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,30 +140,49 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
                              help="folders to search, or pending files (default: .)")
         if name == "pending":
             command.add_argument("--json", action="store_true", help="print JSON for other tools")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def list_pending(pending: list[PendingFile], as_json: bool, out: TextIO) -> None:
+    """`pending`: one line a snapshot and their count, or (`--json`) the listing as JSON."""
+    if as_json:
+        # ASCII with escapes: valid JSON whatever the paths and reports hold (undecodable bytes too)
+        out.write(json.dumps(listing(pending), indent=2, ensure_ascii=True) + "\n")
+        return
+    for item in listing(pending):
+        for snapshot in item["snapshots"]:
+            out.write(f"{snapshot['status']:>8}  {item['test']} [{snapshot['name']}]  {item['golden_file']}\n")
+    out.write(f"{sum(len(p.snapshots) for p in pending)} pending snapshot(s)\n")
+
+
+def settle_all(pending: list[PendingFile], command: str, out: TextIO, err: TextIO, locks: LockBudget) -> int:
+    """`accept` or `reject`: every pending snapshot at once; returns how many files could not be settled."""
+    act = partial(accept, locks=locks) if command == "accept" else reject
+    settled = [_settle(item, act, None, err) for item in pending]
+    done = sum(len(names) for names in settled if names)
+    out.write(f"{done} pending snapshot(s) {command}ed\n")
+    return sum(1 for done in settled if done is None)
+
+
+def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """The command line; returns the exit status (1 when a pending file could not be read or written).
+
+    Problems (a pending file skipped as unreadable, a failed write) go to stderr, so that the stdout of
+    `pending --json` is JSON and nothing else."""
+    out, err = _Printable(stdout or sys.stdout), _Printable(stderr or sys.stderr)
+    args = argument_parser().parse_args(argv)
     pending, errors = _load(args.paths, err)
     locks = LockBudget()  # one wait for a stuck lock holder per command, not one per file
     try:
         if args.command == "pending":
-            if args.json:
-                # ASCII with escapes: valid JSON whatever the paths and reports hold (undecodable bytes too)
-                out.write(json.dumps(listing(pending), indent=2, ensure_ascii=True) + "\n")
-            else:
-                for item in listing(pending):
-                    for snapshot in item["snapshots"]:
-                        out.write(f"{snapshot['status']:>8}  {item['test']} [{snapshot['name']}]  "
-                                  f"{item['golden_file']}\n")
-                out.write(f"{sum(len(p.snapshots) for p in pending)} pending snapshot(s)\n")
+            list_pending(pending, args.json, out)
         elif args.command == "review":
-            counts = review(pending, inp, out, err, locks)
+            counts = review(pending, stdin or sys.stdin, out, err, locks)
             errors += counts.get("errors", 0)
             out.write("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + "\n")
         else:
-            act = partial(accept, locks=locks) if args.command == "accept" else reject
-            settled = [_settle(item, act, None, err) for item in pending]
-            errors += sum(1 for done in settled if done is None)
-            done = sum(len(names) for names in settled if names)
-            out.write(f"{done} pending snapshot(s) {args.command}ed\n")
+            errors += settle_all(pending, args.command, out, err, locks)
     except (OSError, GoldenFileError) as error:
         out.flush()
         err.write(f"error: {getattr(error, 'strerror', None) or error}\n")

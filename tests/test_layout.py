@@ -182,3 +182,42 @@ def test_no_module_outside_the_engines_branches_on_an_engines_name():
     branching = [f"{name}:{line}" for name, path in modules().items() if layer_of(name) != "engines"
                  for line in engine_name_comparisons(path.read_text(encoding="utf-8"))]
     assert branching == []
+
+
+# The size rule (docs/architecture.md, issue 21): no class over about 120 lines, no module over about 400, no
+# function over about 40, nested functions and methods included. Each one that must stay bigger is named here
+# with its reason; an entry that is no longer over the limit fails too, so that the list stays true.
+MAX_CLASS, MAX_MODULE, MAX_FUNCTION = 120, 400, 40
+ALLOWED_OVER = {
+    # To be fixed: other engineers are editing these files now (issue 21); split them when their work is merged.
+    "function pytest_llmdet/engines/fingerprint.py:environment_fingerprint": "to be fixed (being edited)",
+    "function pytest_llmdet/engines/openai_server.py:connect": "to be fixed (being edited)",
+}
+
+
+def oversized(path: Path, relative: str) -> list[str]:
+    """What in the module at `path` is over the size rule: 'module R', 'class R:Name', 'function R:name'."""
+    source = path.read_text(encoding="utf-8")
+    found = [f"module {relative}"] if len(source.splitlines()) > MAX_MODULE else []
+    for node in ast.walk(ast.parse(source)):
+        lines = node.end_lineno - node.lineno + 1 if isinstance(node, ast.stmt) else 0
+        if isinstance(node, ast.ClassDef) and lines > MAX_CLASS:
+            found.append(f"class {relative}:{node.name}")
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and lines > MAX_FUNCTION:
+            found.append(f"function {relative}:{node.name}")
+    return found
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_class(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION))
+    methods = "\n".join(f"    def m{i}(self):\n        return {i}\n" for i in range(MAX_CLASS // 3 + 1))
+    module = tmp_path / "m.py"
+    module.write_text(f"def long():\n{body}\n\ndef short():\n    return 1\n\nclass Big:\n{methods}\n")
+    assert oversized(module, "m.py") == ["function m.py:long", "class m.py:Big"]
+
+
+def test_no_class_module_or_function_of_the_package_is_over_the_size_rule():
+    over = {item for path in sorted(PACKAGE.rglob("*.py"))
+            for item in oversized(path, path.relative_to(PACKAGE.parent).as_posix())}
+    assert sorted(over - set(ALLOWED_OVER)) == [], "split it along its jobs, or name it in ALLOWED_OVER with why"
+    assert sorted(set(ALLOWED_OVER) - over) == [], "no longer over the limit: take it off ALLOWED_OVER"

@@ -167,8 +167,30 @@ def plan_generation(
     `model_config` is the model's generation config as a dict; `overrides` are the caller's keyword
     arguments; `known_fields` (the attributes of GenerationConfig) lets unknown names be rejected.
     """
-    overrides = dict(overrides or {})
     processors, ignored, tokens = split_model_config(model_config)
+    overrides, seed = checked_overrides(overrides, max_new_tokens, known_fields)
+    sampling = overrides.pop("do_sample", False) is True
+    check_decoding(overrides, sampling, seed)
+    config: dict[str, Any] = {"do_sample": sampling, "num_beams": 1, "max_new_tokens": max_new_tokens}
+    config.update(tokens)
+    if inherit_processors:
+        config.update(processors)
+    if sampling:
+        config.update({k: v for k, v in ignored.items() if k in SAMPLING_FIELDS})
+    config.update(overrides)
+    if not inherit_processors:
+        ignored = {**ignored, **processors}
+        processors = {}
+    return GreedyPlan(config=config, inherited=processors, ignored=dict(sorted(ignored.items())),
+                      seed=seed if sampling else None)
+
+
+def checked_overrides(overrides: dict[str, Any] | None, max_new_tokens: int,
+                      known_fields: frozenset[str] | None) -> tuple[dict[str, Any], int | None]:
+    """The caller's keyword arguments checked one by one: (what is left to apply, the seed). A length, a seed,
+    names the plugin owns or GenerationConfig does not know, and temperature=0 (the usual spelling of greedy,
+    dropped)."""
+    overrides = dict(overrides or {})
     check_max_new_tokens(max_new_tokens)
     if overrides.get("max_new_tokens") is None:
         overrides.pop("max_new_tokens", None)
@@ -177,7 +199,6 @@ def plan_generation(
     seed = overrides.pop("seed", None)
     if seed is not None:
         check_seed(seed)
-
     for name in overrides:
         if name in RESERVED_FIELDS:
             raise GenerationArgumentError(f"{name} is set by pytest-llmdet and cannot be passed to llm.generate")
@@ -189,19 +210,18 @@ def plan_generation(
         if overrides.get("do_sample") is True:
             raise GenerationArgumentError("temperature=0 means greedy decoding; it contradicts do_sample=True")
         del overrides["temperature"]  # temperature=0 is the usual spelling of greedy
+    return overrides, seed
 
-    sampling = overrides.pop("do_sample", False) is True
-    config: dict[str, Any] = {"do_sample": sampling, "num_beams": 1, "max_new_tokens": max_new_tokens}
-    config.update(tokens)
-    if inherit_processors:
-        config.update(processors)
+
+def check_decoding(overrides: dict[str, Any], sampling: bool, seed: int | None) -> None:
+    """Refuse what contradicts the decoding asked for: sampling without a seed, sampling fields or a seed on
+    the greedy path, and fields that change the search itself."""
     if sampling:
         if seed is None:
             raise GenerationArgumentError(
                 "do_sample=True needs an explicit seed, e.g. llm.generate(prompt, do_sample=True, seed=1234), "
                 "so that the sampled output is reproducible"
             )
-        config.update({k: v for k, v in ignored.items() if k in SAMPLING_FIELDS})
     else:
         misplaced = sorted(k for k in overrides if k in SAMPLING_FIELDS)
         if misplaced:
@@ -216,9 +236,3 @@ def plan_generation(
         raise GenerationArgumentError(
             f"{', '.join(search)} change the search itself; pytest-llmdet generates one greedy sequence per call"
         )
-    config.update(overrides)
-    if not inherit_processors:
-        ignored = {**ignored, **processors}
-        processors = {}
-    return GreedyPlan(config=config, inherited=processors, ignored=dict(sorted(ignored.items())),
-                      seed=seed if sampling else None)

@@ -253,25 +253,29 @@ class ServerEngine(RemoteEngine):
         if not len(top) == len(chosen) == len(token_ids):
             raise EngineError(f"{self.server} returned {len(token_ids)} token IDs but log-probs for {len(chosen)} "
                               f"steps and top log-probs for {len(top)}; they must be one per token")
-        steps = []
-        for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True)):
-            step: dict[int, float] = {}
-            for key, value in (candidates or {}).items():
-                if not str(key).startswith(TOKEN_ID_PREFIX):
-                    raise EngineError(f"{self.server} returned top-k candidates as text ({key!r}), not as "
-                                      f"'{TOKEN_ID_PREFIX}N', although the request asked for "
-                                      "return_tokens_as_token_ids: true; the candidates need their token IDs")
-                step[int(str(key)[len(TOKEN_ID_PREFIX):])] = float(value)
-            if logprob is not None:
-                step.setdefault(int(token), float(logprob))
-            if any(value != value for value in step.values()):  # NaN
-                raise EngineError(f"{self.server} returned a log-prob that is not a number (NaN) at step {index}")
-            if len(step) < min(wanted, self.vocabulary_size):
-                raise EngineError(f"{self.server} returned {len(step)} log-prob(s) at step {index}, and "
-                                  f"pytest-llmdet asked for {wanted}: the margins (and a tolerant comparison's "
-                                  "top-k) need them all")
-            steps.append(step)
+        steps = [self._step(index, token, candidates, logprob, wanted)
+                 for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True))]
         return [int(token) for token in token_ids], steps
+
+    def _step(self, index: int, token: Any, candidates: dict[str, Any] | None, logprob: Any,
+              wanted: int) -> dict[int, float]:
+        # One step's candidates by token ID, the chosen token's among them: all of them numbers, as many as asked.
+        step: dict[int, float] = {}
+        for key, value in (candidates or {}).items():
+            if not str(key).startswith(TOKEN_ID_PREFIX):
+                raise EngineError(f"{self.server} returned top-k candidates as text ({key!r}), not as "
+                                  f"'{TOKEN_ID_PREFIX}N', although the request asked for "
+                                  "return_tokens_as_token_ids: true; the candidates need their token IDs")
+            step[int(str(key)[len(TOKEN_ID_PREFIX):])] = float(value)
+        if logprob is not None:
+            step.setdefault(int(token), float(logprob))
+        if any(value != value for value in step.values()):  # NaN
+            raise EngineError(f"{self.server} returned a log-prob that is not a number (NaN) at step {index}")
+        if len(step) < min(wanted, self.vocabulary_size):
+            raise EngineError(f"{self.server} returned {len(step)} log-prob(s) at step {index}, and "
+                              f"pytest-llmdet asked for {wanted}: the margins (and a tolerant comparison's "
+                              "top-k) need them all")
+        return step
 
     def described(self) -> dict[str, Any]:
         return {"dtype": "unknown", "device": "server", "engine": self.kind, "engine_version": self.details.label,

@@ -29,27 +29,10 @@ def sampling_fields(plan: GreedyPlan, engine: str, prompt_length: int, logprobs:
     minimum length holds."""
     __tracebackhide__ = True  # its errors are the caller's settings: the test's own call is the frame to see
     config = plan.config
-    for name, value in config.items():
-        if name in _PLAN_FIELDS or name in TOKEN_FIELDS or name in APPLIED or name in SAMPLING \
-                or name in NO_EFFECT or value is None:
-            continue
-        if name in PROCESSOR_FIELDS and value == PROCESSOR_FIELDS[name]:
-            continue  # its neutral value
-        raise GenerationArgumentError(
-            f"{name}={value!r} cannot be applied by the {engine} engine, and pytest-llmdet does not drop a "
-            f"setting silently: leave it out (a processor from the model's generation config: set "
-            f"llm_inherit_processors = false), or run this test on the transformers engine "
-            f"(@pytest.mark.llm_model(..., engine=\"transformers\"))")
+    refuse_unapplied(config, engine)
     sampling = bool(config.get("do_sample"))
-    eos = config.get("eos_token_id")
-    eos_ids = sorted(set(eos if isinstance(eos, list) else [] if eos is None else [eos]))
-    min_tokens = max(config.get("min_new_tokens") or 0, (config.get("min_length") or 0) - prompt_length, 0)
-    if min_tokens and tokenizer_eos is not None and tokenizer_eos not in eos_ids:
-        raise GenerationArgumentError(
-            f"a minimum length (min_new_tokens / min_length) cannot be applied by the {engine} engine as "
-            f"transformers applies it: it would also suppress the tokenizer's EOS token {tokenizer_eos}, which "
-            f"is not among the generation config's eos_token_id {eos_ids}; leave it out, or run this test on "
-            "the transformers engine")
+    eos_ids = sorted(eos_ids_of(plan))
+    min_tokens = minimum_new_tokens(config, prompt_length, eos_ids, engine, tokenizer_eos)
     fields: dict[str, Any] = {
         "max_tokens": config["max_new_tokens"],
         "temperature": float(config.get("temperature") or 1.0) if sampling else 0.0,
@@ -66,6 +49,38 @@ def sampling_fields(plan: GreedyPlan, engine: str, prompt_length: int, logprobs:
         "seed": plan.seed if sampling else None,
     }
     return fields
+
+
+def refuse_unapplied(config: dict[str, Any], engine: str) -> None:
+    """Refuse a field of the plan that `engine` cannot apply (a processor other than those it applies as
+    transformers does, at a value that is not its neutral one): never dropped silently."""
+    __tracebackhide__ = True
+    for name, value in config.items():
+        if name in _PLAN_FIELDS or name in TOKEN_FIELDS or name in APPLIED or name in SAMPLING \
+                or name in NO_EFFECT or value is None:
+            continue
+        if name in PROCESSOR_FIELDS and value == PROCESSOR_FIELDS[name]:
+            continue  # its neutral value
+        raise GenerationArgumentError(
+            f"{name}={value!r} cannot be applied by the {engine} engine, and pytest-llmdet does not drop a "
+            f"setting silently: leave it out (a processor from the model's generation config: set "
+            f"llm_inherit_processors = false), or run this test on the transformers engine "
+            f"(@pytest.mark.llm_model(..., engine=\"transformers\"))")
+
+
+def minimum_new_tokens(config: dict[str, Any], prompt_length: int, eos_ids: list[int], engine: str,
+                       tokenizer_eos: int | None) -> int:
+    """The plan's minimum length as new tokens (min_new_tokens, or min_length less the prompt); refused where
+    the engine would also suppress the tokenizer's EOS token, which transformers does not."""
+    __tracebackhide__ = True
+    min_tokens = max(config.get("min_new_tokens") or 0, (config.get("min_length") or 0) - prompt_length, 0)
+    if min_tokens and tokenizer_eos is not None and tokenizer_eos not in eos_ids:
+        raise GenerationArgumentError(
+            f"a minimum length (min_new_tokens / min_length) cannot be applied by the {engine} engine as "
+            f"transformers applies it: it would also suppress the tokenizer's EOS token {tokenizer_eos}, which "
+            f"is not among the generation config's eos_token_id {eos_ids}; leave it out, or run this test on "
+            "the transformers engine")
+    return min_tokens
 
 
 def eos_ids_of(plan: GreedyPlan) -> frozenset[int]:

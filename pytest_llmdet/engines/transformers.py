@@ -105,30 +105,11 @@ class TransformersEngine(LoadedEngine):
                         "loaded in this session, pins it), so the variation would change nothing")
         if variation.dtype is not None and base.dtype == variation.dtype:
             return f"the model is loaded in {base.dtype} already; load it in float32 to measure this sensitivity"
-        if variation.cache_implementation is not None and not self._supports_cache_objects():
+        if variation.cache_implementation is not None and not _supports_cache_objects(self.model):
             return (f"{type(self.model).__name__} keeps its own cache (transformers ignores "
                     f"cache_implementation={variation.cache_implementation!r} for it)")
         if variation.attn_implementation is not None:
-            return self._cannot_use_attention(variation.attn_implementation, base.attn_implementation)
-        return None
-
-    def _supports_cache_objects(self) -> bool:
-        supports = getattr(self.model, "_supports_default_dynamic_cache", None)
-        return bool(supports()) if callable(supports) else False
-
-    def _cannot_use_attention(self, wanted: str, loaded: str | None) -> str | None:
-        if wanted == loaded:
-            return f"the model uses {wanted} attention already"
-        setter = getattr(self.model, "set_attn_implementation", None)
-        if not callable(setter):
-            return f"{type(self.model).__name__} cannot switch its attention implementation"
-        try:
-            setter(wanted)
-        except Exception as error:  # noqa: BLE001 - transformers says why in many ways (ImportError, ValueError)
-            return f"{wanted}: {first_line(error, type(error).__name__)}"
-        finally:
-            with contextlib.suppress(Exception):
-                setter(loaded)
+            return _cannot_use_attention(self.model, variation.attn_implementation, base.attn_implementation)
         return None
 
     @contextlib.contextmanager
@@ -184,6 +165,28 @@ def _weights_cast(model: Any, dtype: Any) -> Iterator[None]:
     finally:
         for parameter, data in originals:
             parameter.data = data
+
+
+def _supports_cache_objects(model: Any) -> bool:
+    supports = getattr(model, "_supports_default_dynamic_cache", None)
+    return bool(supports()) if callable(supports) else False
+
+
+def _cannot_use_attention(model: Any, wanted: str, loaded: str | None) -> str | None:
+    # Why `model` cannot switch to attention `wanted` (None: it can); tried, then switched back to `loaded`.
+    if wanted == loaded:
+        return f"the model uses {wanted} attention already"
+    setter = getattr(model, "set_attn_implementation", None)
+    if not callable(setter):
+        return f"{type(model).__name__} cannot switch its attention implementation"
+    try:
+        setter(wanted)
+    except Exception as error:  # noqa: BLE001 - transformers says why in many ways (ImportError, ValueError)
+        return f"{wanted}: {first_line(error, type(error).__name__)}"
+    finally:
+        with contextlib.suppress(Exception):
+            setter(loaded)
+    return None
 
 
 def _thread_count_settable(threads: int) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_llmdet.golden.format import GoldenFile, GoldenFileError
-from pytest_llmdet.golden.ledger import NotCompared, SnapshotRun
+from pytest_llmdet.golden.ledger import Collection, NotCompared, SnapshotRun
 from pytest_llmdet.golden.location import PENDING_SUFFIX, SUFFIX, is_inside, placed_as_named, safe_file_stem
 from pytest_llmdet.golden.locks import LockBudget
 from pytest_llmdet.golden.pending import read_pending
@@ -52,7 +52,7 @@ def finish(run: SnapshotRun, update: bool, rootdir: Path, display: Callable[[Pat
         if outcome.status == SnapshotStatus.UNWRITTEN:
             outcome.status = SnapshotStatus.ERROR
             outcome.details.error = outcome.details.error or NOT_WRITTEN
-    for folder in map(Path, sorted(run.module_folders)):
+    for folder in map(Path, sorted(run.collection.module_folders)):
         clean_temporaries(folder)
     run.not_compared = not_compared(run)
     try:
@@ -78,11 +78,11 @@ def finish(run: SnapshotRun, update: bool, rootdir: Path, display: Callable[[Pat
 def plan_cleanup(run: SnapshotRun) -> CleanupPlan:
     """Unused golden files and snapshots, and foreign files, of the folders this run looked at. Paths are compared
     resolved: two test folders may share one snapshot folder through a link."""
-    owned = {_resolved(r.golden) for r in run.tests.values() if not (r.passed and not r.fixture)}
-    owned |= {_resolved(g) for g in run.deselected.values()}
+    owned = {_resolved(r.golden) for r in run.collection.tests.values() if not (r.passed and not r.fixture)}
+    owned |= {_resolved(g) for g in run.collection.deselected.values()}
     plan = CleanupPlan()
     seen: set[Path] = set()
-    for folder in _folders(run):
+    for folder in _folders(run.collection):
         for path in _files(folder):
             resolved = _resolved(path)
             if resolved in owned or resolved in seen or path.name.endswith(TMP_SUFFIX):
@@ -95,7 +95,7 @@ def plan_cleanup(run: SnapshotRun) -> CleanupPlan:
                 plan.files.append(path)
             else:
                 plan.foreign.append(path)
-    plan.names = _unused_names(run)
+    plan.names = _unused_names(run.collection)
     return plan
 
 
@@ -105,7 +105,7 @@ def not_compared(run: SnapshotRun) -> list[NotCompared]:
     test read it before), knows their names; an unreadable one names none."""
     found = []
     files = {o.nodeid: o.file for o in run.outcomes}
-    for nodeid, record in sorted(run.tests.items()):
+    for nodeid, record in sorted(run.collection.tests.items()):
         if not record.phases or record.passed or record.skipped:
             continue
         try:
@@ -118,24 +118,24 @@ def not_compared(run: SnapshotRun) -> list[NotCompared]:
     return found
 
 
-def _folders(run: SnapshotRun) -> list[Path]:
+def _folders(collection: Collection) -> list[Path]:
     # The collected modules' snapshot folders (not those of modules named by node ids only), and the folders of
     # modules that no longer exist.
-    folders = [Path(f) for f in sorted(run.module_folders) if f not in run.partly_collected]
-    for snapshot_dir in sorted({Path(f).parent for f in run.module_folders}):
+    folders = [Path(f) for f in sorted(collection.module_folders) if f not in collection.partly_collected]
+    for snapshot_dir in sorted({Path(f).parent for f in collection.module_folders}):
         folders += sorted(p for p in _subfolders(snapshot_dir)
-                          if str(p) not in run.module_folders and not _module_exists(snapshot_dir, p.name))
+                          if str(p) not in collection.module_folders and not _module_exists(snapshot_dir, p.name))
     return folders
 
 
-def _unused_names(run: SnapshotRun) -> dict[Path, list[str]]:
+def _unused_names(collection: Collection) -> dict[Path, list[str]]:
     # By golden file: the snapshots its tests did not compare (several tests share one under pytest-repeat; one
     # that did not pass keeps every snapshot of the file).
     used: dict[str, set[str]] = {}
-    for record in run.tests.values():
+    for record in collection.tests.values():
         if record.passed and record.fixture:
             used.setdefault(record.golden, set()).update(record.used)
-    kept = {r.golden for r in run.tests.values() if not (r.passed and r.fixture)}
+    kept = {r.golden for r in collection.tests.values() if not (r.passed and r.fixture)}
     names = {}
     for golden_path in sorted(set(used) - kept):
         try:

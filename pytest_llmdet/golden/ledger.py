@@ -81,23 +81,14 @@ class NotCompared:
 
 
 @dataclass
-class SnapshotRun:
-    """Everything the summary and the unused-snapshot cleanup need to know about one run."""
+class Collection:
+    """Every test the run collected or deselected, and what each ran: which golden files the tests own, and
+    whether the run was whole."""
 
     tests: dict[str, TestRecord] = field(default_factory=dict)
     deselected: dict[str, str] = field(default_factory=dict)  # node id: golden file, of each deselected test
     module_folders: set[str] = field(default_factory=set)  # snapshot folders of the collected modules
     partly_collected: set[str] = field(default_factory=set)  # module folders of node ids named on the command line
-    outcomes: list[SnapshotOutcome] = field(default_factory=list)
-    partial_reasons: set[str] = field(default_factory=set)
-    deleted: list[str] = field(default_factory=list)
-    unused: list[str] = field(default_factory=list)
-    foreign: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
-    pending: list[str] = field(default_factory=list)  # pending files a check run wrote, as the user reads them
-    not_compared: list[NotCompared] = field(default_factory=list)  # by finish: what failed tests did not reach
-    writer: SnapshotWriter = field(default_factory=SnapshotWriter)  # the run's writer (and its wait for locks)
-    started: set[str] = field(default_factory=set)  # tests this process started (a second start is a re-run)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -105,9 +96,6 @@ class SnapshotRun:
             "deselected": self.deselected,
             "module_folders": sorted(self.module_folders),
             "partly_collected": sorted(self.partly_collected),
-            "outcomes": [o.to_data() for o in self.outcomes],
-            "partial_reasons": sorted(self.partial_reasons),
-            "pending": list(self.pending),
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -121,9 +109,6 @@ class SnapshotRun:
         self.deselected.update(data["deselected"])
         self.module_folders.update(data["module_folders"])
         self.partly_collected.update(data["partly_collected"])
-        self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
-        self.partial_reasons.update(data["partial_reasons"])
-        self.pending += data.get("pending", [])
 
     def collected(self, nodeid: str, test_path: Path, declared: bool, snapshot_dir: str,
                   test: str | None = None) -> None:
@@ -141,15 +126,6 @@ class SnapshotRun:
         in its folder can be called unused."""
         self.partly_collected.add(str(module_folder(test_path, snapshot_dir)))
 
-    def start_attempt(self, nodeid: str) -> None:
-        """A test starts. When it starts again (re-run by pytest-rerunfailures), the outcomes of its earlier
-        attempt are dropped: each snapshot counts once, with the last attempt's outcome. Its failure still
-        counts for deletions (TestRecord.note)."""
-        if nodeid not in self.started:
-            self.started.add(nodeid)
-            return
-        self.outcomes[:] = [o for o in self.outcomes if o.nodeid != nodeid]  # in place: tests append to it
-
     def note_phase(self, nodeid: str, phase: str, outcome: str) -> None:
         record = self.tests.get(nodeid)
         if record is not None and phase in PHASES:
@@ -166,9 +142,9 @@ class SnapshotRun:
         if record is not None:
             record.failed = True
 
-    def whole_run_reasons(self) -> list[str]:
-        """Why this run is partial (empty: it is whole, and a full update may delete)."""
-        reasons = set(self.partial_reasons)
+    def why_partial(self) -> set[str]:
+        """What the tests' records say of a partial run (empty: they all ran, and ran to their end)."""
+        reasons = set()
         records = self.tests.values()
         not_run = sum(1 for r in records if not r.ran and not r.skipped and r.phases.get("setup") != "failed")
         if not_run:
@@ -179,7 +155,53 @@ class SnapshotRun:
             reasons.add("setup or teardown errors")
         if any(r.ran and "teardown" not in r.phases for r in records):  # pytest.exit() in a fixture's teardown
             reasons.add("the run stopped early")
-        return sorted(reasons)
+        return reasons
+
+
+@dataclass
+class SnapshotRun:
+    """Everything the summary and the unused-snapshot cleanup need to know about one run: what was collected
+    and ran (`collection`), every snapshot's outcome, what the cleanup did, and why the run is partial."""
+
+    collection: Collection = field(default_factory=Collection)
+    outcomes: list[SnapshotOutcome] = field(default_factory=list)
+    partial_reasons: set[str] = field(default_factory=set)
+    deleted: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+    foreign: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # files the cleanup could not change, and why
+    pending: list[str] = field(default_factory=list)  # pending files a check run wrote, as the user reads them
+    not_compared: list[NotCompared] = field(default_factory=list)  # by finish: what failed tests did not reach
+    writer: SnapshotWriter = field(default_factory=SnapshotWriter)  # the run's writer (and its wait for locks)
+    started: set[str] = field(default_factory=set)  # tests this process started (a second start is a re-run)
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            **self.collection.to_data(),
+            "outcomes": [o.to_data() for o in self.outcomes],
+            "partial_reasons": sorted(self.partial_reasons),
+            "pending": list(self.pending),
+        }
+
+    def merge(self, data: dict[str, Any]) -> None:
+        """Add what one xdist worker saw."""
+        self.collection.merge(data)
+        self.outcomes += [SnapshotOutcome.from_data(row) for row in data["outcomes"]]
+        self.partial_reasons.update(data["partial_reasons"])
+        self.pending += data.get("pending", [])
+
+    def start_attempt(self, nodeid: str) -> None:
+        """A test starts. When it starts again (re-run by pytest-rerunfailures), the outcomes of its earlier
+        attempt are dropped: each snapshot counts once, with the last attempt's outcome. Its failure still
+        counts for deletions (TestRecord.note)."""
+        if nodeid not in self.started:
+            self.started.add(nodeid)
+            return
+        self.outcomes[:] = [o for o in self.outcomes if o.nodeid != nodeid]  # in place: tests append to it
+
+    def whole_run_reasons(self) -> list[str]:
+        """Why this run is partial (empty: it is whole, and a full update may delete)."""
+        return sorted(self.partial_reasons | self.collection.why_partial())
 
     def unused_fail(self, update: bool) -> bool:
         """Whether the unused snapshots fail a check: a whole check run with unused snapshots fails, since an update
@@ -214,4 +236,4 @@ class SnapshotRun:
         return sorted({o.nodeid for o in self.outcomes if o.status == SnapshotStatus.ERROR})
 
 
-__all__ = ["EXTRA_COUNTS", "PHASES", "STATUSES", "NotCompared", "SnapshotRun", "TestRecord"]
+__all__ = ["EXTRA_COUNTS", "PHASES", "STATUSES", "Collection", "NotCompared", "SnapshotRun", "TestRecord"]

@@ -72,6 +72,40 @@ class TestIdentity:
     def shown_in_commands(self) -> str:
         return self.command_id or self.golden_test
 
+    def location(self) -> dict[str, Any] | None:
+        """Where in the test's file the comparison being made is: its line, else the test's `def` line."""
+        line = (comparison_line(self.source) if self.source else None) or self.def_line
+        return None if line is None or not self.source_shown else {"file": self.source_shown, "line": line}
+
+
+@dataclass(frozen=True)
+class TestCommands:
+    """The commands a test's reports and outcomes name, as this run made it and as its comparison needs."""
+
+    command: RerecordCommand
+    test: str  # as a command run from where pytest was started names it
+    update_flags: list[str]  # what re-recording this test's comparison needs (`--llm-compare tolerant`)
+
+    @property
+    def check(self) -> str:
+        """The command that repeats this test's check."""
+        return self.command.line([self.test], self.update_flags, mode="--llm-snapshot")
+
+    @property
+    def update(self) -> str:
+        """The command that re-records this test's golden file."""
+        return self.command.line([self.test], self.update_flags)
+
+    @property
+    def variant(self) -> str:
+        """The update command that records this environment's variant rather than replacing the default."""
+        return variant_command(self.update)
+
+    def stamp(self, details: OutcomeDetails) -> None:
+        """Give an outcome what the summary's and the reports' commands need."""
+        details.update_flags = self.command.flags_line(self.update_flags)
+        details.command_env, details.command_id = self.command.environment_line(), self.test
+
 
 @dataclass(frozen=True)
 class ModelAccess:
@@ -105,6 +139,26 @@ def _safe(decode: Decoder | None) -> Decoder | None:
     return safe
 
 
+def read_usable(identity: TestIdentity, update_command: str) -> tuple[GoldenFile | None, str | None]:
+    """A test's golden file (None: there is none), or None and why it cannot be used, with the command that
+    re-records it (an update replaces an unusable file, as asked)."""
+    try:
+        return read_golden(identity.path, identity.display_path), None
+    except GoldenFileError as error:
+        return None, f"{error}\nRe-record it with: {update_command}"
+
+
+def keep_tokens(result: SnapshotResult, value: Any, decoder: Callable[[], Decoder | None]) -> None:
+    """A failed or tolerated snapshot keeps both sides' tokens near its divergence (the HTML report's view);
+    `decoder` is asked only then."""
+    divergence = result.details.divergence
+    if divergence is None or divergence.first is None or not isinstance(value, Generation) \
+            or result.compared is None or result.compared.token_ids is None:
+        return
+    if result.failed or divergence.label == Label.TOLERATED:
+        result.details.tokens = view_of(result.compared, value, divergence.first.index, _safe(decoder()))
+
+
 @dataclass
 class TestSnapshots:
     """The snapshots of one test: its golden file, what it compared, and what it will write."""
@@ -133,24 +187,14 @@ class TestSnapshots:
         return self.log.items
 
     @property
-    def nodeid(self) -> str:
-        return self.identity.nodeid
-
-    @property
     def used(self) -> list[str]:
         """The snapshot names the test compared, in order."""
         return self.names.used
 
     @property
-    def check_command(self) -> str:
-        """The command that repeats this test's check as this run made it."""
-        return self.context.command.line([self.identity.shown_in_commands], self.plan.update_flags.split(),
-                                         mode="--llm-snapshot")
-
-    @property
-    def update_command(self) -> str:
-        """The command that re-records this test's golden file as this run compared it."""
-        return self.context.command.line([self.identity.shown_in_commands], self.plan.update_flags.split())
+    def commands(self) -> TestCommands:
+        """The commands that repeat this test's check and re-record its golden file."""
+        return TestCommands(self.context.command, self.identity.shown_in_commands, self.plan.update_flags.split())
 
     def claim(self, name: str | None) -> str:
         """The snapshot name of the next comparison (naming.SnapshotNames)."""
@@ -165,12 +209,7 @@ class TestSnapshots:
         """The test's golden file, read once; a file that cannot be used fails the test in check mode (counted
         as a failure of snapshot `name`, so the summary lists the test to re-record)."""
         if not self._loaded:
-            failure = None
-            try:
-                self._golden = read_golden(self.identity.path, self.identity.display_path)
-            except GoldenFileError as error:
-                failure = f"{error}\nRe-record it with: {self.update_command}"
-                self._golden = None  # an update replaces an unusable file, as asked
+            self._golden, failure = read_usable(self.identity, self.commands.update)
             if failure is not None and self.context.mode != SnapshotMode.UPDATE:
                 if name is not None:
                     self._outcome(name, SnapshotStatus.FAILED, OutcomeDetails(error=failure))
@@ -193,21 +232,22 @@ class TestSnapshots:
     def _check(self, name: str, value: Any, current: GoldenEntry) -> tuple[bool, list[str]]:
         self.names.used.append(name)
         golden_file = self.golden(name)
-        result = judge(golden_file, name, value, current, self._judging(),
-                       self.model.for_judging(current, self.context.mode))
+        c = self.context
+        result = judge(golden_file, name, value, current, CheckContext(c.mode, self.plan, c.near_tie, c.record_variant),
+                       self.model.for_judging(current, c.mode))
         self._outcome(name, result.status, result.details)
         if result.status == SnapshotStatus.UNWRITTEN:
             self.queued.add(name, result.current, result.target)  # applied to the file as it is when written
             return True, []
-        self._keep_tokens(result, value)
+        keep_tokens(result, value, self.model.decoder)
         if not result.failed:
             return True, []
         if result.compared is None:
-            report = missing_report(name, self.nodeid, self.identity.display_path, self.update_command)
+            report = missing_report(name, self.identity.nodeid, self.identity.display_path, self.commands.update)
         else:
             report = failure_report(result, value, golden_file, self.identity.display_path, self.plan,
                                     self.context.near_tie, _safe(self.model.decoder()), self.model.fingerprint(),
-                                    self.update_command)
+                                    self.commands.update)
             self.reports.append("\n".join(report.full()))
             current = self.model.fingerprint()
             if current is not None:
@@ -216,45 +256,18 @@ class TestSnapshots:
         self.pending.keep(name, result.record, result.target, status, "\n".join(report.full()))
         return False, report.compact() if result.compared is not None else report.full()
 
-    def _keep_tokens(self, result: SnapshotResult, value: Any) -> None:
-        # A failed or tolerated snapshot keeps both sides' tokens near its divergence (the HTML report's view).
-        divergence = result.details.divergence
-        if divergence is None or divergence.first is None or not isinstance(value, Generation) \
-                or result.compared is None or result.compared.token_ids is None:
-            return
-        if result.failed or divergence.label == Label.TOLERATED:
-            result.details.tokens = view_of(result.compared, value, divergence.first.index,
-                                            _safe(self.model.decoder()))
-
-    def _location(self) -> dict[str, Any] | None:
-        """Where in the test's file the comparison being made is: its line, else the test's `def` line."""
-        identity = self.identity
-        line = (comparison_line(identity.source) if identity.source else None) or identity.def_line
-        return None if line is None or not identity.source_shown else {"file": identity.source_shown, "line": line}
-
-    def _judging(self) -> CheckContext:
-        c = self.context
-        return CheckContext(c.mode, self.plan, c.near_tie, c.record_variant)
-
     def _outcome(self, name: str, status: SnapshotStatus, details: OutcomeDetails) -> None:
-        command = self.context.command
-        details.update_flags = command.flags_line(self.plan.update_flags.split())
-        details.command_env, details.command_id = command.environment_line(), self.identity.shown_in_commands
+        self.commands.stamp(details)
         if status in (SnapshotStatus.FAILED, SnapshotStatus.MISSING):
-            details.location = self._location()
-        self.log.add(SnapshotOutcome(self.nodeid, name, status, self.identity.display_path, details))
-
-    @property
-    def variant_command(self) -> str:
-        """The update command that records this environment's variant rather than replacing the default."""
-        return variant_command(self.update_command)
+            details.location = self.identity.location()
+        self.log.add(SnapshotOutcome(self.identity.nodeid, name, status, self.identity.display_path, details))
 
     def review_failure(self) -> str | None:
         """In a review run, at the end of the test: the failure that lists every changed or missing snapshot it
         compared (None when none changed)."""
         if not self.context.review or self.passive:
             return None
-        return review_failure(self.nodeid, self.outcomes, self.pending_file)
+        return review_failure(self.identity.nodeid, self.outcomes, self.pending_file)
 
     def write(self) -> bool:
         """At the end of the test, in update mode: write the queued snapshots; True if the file changed. The
@@ -277,10 +290,10 @@ def end_test(snapshots: TestSnapshots) -> tuple[str | None, str | None]:
         snapshots.write()
     except (KeyboardInterrupt, SystemExit) as error:
         snapshots.log.unwritten(write_error_message(snapshots.identity.display_path, error,
-                                                    snapshots.update_command))
+                                                    snapshots.commands.update))
         raise
     except BaseException as error:  # noqa: BLE001 - pytest-timeout's Timeout (a pytest.fail) too
-        failure = write_error_message(snapshots.identity.display_path, error, snapshots.update_command)
+        failure = write_error_message(snapshots.identity.display_path, error, snapshots.commands.update)
         snapshots.log.unwritten(failure)
     return failure, settle_pending(snapshots)
 
@@ -296,7 +309,7 @@ def settle_pending(snapshots: TestSnapshots) -> str | None:
         kept = context.writer.settle_pending(identity.path, identity.golden_test, snapshots.pending,
                                              snapshots.golden_as_read, snapshots.model.fingerprint,
                                              drop=context.mode == SnapshotMode.UPDATE or snapshots.log.all_passed,
-                                             check=(snapshots.check_command, context.invocation_dir))
+                                             check=(snapshots.commands.check, context.invocation_dir))
     except (OSError, GoldenFileError) as error:
         return pending_error_message(identity.path, error)
     if kept:
@@ -304,5 +317,5 @@ def settle_pending(snapshots: TestSnapshots) -> str | None:
     return None
 
 
-__all__ = ["ModelAccess", "SnapshotContext", "SnapshotUsageError", "TestIdentity", "TestSnapshots", "end_test",
-           "settle_pending"]
+__all__ = ["ModelAccess", "SnapshotContext", "SnapshotUsageError", "TestCommands", "TestIdentity", "TestSnapshots",
+           "end_test", "keep_tokens", "read_usable", "settle_pending"]

@@ -52,7 +52,7 @@ def _used(config: pytest.Config, snapshots: Any) -> bool:
     run = snapshots.run if snapshots is not None else None
     return bool((state is not None and (state.verdicts or state.unchecked))
                 or (run is not None and (run.outcomes or run.unused or run.deleted or run.not_compared
-                                         or any(r.declared or r.fixture for r in run.tests.values()))))
+                                         or any(r.declared or r.fixture for r in run.collection.tests.values()))))
 
 
 def publish(config: pytest.Config, snapshots: Any, exit_status: int) -> list[str]:

@@ -60,28 +60,28 @@ def record_deselected(items: list[pytest.Item], run: SnapshotRun, snapshot_dir: 
     """Deselected tests keep their golden files, and make the run partial."""
     run.partial_reasons.add("deselected tests")
     for item in _module_items(items):
-        run.deselect(item.nodeid, item.path, snapshot_dir, golden_test_of(item))
+        run.collection.deselect(item.nodeid, item.path, snapshot_dir, golden_test_of(item))
 
 
 def record_collection(session: pytest.Session, run: SnapshotRun, snapshot_dir: str) -> None:
     """Record every collected test and the module folders collected, and why the run is partial."""
     kept = set()
     for item in _module_items(session.items):
-        run.collected(item.nodeid, item.path, "llm_snapshot" in getattr(item, "fixturenames", ()), snapshot_dir,
-                      golden_test_of(item))
+        run.collection.collected(item.nodeid, item.path, "llm_snapshot" in getattr(item, "fixturenames", ()),
+                                 snapshot_dir, golden_test_of(item))
         kept.add(item.nodeid)
     filtered = [(nodeid, path, test) for nodeid, path, test in session.stash.get(BEFORE_FILTERING_KEY, [])
-                if nodeid not in kept and nodeid not in run.deselected]
+                if nodeid not in kept and nodeid not in run.collection.deselected]
     if filtered:  # dropped by a plugin or a conftest without pytest_deselected: they still own their files
         run.partial_reasons.add("tests filtered out during collection")
         for nodeid, path, test in filtered:
-            run.deselect(nodeid, path, snapshot_dir, test)
+            run.collection.deselect(nodeid, path, snapshot_dir, test)
     config = session.config
     run.partial_reasons.update(reason for flag, reason in PARTIAL_OPTIONS if getattr(config.option, flag, None))
     for arg in config.args:
         if "::" in arg:
             run.partial_reasons.add("node ids on the command line")
-            run.partly_collect(config.invocation_params.dir / arg.split("::", 1)[0], snapshot_dir)
+            run.collection.partly_collect(config.invocation_params.dir / arg.split("::", 1)[0], snapshot_dir)
     if session.testsfailed:  # at this point only collection errors count here
         run.partial_reasons.add("collection errors")
 

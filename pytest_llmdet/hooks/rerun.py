@@ -136,7 +136,7 @@ def _judge(item: pytest.Item, state: DeterminismState, recordings: list[list[Gen
         call.longrepr = "\n".join([*lines, *probed.notes])
         snapshots = item.config.stash.get(SNAPSHOT_PLUGIN_KEY, None)
         if snapshots is not None:  # its goldens came from a run that the other runs contradict: keep them all
-            snapshots.run.set_failed(item.nodeid)
+            snapshots.run.collection.set_failed(item.nodeid)
 
 
 def _decoder(handle: Any) -> Callable[[list[int]], str] | None:

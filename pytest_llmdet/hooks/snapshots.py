@@ -161,7 +161,7 @@ class SnapshotPlugin:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         run, s = self.run, self.settings
-        if not (any(r.declared or r.fixture for r in run.tests.values()) or run.outcomes or run.unused
+        if not (any(r.declared or r.fixture for r in run.collection.tests.values()) or run.outcomes or run.unused
                 or run.deleted or run.foreign):
             return
         terminalreporter.write_sep("=", "llm snapshots")
@@ -193,7 +193,7 @@ def snapshot_fixture(request: pytest.FixtureRequest, plugin: SnapshotPlugin) -> 
     node.stash[SNAPSHOTS_KEY] = snapshots
     yield LLMSnapshot(snapshots)
     if not snapshots.passive:  # a determinism re-run compared nothing: run 1's outcome and names stand
-        plugin.run.note_fixture(node.nodeid, snapshots.used)
+        plugin.run.collection.note_fixture(node.nodeid, snapshots.used)
     if not node.stash.get(CALL_RAN_KEY, False):
         return
     failure, note = end_test(snapshots)
@@ -219,7 +219,7 @@ def set_junit_properties(item: pytest.Item, outcomes: list[Any]) -> list[tuple[s
 def take_report(item: pytest.Item, report: pytest.TestReport, run: SnapshotRun) -> None:
     """Record each phase of every test (what ran decides deletions); attach a snapshot test's full comparison
     report and JUnit properties."""
-    run.note_phase(item.nodeid, report.when, report.outcome)
+    run.collection.note_phase(item.nodeid, report.when, report.outcome)
     if report.when != "call":
         return
     item.stash[CALL_RAN_KEY] = True
