@@ -58,8 +58,9 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
 
     from pytest_llmdet.determinism.factors import check_factors
     from pytest_llmdet.engines.llm import LLM
-    from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+    from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.engines.seeding import configure_torch
+    from pytest_llmdet.engines.sources import resolve_source
     from pytest_llmdet.engines.transformers import TransformersEngine
     from pytest_llmdet.settings.values import FACTOR_NAMES
 

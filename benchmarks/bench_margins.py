@@ -66,8 +66,9 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
     from pytest_llmdet.engines import llm as runner
     from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.greedy import plan_generation
-    from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+    from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.engines.seeding import configure_torch
+    from pytest_llmdet.engines.sources import resolve_source
 
     configure_torch("warn", common.TORCH_THREADS)  # as the plugin does on first use of a model
     loaded = ModelPool().get(ModelSpec(resolve_source(str(copy_embedded_model(work / "model")), [])))

@@ -111,8 +111,9 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
     from pytest_llmdet.engines import llm as runner
     from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.greedy import plan_generation
-    from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+    from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.engines.seeding import configure_torch
+    from pytest_llmdet.engines.sources import resolve_source
 
     configure_torch("warn", common.TORCH_THREADS)
     loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, []), device=device))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pytest_llmdet.engines.devices import auto_device, cuda_device_count
 from pytest_llmdet.engines.greedy import model_config_use
 from pytest_llmdet.engines.kinds import engine_kind
-from pytest_llmdet.engines.models import ModelSource, auto_device, cuda_device_count, read_local_generation_config
+from pytest_llmdet.engines.sources import ModelSource, read_local_generation_config
 from pytest_llmdet.settings import Settings
 from pytest_llmdet.versions import package_version
 
@@ -61,7 +62,7 @@ def header_lines(settings: Settings, source: ModelSource | None, workers: int | 
 
 
 def worker_devices_line(workers: int, cuda_devices: int, visible: str | None) -> str:
-    """Which pytest-xdist worker puts its models where under `llm_device = auto` (engines.models.auto_device)."""
+    """Which pytest-xdist worker puts its models where under `llm_device = auto` (engines.devices.auto_device)."""
     if cuda_devices < 1:
         return f"llmdet: device auto, {workers} xdist workers: no CUDA device, every worker on cpu"
     shown = 8  # a line, not a wall: the rule is in docs/llm-fixture.md (xdist workers)

@@ -104,12 +104,12 @@ def _worker_id(config: pytest.Config) -> str | None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    from pytest_llmdet.engines.models import ModelLoadError
+    from pytest_llmdet.engines.sources import ModelLoadError
     from pytest_llmdet.header import header_lines, reruns_header_line, snapshot_header_line
 
     session = config.stash[SESSION_KEY]
     try:
-        source = session.default_spec().source
+        source = session.run_model()
     except ModelLoadError:
         source = None
     s = session.snapshot_settings
@@ -134,7 +134,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture
 def llm(request: pytest.FixtureRequest) -> LLM:
     """The model under test with forced greedy decoding and fixed seeds; loaded once per session."""
-    from pytest_llmdet.engines.models import ModelLoadError
+    from pytest_llmdet.engines.sources import ModelLoadError
 
     session = request.config.stash[SESSION_KEY]
     marker = request.node.get_closest_marker("llm_model")

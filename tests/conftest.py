@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import pytest_llmdet
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 
 pytest_plugins = ["pytester"]
 

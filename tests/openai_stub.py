@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 
 VERSION = "0.32.0"
 MAX_MODEL_LEN = 512

@@ -8,18 +8,11 @@ import pytest
 from pytest_llmdet.engines.fingerprint import environment_fingerprint, fingerprint_changes
 from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
 from pytest_llmdet.engines.kinds import KINDS, check_settings, engine_kind
-from pytest_llmdet.engines.models import (
-    LoadedModel,
-    ModelLoadError,
-    ModelSource,
-    ModelSpec,
-    ServerOptions,
-    TransformersOptions,
-    VLLMOptions,
-)
+from pytest_llmdet.engines.models import LoadedModel, ModelSpec, ServerOptions, TransformersOptions, VLLMOptions
 from pytest_llmdet.engines.openai_server import choose_served_model
 from pytest_llmdet.engines.remote_sampling import sampling_fields
 from pytest_llmdet.engines.rows import row_from_steps
+from pytest_llmdet.engines.sources import ModelLoadError, ModelSource
 from pytest_llmdet.errors import cause_line, first_line, named_line
 from pytest_llmdet.golden.variants import Environment, choose_variant, environment_of, parse_key
 from pytest_llmdet.markers import model_choice

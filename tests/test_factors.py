@@ -11,7 +11,7 @@ import torch
 from sessions import validate_report
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 
 # Forward hooks that add 100 x a fixed permutation of 0..vocab-1 (torch's Mersenne Twister, the same on every
 # machine) to the logits when, and only when, their factor is in effect. Steps of 100 outweigh the model's own

@@ -11,7 +11,7 @@ import pytest
 from conftest import copy_model
 from sessions import ONE_TEST, SNAPSHOTS, golden_files, report, run
 
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 
 pytestmark = pytest.mark.usefixtures("only_this_plugin")
 

@@ -499,7 +499,7 @@ def test_xdist_workers_each_load_once_and_the_summary_adds_them_up(pytester):
 
 
 def test_a_missing_model_names_each_path_tried_once(tmp_path):
-    from pytest_llmdet.engines.models import ModelLoadError, resolve_source
+    from pytest_llmdet.engines.sources import ModelLoadError, resolve_source
 
     here, there = tmp_path / "tests", tmp_path
     with pytest.raises(ModelLoadError) as caught:
@@ -536,7 +536,7 @@ torch.nn.Module.to = _to_cpu_for_cuda
     ("gw5", 1, "cuda:0"), ("master", 2, "cuda"),
 ])
 def test_auto_puts_xdist_worker_k_on_cuda_k_mod_the_device_count(worker, cuda_devices, device):
-    from pytest_llmdet.engines.models import auto_device
+    from pytest_llmdet.engines.devices import auto_device
 
     assert auto_device(worker, cuda_devices) == device
 
@@ -544,7 +544,7 @@ def test_auto_puts_xdist_worker_k_on_cuda_k_mod_the_device_count(worker, cuda_de
 def test_auto_counts_the_cuda_devices_torch_sees(monkeypatch):
     import torch
 
-    from pytest_llmdet.engines.models import resolve_device
+    from pytest_llmdet.engines.devices import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)  # CUDA_VISIBLE_DEVICES shapes this count
@@ -603,6 +603,7 @@ def test_a_device_map_without_accelerate_errors_saying_what_to_install(pytester,
 def test_a_device_map_is_passed_to_from_pretrained_and_recorded_in_the_fingerprint(monkeypatch):
     from pytest_llmdet.engines import models
     from pytest_llmdet.engines.fingerprint import environment_fingerprint
+    from pytest_llmdet.engines.sources import resolve_source
     from pytest_llmdet.engines.transformers import TransformersEngine
 
     placed = []
@@ -614,12 +615,12 @@ def test_a_device_map_is_passed_to_from_pretrained_and_recorded_in_the_fingerpri
 
     monkeypatch.setattr(models, "accelerate_installed", lambda: True)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
-    loaded = models.load_model(models.ModelSpec(models.resolve_source(None, []),
+    loaded = models.load_model(models.ModelSpec(resolve_source(None, []),
                                                 options=models.TransformersOptions(device_map="balanced")))
     assert placed == ["balanced"] and loaded.device == "cpu"
     fingerprint = environment_fingerprint(**TransformersEngine(loaded).describe(), generation={}, weights=False)
     assert fingerprint["device_map"] == "balanced"
-    plain = models.load_model(models.ModelSpec(models.resolve_source(None, [])))
+    plain = models.load_model(models.ModelSpec(resolve_source(None, [])))
     assert placed == ["balanced", None]
     assert "device_map" not in environment_fingerprint(**TransformersEngine(plain).describe(), generation={},
                                                        weights=False)

@@ -11,7 +11,7 @@ import openai  # noqa: F401 - imported before any in-process run (pytester drops
 import pytest
 from openai_stub import VERSION, OpenAIStub, load
 
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
 from pytest_llmdet.golden.format import prompt_hash
 
 SUITE = """

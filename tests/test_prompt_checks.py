@@ -7,8 +7,8 @@ import pytest
 from sessions import SNAPSHOTS, run
 from transformers import AutoTokenizer
 
-from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
 from pytest_llmdet.engines.prompts import PromptError, check_prompt
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 from pytest_llmdet.golden.store import read_golden
 
 pytestmark = pytest.mark.usefixtures("only_this_plugin")

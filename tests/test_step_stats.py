@@ -17,8 +17,9 @@ from pytest_llmdet.engines import llm as runner
 from pytest_llmdet.engines import transformers as hf
 from pytest_llmdet.engines.greedy import plan_generation
 from pytest_llmdet.engines.loaded import known_generation_fields
-from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+from pytest_llmdet.engines.models import ModelPool, ModelSpec
 from pytest_llmdet.engines.seeding import seed_everything
+from pytest_llmdet.engines.sources import resolve_source
 from pytest_llmdet.engines.step_stats import (
     StepRecorder,
     StepRecordError,

@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import json
-import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
+from pytest_llmdet.engines.devices import resolve_device
+from pytest_llmdet.engines.sources import WHAT_TO_SET, ModelLoadError, ModelSource
 from pytest_llmdet.errors import first_line
-
-EMBEDDED_MODEL_DIR = Path(__file__).parent.parent / "embedded_model"  # pytest_llmdet/embedded_model
-EMBEDDED_MODEL_NAME = "pytest-llmdet/embedded-tiny-qwen2"
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-class ModelLoadError(Exception):
-    """A model could not be loaded; the message says what was tried and what to do."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: the embedded model, a local directory, or a hub id."""
-
-    kind: str  # "embedded", "local" or "hub"
-    location: str  # a directory path, or the hub id
-    name: str  # as the user wrote it
-
-    def describe(self) -> str:
-        if self.kind == "embedded":
-            return f"{self.name} (embedded, {self.location})"
-        if self.kind == "local":
-            return f"{self.name} (local directory {self.location})"
-        return f"{self.name} (hub)"
-
 
 # What each engine takes of the settings (engines/kinds.py builds them): only what it uses, so that one model on
 # one engine is one spec.
@@ -92,92 +65,6 @@ class ModelSpec:
     def device_map(self) -> str | None:
         """accelerate's device map that places the model (the transformers engine's; None on the others)."""
         return self.options.device_map if isinstance(self.options, TransformersOptions) else None
-
-
-_WHAT_TO_SET = "--llm-model / llm_model (or @pytest.mark.llm_model)"
-
-
-def resolve_source(name: str | None, base_dirs: list[Path]) -> ModelSource:
-    """Map what the user wrote to a model source: None is the embedded model; an existing directory
-    (tried relative to each of `base_dirs`) is local; anything else shaped like `org/name` is a hub id.
-
-    A file is refused (it is neither a model directory nor a hub id), and so is a name that is neither; the
-    message names each path tried, once."""
-    if name is None:
-        return ModelSource("embedded", str(EMBEDDED_MODEL_DIR), EMBEDDED_MODEL_NAME)
-    path = Path(name).expanduser()
-    tried = [path] if path.is_absolute() else [base / path for base in base_dirs]
-    candidates = list(dict.fromkeys(Path(os.path.abspath(candidate)) for candidate in tried))  # each path once
-    for candidate in candidates:
-        if candidate.is_dir():
-            return ModelSource("local", str(candidate.resolve()), name)
-    files = [candidate for candidate in candidates if candidate.exists()]
-    if files:
-        folder = files[0].parent
-        hint = f"here: {folder}" if (folder / "config.json").is_file() else "what save_pretrained writes"
-        raise ModelLoadError(
-            f"model {name!r} is a file ({files[0]}), not a model directory; point {_WHAT_TO_SET} at the folder "
-            f"that holds config.json, the weights and the tokenizer files ({hint})")
-    if _HUB_ID_RE.match(name) and not name.startswith("."):
-        return ModelSource("hub", name, name)
-    where = (f"{candidates[0]} is not a directory" if len(candidates) == 1 else
-             f"none of {', '.join(map(str, candidates))} is a directory")
-    raise ModelLoadError(
-        f"model {name!r} not found: {where}, and {name!r} is not a hub id (org/name); point {_WHAT_TO_SET} at "
-        "a model directory or a hub id such as Qwen/Qwen1.5-0.5B-Chat")
-
-
-def read_local_generation_config(source: ModelSource) -> dict[str, Any] | None:
-    """The model's generation_config.json as a dict, read without transformers; None when not local."""
-    if source.kind == "hub":
-        return None
-    path = Path(source.location) / "generation_config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def auto_device(worker: str | None, cuda_devices: int) -> str:
-    """Where `llm_device = auto` puts the model: cpu without CUDA; with CUDA, pytest-xdist worker `gwK` on
-    cuda:(K mod cuda_devices), one device per worker, and a process outside xdist on cuda. `cuda_devices`
-    counts the visible devices (torch's count honours CUDA_VISIBLE_DEVICES)."""
-    if cuda_devices < 1:
-        return "cpu"
-    index = worker_index(worker)
-    return "cuda" if index is None else f"cuda:{index % cuda_devices}"
-
-
-def worker_index(worker: str | None) -> int | None:
-    """K of pytest-xdist's worker id `gwK`; None outside xdist (or for an id of another shape)."""
-    if worker is None or not worker.startswith("gw") or not worker[2:].isdigit():
-        return None
-    return int(worker[2:])
-
-
-def cuda_device_count() -> int:
-    """The CUDA devices torch can see (0 without CUDA); imports torch."""
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def resolve_device(device: str, worker: str | None = None) -> str:
-    """Turn `auto` into a device (see `auto_device`; `worker` is the pytest-xdist worker id), and check that
-    the requested device exists."""
-    import torch
-
-    if device == "auto":
-        return auto_device(worker, cuda_device_count())
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ModelLoadError(f"llm_device={device} but torch sees no CUDA device; use cpu or auto")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise ModelLoadError(f"llm_device={device} but only {torch.cuda.device_count()} CUDA devices exist")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError("llm_device=mps but the MPS backend is not available; use cpu or auto")
-    return device
 
 
 @dataclass
@@ -251,13 +138,13 @@ def _explain_load_failure(source: ModelSource, error: Exception) -> str:
         if _hub_offline() and not _in_hub_cache(source.location):
             return (f"model {source.name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE=1 is set, so "
                     f"the hub was not asked; download it once where there is network (hf download {source.location})"
-                    f", or point {_WHAT_TO_SET} at a local model directory")
+                    f", or point {WHAT_TO_SET} at a local model directory")
         if _hub_offline():
             return (f"could not load model {source.name!r} from the local Hugging Face cache (HF_HUB_OFFLINE=1 is "
                     f"set): {type(error).__name__}: {first}; download it again where there is network "
-                    f"(hf download {source.location}), or point {_WHAT_TO_SET} at a local model directory")
+                    f"(hf download {source.location}), or point {WHAT_TO_SET} at a local model directory")
         return (f"could not load model {source.name!r} from the Hugging Face hub: {type(error).__name__}: "
-                f"{first}; if the machine is offline, download the model once and point {_WHAT_TO_SET} at "
+                f"{first}; if the machine is offline, download the model once and point {WHAT_TO_SET} at "
                 "its directory, or set HF_HUB_OFFLINE=1 with the model in the local cache")
     return (f"could not load model {source.name!r} from {source.location}: {type(error).__name__}: {first}; "
             "the directory must hold what save_pretrained writes (config.json, weights, tokenizer files)")

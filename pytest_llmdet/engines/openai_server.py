@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan
-from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
+from pytest_llmdet.engines.models import LoadedModel, ModelSpec
 from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.errors import cause_line, first_line
 from pytest_llmdet.settings.values import url_without_credentials
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError
 from pytest_llmdet.engines.loaded import LoadedEngine, position_limit
-from pytest_llmdet.engines.models import ModelLoadError, ModelSpec
+from pytest_llmdet.engines.models import ModelSpec
+from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.engines.variation import Variation, VariationError
 from pytest_llmdet.errors import first_line
 

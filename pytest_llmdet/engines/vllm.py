@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
-from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
+from pytest_llmdet.engines.models import LoadedModel, ModelSpec
 from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.errors import cause_line
 from pytest_llmdet.versions import package_version
 

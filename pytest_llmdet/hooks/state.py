@@ -18,7 +18,8 @@ from pytest_llmdet.settings import Settings, SnapshotSettings
 if TYPE_CHECKING:
     from pytest_llmdet.determinism.runs import Verdict
     from pytest_llmdet.engines.llm import LLM, GenerationStats
-    from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSource, ModelSpec
+    from pytest_llmdet.engines.models import LoadedModel, ModelPool, ModelSpec
+    from pytest_llmdet.engines.sources import ModelSource
 
 
 class DeterminismState:
@@ -92,22 +93,24 @@ class LLMDetSession:
         from pytest_llmdet.engines.models import ModelSpec
 
         s = self.settings
-        return ModelSpec(self._run_model(), s.dtype, s.device, s.trust_remote_code, engine_kind(s.engine).options(s))
+        return ModelSpec(self.run_model(), s.dtype, s.device, s.trust_remote_code, engine_kind(s.engine).options(s))
 
     def spec_from_marker(self, args: tuple[Any, ...], kwargs: dict[str, Any], test_dir: Path) -> ModelSpec:
         """The spec of `@pytest.mark.llm_model("id-or-path", dtype=..., device=..., trust_remote_code=...)`."""
         from pytest_llmdet.engines.kinds import engine_kind
-        from pytest_llmdet.engines.models import ModelSpec, resolve_source
+        from pytest_llmdet.engines.models import ModelSpec
+        from pytest_llmdet.engines.sources import resolve_source
         from pytest_llmdet.markers import model_choice
 
         choice = model_choice(args, kwargs, self.settings)  # no name (engine=... alone): the run's model
-        source = self._run_model() if choice.name is None else \
+        source = self.run_model() if choice.name is None else \
             resolve_source(choice.name, [test_dir, self.rootdir, Path.cwd()])
         return ModelSpec(source, choice.dtype, choice.device, choice.trust_remote_code,
                          engine_kind(choice.engine).options(self.settings))
 
-    def _run_model(self) -> ModelSource:
-        from pytest_llmdet.engines.models import resolve_source
+    def run_model(self) -> ModelSource:
+        """Where the run's model (llm_model) comes from: all the report header needs (no spec, no engine)."""
+        from pytest_llmdet.engines.sources import resolve_source
 
         base_dirs = [self.settings.model_base_dir] if self.settings.model_base_dir else []
         return resolve_source(self.settings.model, base_dirs + [self.rootdir])

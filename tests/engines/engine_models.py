@@ -28,7 +28,7 @@ def build_model(folder: Path, seed: int) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pytest_llmdet.engines.models import EMBEDDED_MODEL_DIR
+    from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
 
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=1400, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
