@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,19 @@ class VLLMDetails(RemoteDetails):
     version: str  # vllm.__version__
     dtype: str  # the dtype vLLM runs the model in (llm_dtype auto resolved)
     max_logprobs: int | None  # the most log-probs per step it returns (--llm-vllm-args max_logprobs=)
+    threads: int | None = None  # torch's intra-op threads its CPU kernels run on (None: not on the CPU)
+
+
+def cpu_threads(requested: int | None, environment: Mapping[str, str], default: int) -> int | None:
+    """The torch threads for vLLM's CPU kernels in this process, where this engine chooses them (None: leave
+    torch's count as it is): `requested` (llm_threads, already set by then) and OMP_NUM_THREADS are the user's;
+    otherwise every core of torch's `default` but one, at least one, as vLLM lays out its own server (its worker
+    gets all cores but the one it reserves). With every core, each of the many tiny kernels of a decode step
+    waits at OpenMP's barrier for a thread that the rest of the process (or the machine) has preempted: 226 ms
+    per 16-token call against the server's 69 ms on 2 cores (docs/benchmarks.md)."""
+    if requested is not None or environment.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, default - 1)
 
 
 def load_vllm(spec: ModelSpec) -> LoadedModel:
@@ -57,6 +71,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     vllm = import_vllm()
     tokenizer, generation_config, limit = load_local_side(spec)
     arguments = dict(spec.options.arguments)
+    threads = _choose_cpu_threads(spec)
     try:
         engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
@@ -81,7 +96,21 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     from vllm.platforms import current_platform
 
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs))
+                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs, threads))
+
+
+def _choose_cpu_threads(spec: ModelSpec) -> int | None:
+    """On the CPU, set torch's thread count for vLLM (cpu_threads) before vllm.LLM, whose CPU worker makes
+    torch.set_num_threads a no-op; the count the kernels run on (None on an accelerator)."""
+    import torch
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    threads = cpu_threads(spec.options.threads, os.environ, torch.get_num_threads())
+    if threads is not None and threads != torch.get_num_threads():  # a second model: set already
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
