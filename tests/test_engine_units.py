@@ -291,7 +291,8 @@ def test_each_engine_names_the_models_it_loaded_in_the_summary():
         "models/q bfloat16 on the vllm engine (0.32.0, cpu)"
     assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20, 1))) == \
         "models/q bfloat16 on the vllm engine (0.32.0, cpu, 1 thread)"
-    assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20, 7))).endswith("(0.32.0, cpu, 7 threads)")
+    assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20, 7))).endswith(
+        "(0.32.0, cpu, 7 threads)")
     server = ServerDetails(512, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1")
     assert line(_loaded(ServerOptions("http://u:p@h:1/v1"), server, "server")) == \
         "models/q on the openai engine: q served by vllm 0.32.0 at http://h:1/v1"
