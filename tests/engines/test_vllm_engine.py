@@ -84,7 +84,7 @@ def _check_gate(result: pytest.RunResult, engine: str) -> None:
 def test_goldens_recorded_on_transformers_gate_the_vllm_engine(gate: pytest.Pytester):
     result = gate.runpytest_subprocess("--llm-snapshot", "--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
     _check_gate(result, "vllm")
-    result.stdout.fnmatch_lines(["*on the vllm engine (*, cpu)*"])
+    result.stdout.fnmatch_lines(["*on the vllm engine (*, cpu, * thread*)*"])
 
 
 def test_goldens_recorded_on_transformers_gate_a_vllm_server(gate: pytest.Pytester, vllm_server: Server,
