@@ -1,6 +1,7 @@
 """Engine cost: the golden gate of N snapshot tests (chat prompts, 16 new tokens) recorded once with the
 transformers engine, then checked with `pytest --llm-snapshot` on each engine: transformers, vllm (vllm.LLM
-in the pytest process) and openai (a vLLM server started once, beforehand; its start-up is reported apart).
+in the pytest process, on the threads it chooses on the CPU, and on every core as before that choice) and openai
+(a vLLM server started once, beforehand; its start-up is reported apart).
 Each check is a whole process, imports and loads included; the `llm` summary's load and generation times are
 reported beside it. The model is the engine tests' tiny Qwen2 (hidden 128, head_dim 64), which vLLM's CPU
 attention runs. Needs vLLM: run it in the engine venv of .ci/run (`.venv-engines/bin/python`).
@@ -49,6 +50,13 @@ def _summary_seconds(output: str, label: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def _torch_threads() -> int:
+    """torch's default intra-op thread count here (the vllm engine's count on the CPU before it chose one)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def measure(tests: int, repeats: int) -> dict[str, Any]:
     load_before = load_average()
     work = new_workdir("engines")
@@ -59,6 +67,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         ours = ("-q", "-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
         log("recording the golden files with the transformers engine ...")
         run_command(pytest_argv(*ours, "--llm-snapshot-update"), suite, env=env)
+        cores = _torch_threads()
         started = time.perf_counter()
         with vllm_server(model, work / "server.log") as server:
             server_start = time.perf_counter() - started
@@ -67,6 +76,9 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
                 "transformers": lambda: run_command(pytest_argv(*ours, "--llm-snapshot"), suite, env=env),
                 "vllm": lambda: run_command(pytest_argv(*ours, "--llm-snapshot", "--llm-engine", "vllm",
                                                         "--llm-vllm-args", VLLM_ARGS), suite, env=env),
+                f"vllm --llm-threads {cores} (every core: before the fix)": lambda: run_command(
+                    pytest_argv(*ours, "--llm-snapshot", "--llm-engine", "vllm", "--llm-vllm-args", VLLM_ARGS,
+                                "--llm-threads", str(cores)), suite, env=env),
                 "openai (vLLM server)": lambda: run_command(pytest_argv(*ours, "--llm-snapshot", "--llm-engine",
                                                                         "openai", "--llm-base-url", server.url),
                                                             suite, env=env),
@@ -88,6 +100,8 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         f"{tests} snapshot tests, {tests} chat prompts, {NEW_TOKENS} new tokens, fp32, the engine tests' tiny Qwen2; "
         "golden files recorded with transformers, every check passed (each run exits 0)",
         f"the vLLM server (openai engine) took {server_start:.1f} s to answer /health, once, before the runs",
+        f"vllm runs its CPU kernels on {max(1, cores - 1)} of torch's {cores} threads (every core but one, as "
+        "vLLM's server gives its worker); the row with --llm-threads shows every core, the default before",
         "load = the `model loads` line of the llm summary (vllm: vllm.LLM and its first generate, the warm-up); "
         "generations = the `generations` line; RSS = the pytest process (the server's is apart)",
     ]

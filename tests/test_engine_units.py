@@ -230,6 +230,7 @@ def test_each_engines_spec_holds_only_the_settings_it_uses():
                         served_model="m", api_key_env="KEY", request_timeout=5.0)
     assert engine_kind("transformers").options(settings) == TransformersOptions("balanced")
     assert engine_kind("vllm").options(settings) == VLLMOptions((("enforce_eager", True),))
+    assert engine_kind("vllm").options(Settings(threads=3)) == VLLMOptions((), 3)
     assert engine_kind("openai").options(settings) == ServerOptions("http://h:1/v1", "m", "KEY", 5.0)
     source = ModelSource("embedded", "/m", "m")
     # one model on one engine is one spec, whatever the other engines' settings are
@@ -253,6 +254,17 @@ def test_the_openai_engine_needs_a_url_at_startup_and_when_a_marker_chooses_it()
         engine_kind("openai").options(Settings())
 
 
+def test_vllm_on_the_cpu_leaves_one_core_to_the_rest_unless_the_user_chose_a_thread_count():
+    from pytest_llmdet.engines.vllm import cpu_threads
+
+    assert cpu_threads(None, {}, 2) == 1  # vLLM's server layout: every core but one for the worker
+    assert cpu_threads(None, {}, 16) == 15
+    assert cpu_threads(None, {}, 1) == 1  # never none
+    assert cpu_threads(None, {"OMP_NUM_THREADS": ""}, 8) == 7  # set but empty: not a choice
+    assert cpu_threads(4, {}, 16) is None  # llm_threads: configure_torch has set it already
+    assert cpu_threads(None, {"OMP_NUM_THREADS": "2"}, 16) is None  # torch's default follows it
+
+
 def _loaded(options, details=None, device="cpu"):
     return LoadedModel(ModelSpec(ModelSource("local", "/models/q", "models/q"), "bfloat16", options=options),
                        model=None, tokenizer=None, device=device, load_seconds=0.0, details=details)
@@ -270,6 +282,10 @@ def test_each_engine_names_the_models_it_loaded_in_the_summary():
         "models/q bfloat16 device_map balanced (inputs on cuda:0)"
     assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20))) == \
         "models/q bfloat16 on the vllm engine (0.32.0, cpu)"
+    assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20, 1))) == \
+        "models/q bfloat16 on the vllm engine (0.32.0, cpu, 1 thread)"
+    assert line(_loaded(VLLMOptions(), VLLMDetails(512, "0.32.0", "bfloat16", 20, 7))).endswith(
+        "(0.32.0, cpu, 7 threads)")
     server = ServerDetails(512, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1")
     assert line(_loaded(ServerOptions("http://u:p@h:1/v1"), server, "server")) == \
         "models/q on the openai engine: q served by vllm 0.32.0 at http://h:1/v1"

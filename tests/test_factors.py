@@ -196,18 +196,20 @@ def test_each_factor_changes_only_the_model_that_depends_on_it_and_the_plain_mod
         "dtype is a sensitivity (bfloat16 against the loaded dtype), not nondeterminism):",
         "margins at the divergences, the largest recorded margin first*",
         "not applicable:",
+        "  prefix-cache (test_matrix.py::test_dtype): the transformers engine has no prefix cache (each generate "
+        "computes its whole prompt): a factor of the vllm engine",
         "  threads (5 tests): this session already runs 1 torch thread (llm_threads or torch's default), so there "
         "is nothing to compare 1 with; set --llm-threads to the count the other machine uses",
     ])
     rows = matrix(result.stdout.str())
     assert rows == {
-        "test": ["batch", "cache", "static-cache", "attention", "threads", "dtype"],
-        "test_attention": ["=", "=", "=", "1", "n/a", "-"],
-        "test_cache": ["=", "1", "=", "=", "n/a", "-"],
-        "test_dtype": ["=", "=", "=", "=", "n/a", "1"],
-        "test_static_cache": ["=", "=", "1", "=", "n/a", "-"],
-        "test_dtype_proof": ["-", "-", "-", "-", "-", "="],
-        "test_plain": ["=", "=", "=", "=", "n/a", "-"],
+        "test": ["batch", "cache", "static-cache", "prefix-cache", "attention", "threads", "dtype"],
+        "test_attention": ["=", "=", "=", "-", "1", "n/a", "-"],
+        "test_cache": ["=", "1", "=", "-", "=", "n/a", "-"],
+        "test_dtype": ["=", "=", "=", "n/a", "=", "n/a", "1"],  # "all": prefix-cache too, n/a on transformers
+        "test_static_cache": ["=", "=", "1", "-", "=", "n/a", "-"],
+        "test_dtype_proof": ["-", "-", "-", "-", "-", "-", "="],
+        "test_plain": ["=", "=", "=", "-", "=", "n/a", "-"],
     }
     report = json.loads((pytester.path / "report.json").read_text(encoding="utf-8"))
     validate_report(report)
@@ -309,16 +311,14 @@ def test_bad_factor_names_are_usage_errors_that_name_the_allowed_ones(pytester):
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines([
         "*pytest-llmdet: usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; batch=True or a "
-        "batch size >= 2; factors=[[]...[]]: \"all\" or a list of batch, cache, static-cache, attention, threads, "
-        "dtype; got factors=[[]'cache', 'kv'[]]: unknown factor(s) kv; allowed values: all, or a comma list of "
-        "batch, cache, static-cache, attention, threads, dtype",
+        "batch size >= 2; factors=[[]...[]]: \"all\" or a list of batch, cache, static-cache, prefix-cache, "
+        "attention, threads, dtype; got factors=[[]'cache', 'kv'[]]: unknown factor(s) kv; allowed values: all, or "
+        "a comma list of batch, cache, static-cache, prefix-cache, attention, threads, dtype",
     ])
-    result = pytester.runpytest("--llm-factors", "cache,prefix-cache")
+    result = pytester.runpytest("--llm-factors", "cache,prefix_cache")
     result.stderr.fnmatch_lines([
-        "*bad value 'cache,prefix-cache' for --llm-factors; prefix-cache is a factor of the vLLM engine (a prefix "
-        "cache warmed by a shared prefix first) that is not built yet (with --llm-engine vllm, re-runs read vLLM's "
-        "prefix cache as it is configured); allowed values: all, or a comma list of batch, cache, static-cache, "
-        "attention, threads, dtype",
+        "*bad value 'cache,prefix_cache' for --llm-factors; unknown factor(s) prefix_cache; allowed values: all, or "
+        "a comma list of batch, cache, static-cache, prefix-cache, attention, threads, dtype",
     ])
     pytester.makeini("[pytest]\nllm_factors = thread\n")
     result = pytester.runpytest()

@@ -256,8 +256,10 @@ def test_factor_names_are_parsed_into_the_matrix_order():
     assert parse_factors("") == ()
     with pytest.raises(ValueError, match="unknown factor.s. kv; allowed values: all, or a comma list of batch"):
         parse_factors(["cache", "kv"])
-    with pytest.raises(ValueError, match="prefix-cache is a factor of the vLLM engine"):
-        parse_factors("prefix-cache")
+    assert parse_factors("dtype,prefix-cache,cache") == ("cache", "prefix-cache", "dtype")
+    with pytest.raises(ValueError, match="unknown factor.s. prefix_cache; allowed values: all, or a comma list of "
+                                         "batch, cache, static-cache, prefix-cache, attention"):
+        parse_factors("prefix_cache")
 
 
 def test_a_factor_cell_is_the_earliest_difference_equal_or_not_applicable():
@@ -340,7 +342,7 @@ def test_the_vocabulary_travels_and_prints_as_plain_words():
 
 @pytest.mark.parametrize("kwargs", [{"runs": 0}, {"runs": "3"}, {"runs": True}, {"batch": 1},
                                     {"batch": "yes"}, {"rnus": 2}, {"factors": ["kv"]}, {"factors": 3},
-                                    {"factors": [None]}, {"factors": ["prefix-cache"]}])
+                                    {"factors": [None]}, {"factors": ["prefix_cache"]}])
 def test_bad_marker_arguments(kwargs):
     with pytest.raises(MarkerUsageError, match="usage: @pytest.mark.llm_determinism"):
         check_plan((), kwargs, 3, False, True)

@@ -40,7 +40,7 @@ def test_factors_come_from_the_flag_or_the_ini_file_in_the_matrix_order():
     assert resolve().factors == ()
     assert resolve(ini={"factors": "dtype, cache"}).factors == ("cache", "dtype")
     assert resolve(flags={"factors": "all"}, ini={"factors": "cache"}).factors == (
-        "batch", "cache", "static-cache", "attention", "threads", "dtype")
+        "batch", "cache", "static-cache", "prefix-cache", "attention", "threads", "dtype")
 
 
 def test_ini_model_path_is_relative_to_the_ini_file():

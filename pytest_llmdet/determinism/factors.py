@@ -1,7 +1,8 @@
 """The factors of the determinism check: named changes under which greedy tokens should not change, but may —
-inside a batch, without a KV cache, with a static cache, with another attention implementation, with one
-torch thread — and bfloat16, under which they may (a sensitivity, reported as such). Each factor says whether
-it applies to a recorded call (and why not) and generates that call once more under its change;
+inside a batch, without a KV cache, with a static cache, with vLLM's prefix cache read or not, with another
+attention implementation, with one torch thread — and bfloat16, under which they may (a sensitivity, reported
+as such). Each factor says whether it applies to a recorded call (and why not) and generates that call once
+more under its change;
 `check_factors` runs the requested factors over a test's calls and compares each output with the recorded one.
 
 A new factor is one small class: a name, `applies` and `regenerate`; one that varies the engine, a name, its
@@ -111,7 +112,8 @@ class EngineFactor(Factor):
         reasons = [llm.engine.cannot_vary(variation) for variation in self.variations(llm)]
         if any(reason is None for reason in reasons):
             return None
-        return "; ".join(r for r in reasons if r) or llm.engine.cannot_vary(Variation()) or "nothing to change"
+        return "; ".join(dict.fromkeys(r for r in reasons if r)) or llm.engine.cannot_vary(Variation()) \
+            or "nothing to change"
 
     def regenerate(self, llm: LLM, call: Generation) -> list[Regeneration]:
         return [r for _, r in self.regenerate_calls(llm, [(0, call)])]
@@ -165,6 +167,32 @@ class StaticCacheFactor(CacheFactor):
         return super().call_problem(call)
 
 
+class PrefixCacheFactor(EngineFactor):
+    """The call generated twice more on vLLM: with its prefix cache not read (the whole prompt computed), then
+    with the prompt's whole blocks read from the cache (the pass before cached them), each compared with the
+    recorded call, which may have read the cache or not: a difference either way is one a cached prefix makes."""
+
+    name = FactorName.PREFIX_CACHE
+    advice = ("a prompt read from the prefix cache is attended over in other chunks than one computed afresh, "
+              "so the sums round differently: a flip at a near-tie is rounding (compare tolerantly: --llm-compare "
+              "tolerant; or gate with the prefix cache off: --llm-vllm-args enable_prefix_caching=false, and serve "
+              "with --no-enable-prefix-caching where outputs must repeat); a flip at a large margin is a bug in "
+              "the engine's cache")
+
+    def variations(self, llm: LLM) -> list[Variation]:
+        return [Variation(prefix_cache=False), Variation(prefix_cache=True)]  # in this order: the first caches
+
+    def describe(self, base: Variation, variation: Variation) -> tuple[str, str, str, str]:
+        if variation.prefix_cache:
+            return ("as recorded vs with the prompt's prefix read from vLLM's prefix cache", "as recorded",
+                    "cached prefix", "with the prompt's prefix read from the prefix cache")
+        return ("as recorded vs with vLLM's prefix cache not read (the whole prompt computed)", "as recorded",
+                "prefix cache not read", "with the prefix cache not read")
+
+    def applies(self, llm: LLM, call: Generation) -> str | None:
+        return super().applies(llm, call) or llm.engine.cannot_cache_prefix(len(call.prompt_token_ids))
+
+
 class AttentionFactor(EngineFactor):
     name = FactorName.ATTENTION
     advice = ("pin the attention implementation you serve with (attn_implementation in the model's "
@@ -205,7 +233,7 @@ class DtypeFactor(EngineFactor):
 
 
 FACTORS: dict[FactorName, type[Factor]] = {factor.name: factor for factor in (
-    BatchFactor, CacheFactor, StaticCacheFactor, AttentionFactor, ThreadsFactor, DtypeFactor)}
+    BatchFactor, CacheFactor, StaticCacheFactor, PrefixCacheFactor, AttentionFactor, ThreadsFactor, DtypeFactor)}
 
 
 @dataclass

@@ -61,3 +61,6 @@ class Engine(Protocol):
     def cannot_vary(self, variation: Variation) -> str | None: ...  # why it cannot apply one (None: it can)
 
     def varied(self, variation: Variation) -> AbstractContextManager[None]: ...  # generate under it, inside
+
+    def cannot_cache_prefix(self, prompt_length: int) -> str | None: ...  # why a prompt this long has no prefix
+    # its prefix cache serves (None: it has one)

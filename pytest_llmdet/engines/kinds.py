@@ -86,7 +86,7 @@ class VLLMKind(EngineKind):
     def options(self, settings: Settings) -> EngineOptions:
         from pytest_llmdet.engines.models import VLLMOptions
 
-        return VLLMOptions(settings.vllm_args)
+        return VLLMOptions(settings.vllm_args, settings.threads)
 
     def header_line(self, settings: Settings) -> str | None:
         arguments = " ".join(f"{key}={value}" for key, value in settings.vllm_args)
@@ -95,7 +95,9 @@ class VLLMKind(EngineKind):
 
     def loaded_line(self, loaded: LoadedModel) -> str:
         spec = loaded.spec
-        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {loaded.device})"
+        threads = loaded.details.threads
+        where = loaded.device if threads is None else f"{loaded.device}, {threads} thread{'s' * (threads != 1)}"
+        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {where})"
 
     def load(self, spec: ModelSpec, worker: str | None) -> LoadedModel:
         from pytest_llmdet.engines.vllm import load_vllm

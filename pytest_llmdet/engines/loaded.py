@@ -76,6 +76,10 @@ class LoadedEngine:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
+    def cannot_cache_prefix(self, prompt_length: int) -> str | None:
+        """Why a prompt of `prompt_length` tokens has no prefix this engine's prefix cache serves (None: it has)."""
+        return f"the {self.kind} engine has no prefix cache"
+
     def describe(self) -> dict[str, Any]:
         """What the environment fingerprint records of this engine (engines.fingerprint): the model and where it
         comes from, and what `described` says of how it generates."""

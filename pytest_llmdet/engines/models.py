@@ -30,6 +30,7 @@ class VLLMOptions:
 
     engine: ClassVar[str] = "vllm"
     arguments: tuple[tuple[str, Any], ...] = ()  # of vllm.LLM, sorted by key (llm_vllm_args)
+    threads: int | None = None  # torch's intra-op threads on the CPU (llm_threads; None: engines/vllm.py chooses)
 
 
 @dataclass(frozen=True)

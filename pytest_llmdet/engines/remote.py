@@ -1,7 +1,8 @@
 """What the engines that are not transformers share (vLLM, an OpenAI-compatible server): the model's tokenizer,
 generation config and length are read locally with transformers, so prompts are tokenized (chat template
 included) and plans are built exactly as on the transformers engine; the determinism factors that change
-transformers' own machinery (cache, attention, threads, dtype) are refused with the reason."""
+transformers' own machinery (cache, attention, threads, dtype) are refused with the reason, and so is the
+prefix-cache factor, which only the vllm engine applies (engines/vllm.py)."""
 
 from __future__ import annotations
 
@@ -82,6 +83,11 @@ class RemoteEngine(LoadedEngine):
         return ()
 
     def cannot_vary(self, variation: Variation) -> str | None:
+        if variation.prefix_cache is not None:
+            return ("the OpenAI API has no field that asks a server not to read its prefix cache (vLLM's "
+                    "skip_reading_prefix_cache is one of its offline SamplingParams, which its server's requests "
+                    "do not take): run the test on the vllm engine, or compare against a server started with "
+                    "--no-enable-prefix-caching")
         return (f"a factor of the transformers engine; this test runs on the {self.kind} engine (the batch factor "
                 "applies there)")
 

@@ -91,6 +91,9 @@ class TransformersEngine(LoadedEngine):
 
     def cannot_vary(self, variation: Variation) -> str | None:
         """Why this engine cannot generate under `variation` (None: it can)."""
+        if variation.prefix_cache is not None:
+            return ("the transformers engine has no prefix cache (each generate computes its whole prompt): a "
+                    "factor of the vllm engine")
         base = self.baseline()
         if variation.threads is not None:
             if not self.device.startswith("cpu"):

@@ -16,6 +16,7 @@ class Variation:
     attn_implementation: str | None = None  # "eager", "sdpa", ...
     threads: int | None = None  # torch's intra-op thread count
     dtype: str | None = None  # the floating-point dtype of the weights, "bfloat16"
+    prefix_cache: bool | None = None  # vLLM's prefix cache: False not read (the whole prompt computed), True read
 
 
 class VariationError(RuntimeError):

@@ -1,13 +1,16 @@
 """The vllm engine: vLLM's offline `vllm.LLM`, loaded once per session per worker, generating from token IDs
 tokenized locally, with every sampling field of the forced-greedy plan sent explicitly
 (`generation_config="vllm"`: the model's defaults stay out) and processed log-probs for the margins. A batch
-(the batch probe) is one `generate` call with every prompt in it, as vLLM's own batch-invariance test does."""
+(the batch probe) is one `generate` call with every prompt in it, as vLLM's own batch-invariance test does. The
+prefix-cache factor asks vLLM not to read its prefix cache (skip_reading_prefix_cache), then to read it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_e
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
 from pytest_llmdet.engines.rows import RowOutput, row_from_steps
 from pytest_llmdet.engines.sources import ModelLoadError
+from pytest_llmdet.engines.variation import Variation, VariationError
 from pytest_llmdet.errors import cause_line
 from pytest_llmdet.versions import package_version
 
@@ -50,6 +54,21 @@ class VLLMDetails(RemoteDetails):
     version: str  # vllm.__version__
     dtype: str  # the dtype vLLM runs the model in (llm_dtype auto resolved)
     max_logprobs: int | None  # the most log-probs per step it returns (--llm-vllm-args max_logprobs=)
+    threads: int | None = None  # torch's intra-op threads its CPU kernels run on (None: not on the CPU)
+    prefix_cache_block: int | None = None  # tokens per block of its prefix cache (None: prefix caching off)
+    skips_prefix_cache: bool = False  # its SamplingParams take skip_reading_prefix_cache (the prefix-cache factor)
+
+
+def cpu_threads(requested: int | None, environment: Mapping[str, str], default: int) -> int | None:
+    """The torch threads for vLLM's CPU kernels in this process, where this engine chooses them (None: leave
+    torch's count as it is): `requested` (llm_threads, already set by then) and OMP_NUM_THREADS are the user's;
+    otherwise every core of torch's `default` but one, at least one, as vLLM lays out its own server (its worker
+    gets all cores but the one it reserves). With every core, each of the many tiny kernels of a decode step
+    waits at OpenMP's barrier for a thread that the rest of the process (or the machine) has preempted: 226 ms
+    per 16-token call against the server's 69 ms on 2 cores (docs/benchmarks.md)."""
+    if requested is not None or environment.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, default - 1)
 
 
 def load_vllm(spec: ModelSpec) -> LoadedModel:
@@ -58,6 +77,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     vllm = import_vllm()
     tokenizer, generation_config, limit = load_local_side(spec)
     arguments = dict(spec.options.arguments)
+    threads = _choose_cpu_threads(spec)
     try:
         engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
@@ -73,16 +93,40 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                         use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
         raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
-    model_config = getattr(getattr(engine, "llm_engine", None), "model_config", None)
+    from vllm.platforms import current_platform
+
+    return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
+                       generation_config, _details(vllm, engine, spec, limit, threads))
+
+
+def _details(vllm: Any, engine: Any, spec: ModelSpec, limit: int | None, threads: int | None) -> VLLMDetails:
+    """What the loaded vllm.LLM says of its model, its log-probs and its prefix cache."""
+    vllm_config = getattr(getattr(engine, "llm_engine", None), "vllm_config", None)
+    model_config = getattr(vllm_config, "model_config", None)
     model_length = getattr(model_config, "max_model_len", None)
     if isinstance(model_length, int):
         limit = model_length if limit is None else min(limit, model_length)
     dtype = str(getattr(model_config, "dtype", spec.dtype)).removeprefix("torch.")
-    max_logprobs = getattr(model_config, "max_logprobs", None)
+    cache_config = getattr(vllm_config, "cache_config", None)
+    block = getattr(cache_config, "block_size", None)
+    caching = getattr(cache_config, "enable_prefix_caching", False) is True and isinstance(block, int)
+    fields = getattr(vllm.SamplingParams, "__struct_fields__", ())
+    return VLLMDetails(limit, vllm.__version__, dtype, getattr(model_config, "max_logprobs", None), threads,
+                       block if caching else None, "skip_reading_prefix_cache" in fields)
+
+
+def _choose_cpu_threads(spec: ModelSpec) -> int | None:
+    """On the CPU, set torch's thread count for vLLM (cpu_threads) before vllm.LLM, whose CPU worker makes
+    torch.set_num_threads a no-op; the count the kernels run on (None on an accelerator)."""
+    import torch
     from vllm.platforms import current_platform
 
-    return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs))
+    if not current_platform.is_cpu():
+        return None
+    threads = cpu_threads(spec.options.threads, os.environ, torch.get_num_threads())
+    if threads is not None and threads != torch.get_num_threads():  # a second model: set already
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
@@ -96,6 +140,7 @@ class VLLMEngine(RemoteEngine):
     """vllm.LLM (see engines.Engine for the verbs)."""
 
     kind = "vllm"
+    _prefix_cache: bool | None = None  # inside varied(Variation(prefix_cache=...)): read the prefix cache or not
 
     def generate_rows(self, rows: list[list[int]], plan: GreedyPlan, top_k: int = 0,
                       pad_id: int | None = None, seed: int = 0) -> list[RowOutput]:
@@ -110,12 +155,16 @@ class VLLMEngine(RemoteEngine):
             raise GenerationArgumentError(
                 f"--llm-top-k {top_k} needs {wanted} log-probs per step, and vLLM returns at most max_logprobs = "
                 f"{allowed}: set --llm-vllm-args max_logprobs={wanted} (or a smaller --llm-top-k)")
+        skip = {} if self._prefix_cache is None else {"skip_reading_prefix_cache": not self._prefix_cache}
         params = []
         for row in rows:
             fields = sampling_fields(plan, self.kind, len(row), wanted, self.tokenizer_eos)
-            params.append(SamplingParams(**fields, detokenize=False))
+            params.append(SamplingParams(**fields, **skip, detokenize=False))
         outputs = self.model.generate([TokensPrompt(prompt_token_ids=list(row)) for row in rows], params,
                                       use_tqdm=False)
+        if self._prefix_cache is not None:
+            for row, output in zip(rows, outputs, strict=True):
+                self._check_prefix_read(len(row), output.num_cached_tokens)
         eos = eos_ids_of(plan)
         result = []
         for output in outputs:
@@ -127,6 +176,51 @@ class VLLMEngine(RemoteEngine):
     @property
     def details(self) -> VLLMDetails:
         return self.loaded.details
+
+    # -- the prefix-cache factor: the prompt's cached blocks read from vLLM's prefix cache, or not -------------
+
+    def cannot_vary(self, variation: Variation) -> str | None:
+        if variation.prefix_cache is None or variation != Variation(prefix_cache=variation.prefix_cache):
+            return super().cannot_vary(variation)
+        if self.details.prefix_cache_block is None:
+            return ("vLLM runs without its prefix cache here (enable_prefix_caching is off): no prompt is read "
+                    "from a cache, so there is nothing to compare")
+        if not self.details.skips_prefix_cache:
+            return (f"vLLM {self.details.version} cannot be asked not to read its prefix cache (its "
+                    "SamplingParams have no skip_reading_prefix_cache): upgrade vLLM, or compare with a run "
+                    "under --llm-vllm-args enable_prefix_caching=false")
+        return None
+
+    def cannot_cache_prefix(self, prompt_length: int) -> str | None:
+        block = self.details.prefix_cache_block
+        if block is None:
+            return "vLLM runs without its prefix cache here"
+        if prompt_length - 1 >= block:
+            return None
+        return (f"the prompt ({prompt_length} tokens) fills no block of vLLM's prefix cache ({block} tokens, and "
+                "the last prompt token is always computed): no part of it is ever read from the cache")
+
+    @contextlib.contextmanager
+    def varied(self, variation: Variation) -> Iterator[None]:
+        reason = self.cannot_vary(variation)
+        if reason is not None:
+            raise VariationError(reason)
+        self._prefix_cache = variation.prefix_cache
+        try:
+            yield
+        finally:
+            self._prefix_cache = None
+
+    def _check_prefix_read(self, prompt_length: int, cached: int | None) -> None:
+        """That vLLM read the prompt's cached blocks when asked to, and none when asked not to."""
+        if self._prefix_cache is False and cached:
+            raise VariationError(f"vLLM read {cached} prompt tokens from its prefix cache, though asked not to "
+                                 "(skip_reading_prefix_cache=True)")
+        if self._prefix_cache and not cached and self.cannot_cache_prefix(prompt_length) is None:
+            raise VariationError(
+                f"vLLM read none of the prompt's {prompt_length} tokens from its prefix cache, though the pass "
+                "just before cached them: its KV cache evicted them (give it more: VLLM_CPU_KVCACHE_SPACE on the "
+                "CPU, --llm-vllm-args gpu_memory_utilization= on a GPU)")
 
     def described(self) -> dict[str, Any]:
         return {"dtype": self.details.dtype, "device": self.device, "engine": self.kind,

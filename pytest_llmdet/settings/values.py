@@ -38,16 +38,13 @@ class FactorName(Word):
     BATCH = "batch"
     CACHE = "cache"
     STATIC_CACHE = "static-cache"
+    PREFIX_CACHE = "prefix-cache"
     ATTENTION = "attention"
     THREADS = "threads"
     DTYPE = "dtype"
 
 
 FACTOR_NAMES: tuple[FactorName, ...] = tuple(FactorName)
-# Factors of an engine pytest-llmdet does not have yet: named, so that asking for one says why it is refused.
-FUTURE_FACTORS = {"prefix-cache": "a factor of the vLLM engine (a prefix cache warmed by a shared prefix "
-                                  "first) that is not built yet (with --llm-engine vllm, re-runs read vLLM's prefix "
-                                  "cache as it is configured)"}
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's strategies
 ENGINES = ("transformers", "vllm", "openai")  # what generates: engines/transformers.py, vllm.py, openai_server.py
 API_KEY_ENV_DEFAULT = "OPENAI_API_KEY"
@@ -155,10 +152,6 @@ def parse_factors(value: str | list[str] | tuple[str, ...]) -> tuple[FactorName,
     names = [n for n in names if n]
     if names == ["all"]:
         return FACTOR_NAMES
-    future = [n for n in names if n in FUTURE_FACTORS]
-    if future:
-        raise ValueError(f"{future[0]} is {FUTURE_FACTORS[future[0]]}; allowed values: all, or a comma list of "
-                         f"{', '.join(FACTOR_NAMES)}")
     unknown = [n for n in names if n not in FACTOR_NAMES]
     if unknown:
         raise ValueError(f"unknown factor(s) {', '.join(unknown)}; allowed values: all, or a comma list of "

@@ -84,7 +84,7 @@ def _check_gate(result: pytest.RunResult, engine: str) -> None:
 def test_goldens_recorded_on_transformers_gate_the_vllm_engine(gate: pytest.Pytester):
     result = gate.runpytest_subprocess("--llm-snapshot", "--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
     _check_gate(result, "vllm")
-    result.stdout.fnmatch_lines(["*on the vllm engine (*, cpu)*"])
+    result.stdout.fnmatch_lines(["*on the vllm engine (*, cpu, * thread*)*"])
 
 
 def test_goldens_recorded_on_transformers_gate_a_vllm_server(gate: pytest.Pytester, vllm_server: Server,
@@ -148,3 +148,38 @@ def test_a_variant_recorded_on_vllm_is_read_back_and_gates_vllm_alone(pytester: 
     on_transformers = pytester.runpytest_subprocess("--llm-snapshot", "-p", "no:cacheprovider")
     on_transformers.assert_outcomes(failed=1)  # the original model against the perturbed default
     assert f"variant {key}" not in on_transformers.stdout.str()
+
+
+PREFIX_SUITE = '''
+import pytest
+
+LONG = "Once upon a time, in a kingdom by the sea, there lived a fox who told stories. " * 6
+
+@pytest.mark.llm_determinism(runs=1, factors=["prefix-cache"])
+def test_long(llm):
+    llm.generate(LONG, max_new_tokens=8)
+
+@pytest.mark.llm_determinism(runs=1, factors=["prefix-cache"])
+def test_short(llm):
+    llm.generate("Hi", max_new_tokens=4)
+'''
+
+
+def test_the_prefix_cache_factor_regenerates_on_vllm_with_the_cache_not_read_then_read(
+        pytester: pytest.Pytester, engine_models: EngineModels, monkeypatch: pytest.MonkeyPatch):
+    """A long prompt is checked (vLLM read none of it from the cache, then its whole blocks: otherwise the
+    factor fails the test); whether the tokens changed is this CPU's rounding, so either verdict is accepted,
+    consistent with the outcome. A prompt shorter than a block is n/a with vLLM's block size."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.original}\n")
+    pytester.makepyfile(test_prefix=PREFIX_SUITE)
+    result = pytester.runpytest_subprocess("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider",
+                                           "--llm-report", "report.json")
+    report = json.loads((pytester.path / "report.json").read_text())
+    cells = {entry["test"].split("::")[-1]: entry["factors"]["prefix-cache"] for entry in report["determinism"]}
+    long, short = cells["test_long"], cells["test_short"]
+    assert long["status"] in ("same", "diverged"), long
+    result.assert_outcomes(passed=1 + (long["status"] == "same"), failed=long["status"] == "diverged")
+    assert short["status"] == "n/a"
+    assert short["reason"].startswith("the prompt (") and "fills no block of vLLM's prefix cache (" in short["reason"]
+    result.stdout.fnmatch_lines(["*prefix-cache (test_prefix.py::test_short): the prompt (* tokens) fills no block*"])
