@@ -94,10 +94,7 @@ def time_gate(work: Path, model_dir: Path, tests: int, new_tokens: int, repeats:
     ours = ("-p", "pytest_llmdet.plugin")
     runner.log("recording the golden files ...")
     runner.run_command(runner.pytest_argv("-q", *ours, "--llm-snapshot-update"), llmdet, env=env)
-    texts_file = work / "bare-texts.json"
-    runner.run_command([sys.executable, str(bare), str(texts_file)], bare.parent)
-    bare_texts = json.loads(texts_file.read_text(encoding="utf-8"))
-    same = sum(a == b for a, b in zip(suites.llmdet_golden_texts(llmdet), bare_texts, strict=True))
+    same = suites.same_texts_as_bare_loop(llmdet, bare, work / "bare-texts.json")
     runner.log(f"outputs: {same}/{tests} golden texts equal the bare loop's")
     cases = {
         "pytest --llm-snapshot": lambda: runner.run_command(runner.pytest_argv("-q", *ours, "--llm-snapshot"),

@@ -16,7 +16,6 @@ the hand-rolled suite and at most 1.10x the floor.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         bare = suites.write_bare_loop(work / "bare", prompts, model_dir)
         env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
         same = record(work, llmdet, handrolled, bare, env)
+        runner.log(f"outputs: {same}/{tests} texts of pytest-llmdet's goldens equal the bare loop's")
         cases = {
             "pytest-llmdet": lambda: runner.run_command(runner.pytest_argv("-q", *OURS, "--llm-snapshot"), llmdet,
                                                         env=env),
@@ -57,12 +57,7 @@ def record(work: Path, llmdet: Path, handrolled: Path, bare: Path, env: dict[str
     runner.log("recording golden files (pytest-llmdet) and snapshots (syrupy) ...")
     runner.run_command(runner.pytest_argv("-q", *OURS, "--llm-snapshot-update"), llmdet, env=env)
     runner.run_command(runner.pytest_argv("-q", *SYRUPY, "--snapshot-update"), handrolled, env=env)
-    texts_file = work / "bare-texts.json"
-    runner.run_command([sys.executable, str(bare), str(texts_file)], bare.parent)
-    bare_texts = json.loads(texts_file.read_text(encoding="utf-8"))
-    same = sum(a == b for a, b in zip(suites.llmdet_golden_texts(llmdet), bare_texts, strict=True))
-    runner.log(f"outputs: {same}/{len(bare_texts)} texts of pytest-llmdet's goldens equal the bare loop's")
-    return same
+    return suites.same_texts_as_bare_loop(llmdet, bare, work / "bare-texts.json")
 
 
 def summarize(tests: int, runs: dict[str, list[runner.Run]], same: int, load_before: tuple[float, float, float]

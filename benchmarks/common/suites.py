@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+from . import runner
 from .runner import REPO
 
 EMBEDDED_MODEL_DIR = REPO / "pytest_llmdet" / "embedded_model"
@@ -73,6 +75,69 @@ def _prompt_module_header(prompts: list[list[dict[str, str]]]) -> str:
     return f"PROMPTS = {prompts!r}\nIDS = [f\"p{{i:03d}}\" for i in range(len(PROMPTS))]\n"
 
 
+def _write(path: Path, template: str, prompts: list[list[dict[str, str]]], **fields: object) -> Path:
+    path.write_text(template.format(header=_prompt_module_header(prompts), **fields), encoding="utf-8")
+    return path
+
+
+LLMDET_SUITE = '''"""Generated: the snapshot suite with pytest-llmdet."""
+import pytest
+
+{header}
+
+{marker}@pytest.mark.parametrize("prompt", PROMPTS, ids=IDS)
+def test_prompt(llm, llm_snapshot, prompt):
+    assert llm.generate(prompt) == llm_snapshot
+'''
+
+HANDROLLED_SUITE = '''"""Generated: the snapshot suite with transformers and syrupy."""
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODEL_DIR = {model_dir!r}
+{header}
+
+@pytest.fixture(scope="session")
+def model_and_tokenizer():
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+    model.eval()
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("prompt", PROMPTS, ids=IDS)
+def test_prompt(model_and_tokenizer, snapshot, prompt):
+    model, tokenizer = model_and_tokenizer
+{generate}    assert text == snapshot
+'''
+
+BARE_LOOP = '''"""Generated: the bare generate loop."""
+import json
+import sys
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+MODEL_DIR = {model_dir!r}
+{header}
+tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)
+model.eval()
+texts = []
+for prompt in PROMPTS:
+{generate}if len(sys.argv) > 1:
+    with open(sys.argv[1], "w", encoding="utf-8") as stream:
+        json.dump(texts, stream)
+'''
+
+# One prompt's greedy generate, as the hand-rolled test and the bare loop both write it; `{keep}` is how the
+# decoded text is kept (`text = ` or `texts.append(`, closed by `{close}`).
+GENERATE = '''    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})
+    {keep}tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True){close}
+'''
+
+
 def write_llmdet_suite(folder: Path, prompts: list[list[dict[str, str]]], model_dir: Path,
                        max_new_tokens: int = MAX_NEW_TOKENS, marker: str = "") -> Path:
     """The snapshot suite written with pytest-llmdet: one test per prompt, `llm.generate(prompt) ==
@@ -80,14 +145,7 @@ def write_llmdet_suite(folder: Path, prompts: list[list[dict[str, str]]], model_
     _write_rootdir(folder)
     (folder / "pytest.ini").write_text(f"[pytest]\nllm_model = {model_dir}\nllm_max_new_tokens = {max_new_tokens}\n",
                                        encoding="utf-8")
-    (folder / "test_llmdet_suite.py").write_text(
-        f'"""Generated: the snapshot suite with pytest-llmdet."""\nimport pytest\n\n'
-        f"{_prompt_module_header(prompts)}\n\n{marker}"
-        '@pytest.mark.parametrize("prompt", PROMPTS, ids=IDS)\n'
-        "def test_prompt(llm, llm_snapshot, prompt):\n"
-        "    assert llm.generate(prompt) == llm_snapshot\n",
-        encoding="utf-8",
-    )
+    _write(folder / "test_llmdet_suite.py", LLMDET_SUITE, prompts, marker=marker)
     return folder
 
 
@@ -96,26 +154,9 @@ def write_handrolled_suite(folder: Path, prompts: list[list[dict[str, str]]], mo
     """The same checks as a competent user writes them without pytest-llmdet: a session fixture loading
     model and tokenizer, `model.generate(do_sample=False)`, and syrupy's `snapshot` on the text."""
     _write_rootdir(folder)
-    (folder / "test_handrolled_suite.py").write_text(
-        f'"""Generated: the snapshot suite with transformers and syrupy."""\n'
-        "import pytest\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"MODEL_DIR = {str(model_dir)!r}\n{_prompt_module_header(prompts)}\n\n"
-        '@pytest.fixture(scope="session")\n'
-        "def model_and_tokenizer():\n"
-        "    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)\n"
-        "    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)\n"
-        "    model.eval()\n"
-        "    return model, tokenizer\n\n\n"
-        '@pytest.mark.parametrize("prompt", PROMPTS, ids=IDS)\n'
-        "def test_prompt(model_and_tokenizer, snapshot, prompt):\n"
-        "    model, tokenizer = model_and_tokenizer\n"
-        "    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors=\"pt\",\n"
-        "                                           return_dict=True)\n"
-        f"    output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})\n"
-        "    text = tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True)\n"
-        "    assert text == snapshot\n",
-        encoding="utf-8",
-    )
+    generate = GENERATE.format(max_new_tokens=max_new_tokens, keep="text = ", close="")
+    _write(folder / "test_handrolled_suite.py", HANDROLLED_SUITE, prompts, model_dir=str(model_dir),
+           generate=generate)
     return folder
 
 
@@ -124,26 +165,8 @@ def write_bare_loop(folder: Path, prompts: list[list[dict[str, str]]], model_dir
     """The floor: a plain script that loads the model and calls `model.generate` once per prompt. With a
     file name as its argument it also writes the texts there as JSON (used to check the outputs agree)."""
     folder.mkdir(parents=True, exist_ok=True)
-    script = folder / "bare_loop.py"
-    script.write_text(
-        '"""Generated: the bare generate loop."""\n'
-        "import json\nimport sys\n\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"MODEL_DIR = {str(model_dir)!r}\n{_prompt_module_header(prompts)}\n"
-        "tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)\n"
-        "model = AutoModelForCausalLM.from_pretrained(MODEL_DIR)\n"
-        "model.eval()\n"
-        "texts = []\n"
-        "for prompt in PROMPTS:\n"
-        "    inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors=\"pt\",\n"
-        "                                           return_dict=True)\n"
-        f"    output = model.generate(**inputs, do_sample=False, max_new_tokens={max_new_tokens})\n"
-        "    texts.append(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n"
-        "if len(sys.argv) > 1:\n"
-        "    with open(sys.argv[1], \"w\", encoding=\"utf-8\") as stream:\n"
-        "        json.dump(texts, stream)\n",
-        encoding="utf-8",
-    )
-    return script
+    generate = GENERATE.format(max_new_tokens=max_new_tokens, keep="texts.append(", close=")")
+    return _write(folder / "bare_loop.py", BARE_LOOP, prompts, model_dir=str(model_dir), generate=generate)
 
 
 def collected_count(output: str) -> int:
@@ -162,6 +185,14 @@ def llmdet_golden_texts(folder: Path) -> list[str]:
         data = json.loads(path.read_text(encoding="utf-8"))
         texts.append("".join(data["snapshots"]["0"]["text_lines"]))
     return texts
+
+
+def same_texts_as_bare_loop(llmdet: Path, bare: Path, texts_file: Path) -> int:
+    """Run the bare loop once, writing its texts to `texts_file`: how many of them equal the texts recorded in
+    the golden files of the pytest-llmdet suite `llmdet` (recorded first), prompt by prompt."""
+    runner.run_command([sys.executable, str(bare), str(texts_file)], bare.parent)
+    bare_texts = json.loads(texts_file.read_text(encoding="utf-8"))
+    return sum(a == b for a, b in zip(llmdet_golden_texts(llmdet), bare_texts, strict=True))
 
 
 # -- the determinism re-run suite (bench_reruns.py) -------------------------------------------------------------
