@@ -18,26 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cli
+from common.report import make_section, median, seconds
+from common.runner import child_env, interleaved, load_average, log, new_workdir, pytest_argv, run_command
+from common.suites import chat_prompts, write_llmdet_suite
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "engines"))
 
-from common import (  # noqa: E402
-    chat_prompts,
-    child_env,
-    interleaved,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    write_llmdet_suite,
-)
 from engine_models import build_model, vllm_server  # noqa: E402
 
 TESTS = 20
@@ -113,10 +100,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(tests=5 if args.quick else TESTS, repeats=1 if args.quick else 3)
-    save_section("engines", section, args.quick)
-    print_section(section)
+    cli.main("engines", __doc__, lambda quick: measure(tests=5 if quick else TESTS, repeats=1 if quick else 3))
 
 
 if __name__ == "__main__":

@@ -12,62 +12,58 @@ the session's thread count, so its row (and only its row) runs with 2 threads, i
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import (  # noqa: E402
-    MAX_NEW_TOKENS,
-    chat_prompts,
-    copy_embedded_model,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    ratio,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-)
+from common import cli, report, runner, suites
 
 GOAL = 1  # extra model.generate calls per recorded call, per factor (attention: per other implementation)
 THREADS_ROW_THREADS = 2
 
 
+class Timings:
+    """Per factor: the calls alone and the factor's pass over them (seconds per round), the generate calls
+    each pass made, and the factor's matrix cell."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.alone: dict[str, list[float]] = {name: [] for name in names}
+        self.passes: dict[str, list[float]] = {name: [] for name in names}
+        self.generations: dict[str, set[int]] = {name: set() for name in names}
+        self.cells: dict[str, str] = {}
+
+
 def measure(prompt_count: int, rounds: int) -> dict[str, Any]:
     """Count and time each factor's pass over the recorded calls."""
-    load_before = load_average()
-    work = new_workdir("factors")
-    try:
+    load_before = runner.load_average()
+    with runner.workdir("factors") as work:
         return _measure(work, prompt_count, rounds, load_before)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[float, float, float]
              ) -> dict[str, Any]:
     import torch
 
-    from pytest_llmdet.determinism.factors import check_factors
+    from pytest_llmdet.engines.seeding import configure_torch
+
+    configure_torch("warn", runner.TORCH_THREADS)
+    session_threads = torch.get_num_threads()
+    llm, counted = counting_llm(work)
+    prompts = suites.chat_prompts(prompt_count)
+    calls = [llm.generate(prompt) for prompt in prompts]  # warm-up, and the recorded calls
+    timings = time_factors(llm, counted, prompts, calls, rounds, session_threads)
+    return summarize(timings, len(prompts), rounds, session_threads, load_before)
+
+
+def counting_llm(work: Path) -> tuple[Any, dict[str, int]]:
+    """An LLM on a private copy of the embedded model whose `model.generate` counts its calls."""
     from pytest_llmdet.engines.llm import LLM
     from pytest_llmdet.engines.models import ModelPool, ModelSpec
-    from pytest_llmdet.engines.seeding import configure_torch
     from pytest_llmdet.engines.sources import resolve_source
     from pytest_llmdet.engines.transformers import TransformersEngine
-    from pytest_llmdet.settings.values import FACTOR_NAMES
 
-    configure_torch("warn", common.TORCH_THREADS)
-    session_threads = torch.get_num_threads()
-    loaded = ModelPool().get(ModelSpec(resolve_source(str(copy_embedded_model(work / "model")), [])))
-    llm = LLM(TransformersEngine(loaded), seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
+    loaded = ModelPool().get(ModelSpec(resolve_source(str(suites.copy_embedded_model(work / "model")), [])))
+    llm = LLM(TransformersEngine(loaded), seed=0, max_new_tokens=suites.MAX_NEW_TOKENS, inherit_processors=True)
     model = loaded.model
     counted = {"generate": 0}
     original_generate = model.generate
@@ -77,60 +73,69 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
         return original_generate(*args, **kwargs)
 
     model.generate = counting_generate
-    prompts = chat_prompts(prompt_count)
-    calls = [llm.generate(prompt) for prompt in prompts]  # warm-up, and the recorded calls
-    alone: dict[str, list[float]] = {name: [] for name in FACTOR_NAMES}
-    passes: dict[str, list[float]] = {name: [] for name in FACTOR_NAMES}
-    generations: dict[str, set[int]] = {name: set() for name in FACTOR_NAMES}
-    cells: dict[str, str] = {}
-    log(f"timing {len(FACTOR_NAMES)} factors x {len(prompts)} calls x {rounds} rounds ...")
+    return llm, counted
+
+
+def time_factors(llm: Any, counted: dict[str, int], prompts: list[Any], calls: list[Any], rounds: int,
+                 session_threads: int) -> Timings:
+    """Per round and factor: the calls generated again, then the factor's pass over the recorded calls."""
+    import torch
+
+    from pytest_llmdet.determinism.factors import check_factors
+    from pytest_llmdet.settings.values import FACTOR_NAMES
+
+    timings = Timings(FACTOR_NAMES)
+    runner.log(f"timing {len(FACTOR_NAMES)} factors x {len(prompts)} calls x {rounds} rounds ...")
     for round_index in range(rounds):
         for name in FACTOR_NAMES:
             torch.set_num_threads(THREADS_ROW_THREADS if name == "threads" else session_threads)
             started = time.perf_counter()
             for prompt in prompts:
                 llm.generate(prompt)
-            alone[name].append(time.perf_counter() - started)
+            timings.alone[name].append(time.perf_counter() - started)
             llm.calls.clear()
             before = counted["generate"]
             started = time.perf_counter()
             findings = check_factors(llm, calls, [name])
-            passes[name].append(time.perf_counter() - started)
-            generations[name].add(counted["generate"] - before)
-            cells[name] = findings.cells[name].text()
+            timings.passes[name].append(time.perf_counter() - started)
+            timings.generations[name].add(counted["generate"] - before)
+            timings.cells[name] = findings.cells[name].text()
         torch.set_num_threads(session_threads)
-        log(f"  round {round_index + 1}/{rounds} (load {load_average()[0]:.2f})")
-    model.generate = original_generate
+        runner.log(f"  round {round_index + 1}/{rounds} (load {runner.load_average()[0]:.2f})")
+    return timings
 
+
+def summarize(timings: Timings, prompts: int, rounds: int, session_threads: int,
+              load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The table: per factor the extra generate calls per call and the pass's time against the calls'."""
+    median, seconds = report.median, report.seconds
     rows = []
     worst = 0.0
-    for name in FACTOR_NAMES:
-        per_call = {count / len(prompts) for count in generations[name]}
-        extra = max(per_call)
-        worst = max(worst, extra) if cells[name] != "n/a" else worst
-        own, factor = median(alone[name]) / len(prompts), median(passes[name]) / len(prompts)
-        rows.append([name, f"{extra:g}", seconds(own), seconds(factor), f"{ratio(factor, own):.2f}x", cells[name]])
+    for name in timings.alone:
+        extra = max(count / prompts for count in timings.generations[name])
+        worst = max(worst, extra) if timings.cells[name] != "n/a" else worst
+        own, factor = median(timings.alone[name]) / prompts, median(timings.passes[name]) / prompts
+        rows.append([name, f"{extra:g}", seconds(own), seconds(factor), f"{report.ratio(factor, own):.2f}x",
+                     timings.cells[name]])
     notes = [
-        f"extra generate calls per recorded call, worst factor: {worst:g} (goal <= {GOAL}): {verdict(worst, GOAL)}",
-        f"{len(prompts)} chat prompts x {MAX_NEW_TOKENS} new tokens, {rounds} rounds, in-process, torch threads: "
+        f"extra generate calls per recorded call, worst factor: {worst:g} (goal <= {GOAL}): "
+        f"{report.verdict(worst, GOAL)}",
+        f"{prompts} chat prompts x {suites.MAX_NEW_TOKENS} new tokens, {rounds} rounds, in-process, torch threads: "
         f"{session_threads} ({THREADS_ROW_THREADS} in the threads row)",
         "'per call under the factor' is the factor's whole pass (applicability, variation in and out, generate, "
         "compare) divided by the calls; batch computes 4 rows per generate, static-cache allocates its cache per "
         "call, dtype casts the weights once per pass",
     ]
-    return make_section(
+    return report.make_section(
         "Factors: one regeneration per call per factor", "one extra generate call per recorded call per factor",
         ["factor", "extra generate calls per call", "call alone (median)", "per call under the factor",
          "factor / call", "matrix cell"], rows, load_before, notes,
-        raw={"alone": alone, "passes": passes}, prompts=len(prompts), met=worst <= GOAL,
+        raw={"alone": timings.alone, "passes": timings.passes}, prompts=prompts, met=worst <= GOAL,
     )
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(prompt_count=5 if args.quick else 20, rounds=2 if args.quick else 5)
-    save_section("factors", section, args.quick)
-    print_section(section)
+    cli.main("factors", __doc__, lambda quick: measure(prompt_count=5 if quick else 20, rounds=2 if quick else 5))
 
 
 if __name__ == "__main__":

@@ -23,31 +23,11 @@ import json
 import os
 import shutil
 import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    chat_prompts,
-    child_env,
-    copy_embedded_model,
-    interleaved,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    write_llmdet_suite,
-)
+from common import cli, report, runner, suites
 
 GIB = 1 << 30
 CHUNK = 64 << 20
@@ -66,93 +46,86 @@ def write_random_safetensors(path: Path, size: int) -> Path:
     return path
 
 
-# Counts the weight files a run hashes (benchmark instrumentation of a private function): the timing alone
-# cannot tell a cached run from a fast disk.
-HASH_COUNTER = '''"""Generated: records every weight file pytest-llmdet hashes in this run."""
-import os
-
-from pytest_llmdet.engines import fingerprint
-
-_hash_file = fingerprint._hash_file
-
-
-def _counting(path):
-    with open(os.environ["LLMDET_BENCH_HASHED"], "a", encoding="utf-8") as stream:
-        stream.write(path.name + "\\n")
-    return _hash_file(path)
-
-
-fingerprint._hash_file = _counting
-'''
-
-
 def measure(size: int, repeats: int) -> dict[str, Any]:
     """Time the hashing directly and end to end, count what each run hashed, then delete the big file."""
-    from pytest_llmdet.engines.fingerprint import hash_weights
-
-    load_before = load_average()
-    work = new_workdir("fingerprint")
-    try:
-        model_dir = copy_embedded_model(work / "model")
-        log(f"writing a {size / GIB:.2f} GiB weight file in {model_dir} ...")
+    load_before = runner.load_average()
+    with runner.workdir("fingerprint") as work:  # the 1 GiB file goes with it
+        model_dir = suites.copy_embedded_model(work / "model")
+        runner.log(f"writing a {size / GIB:.2f} GiB weight file in {model_dir} ...")
         write_random_safetensors(model_dir / "padding.safetensors", size)
-
-        cold, warm = [], []
-        for _ in range(repeats):
-            cache: dict[str, str] = {}
-            started = time.perf_counter()
-            digest = hash_weights(model_dir, cache)
-            cold.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            if hash_weights(model_dir, cache) != digest:
-                raise RuntimeError("the cached hash differs from the computed one")
-            warm.append(time.perf_counter() - started)
-
-        suite = write_llmdet_suite(work / "suite", chat_prompts(1), model_dir)
-        (suite / "conftest.py").write_text(HASH_COUNTER, encoding="utf-8")
-        golden_dir = suite / "__llm_snapshots__"
-        hashed_log = work / "hashed.txt"
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", LLMDET_BENCH_HASHED=str(hashed_log))
-        primed = work / "cache-primed"
-        counter = iter(range(1_000_000))
-        hashed: dict[str, list[int]] = {}
-
-        def pytest_run(name: str, mode: str, cache_dir: Path) -> Any:
-            if mode == "--llm-snapshot-update":
-                shutil.rmtree(golden_dir, ignore_errors=True)  # a missing golden file makes the run record it
-            hashed_log.unlink(missing_ok=True)
-            run = run_command(pytest_argv("-q", *PLUGIN, mode, "-o", f"cache_dir={cache_dir}"), suite, env=env)
-            files = hashed_log.read_text(encoding="utf-8").split() if hashed_log.exists() else []
-            hashed.setdefault(name, []).append(len(files))
-            return run
-
-        pytest_run("priming", "--llm-snapshot-update", primed)
-        if not list(primed.rglob("weights-sha256")):
-            raise RuntimeError(f"the first run left no weights hash in pytest's cache under {primed}")
-        cases = {
-            "record, empty cache": lambda: pytest_run("record, empty cache", "--llm-snapshot-update",
-                                                      work / f"cache-{next(counter)}"),
-            "record, cache of an earlier run": lambda: pytest_run("record, cache of an earlier run",
-                                                                  "--llm-snapshot-update", primed),
-            "check, empty cache": lambda: pytest_run("check, empty cache", "--llm-snapshot",
-                                                     work / f"cache-{next(counter)}"),
-            "check, cache of an earlier run": lambda: pytest_run("check, cache of an earlier run", "--llm-snapshot",
-                                                                 primed),
-        }
-        log(f"timing {len(cases)} ways x {repeats} runs, interleaved ...")
-        runs = interleaved(cases, repeats, warmup=0, progress=log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)  # the 1 GiB file goes with it
+        cold, warm = hash_directly(model_dir, repeats)
+        runs = CountingRuns(work, model_dir)
+        timed = runner.interleaved(runs.cases(), repeats, warmup=0, progress=runner.log)
     if work.exists():
         raise RuntimeError(f"could not delete {work}: remove it by hand")
+    return summarize(size, cold, warm, timed, runs.hashed, load_before)
 
-    wall = {name: median(r.wall for r in values) for name, values in runs.items()}
+
+def hash_directly(model_dir: Path, repeats: int) -> tuple[list[float], list[float]]:
+    """`fingerprint.hash_weights` timed with an empty cache and again with the cache it filled."""
+    from pytest_llmdet.engines.fingerprint import hash_weights
+
+    cold, warm = [], []
+    for _ in range(repeats):
+        cache: dict[str, str] = {}
+        started = time.perf_counter()
+        digest = hash_weights(model_dir, cache)
+        cold.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        if hash_weights(model_dir, cache) != digest:
+            raise RuntimeError("the cached hash differs from the computed one")
+        warm.append(time.perf_counter() - started)
+    return cold, warm
+
+
+class CountingRuns:
+    """One snapshot test run end to end by pytest, recording or checking, with an empty pytest cache or the
+    one a first run left; the conftest counts the weight files each run hashed (`hashed`, per case)."""
+
+    def __init__(self, work: Path, model_dir: Path) -> None:
+        self.work = work
+        self.suite = suites.add_hash_counter(suites.write_llmdet_suite(work / "suite", suites.chat_prompts(1),
+                                                                       model_dir))
+        self.hashed_log = work / "hashed.txt"
+        self.env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", LLMDET_BENCH_HASHED=str(self.hashed_log))
+        self.primed = work / "cache-primed"
+        self.counter = iter(range(1_000_000))
+        self.hashed: dict[str, list[int]] = {}
+        self.run("priming", "--llm-snapshot-update", self.primed)
+        if not list(self.primed.rglob("weights-sha256")):
+            raise RuntimeError(f"the first run left no weights hash in pytest's cache under {self.primed}")
+
+    def run(self, name: str, mode: str, cache_dir: Path) -> runner.Run:
+        if mode == "--llm-snapshot-update":  # a missing golden file makes the run record it
+            shutil.rmtree(self.suite / "__llm_snapshots__", ignore_errors=True)
+        self.hashed_log.unlink(missing_ok=True)
+        run = runner.run_command(runner.pytest_argv("-q", *PLUGIN, mode, "-o", f"cache_dir={cache_dir}"),
+                                 self.suite, env=self.env)
+        files = self.hashed_log.read_text(encoding="utf-8").split() if self.hashed_log.exists() else []
+        self.hashed.setdefault(name, []).append(len(files))
+        return run
+
+    def cases(self) -> dict[str, Any]:
+        """The four timed cases: record and check, each with an empty cache and with the primed one."""
+        def case(name: str, mode: str, primed: bool) -> Any:
+            return lambda: self.run(name, mode, self.primed if primed else self.work / f"cache-{next(self.counter)}")
+
+        return {name: case(name, mode, primed) for name, mode, primed in (
+            ("record, empty cache", "--llm-snapshot-update", False),
+            ("record, cache of an earlier run", "--llm-snapshot-update", True),
+            ("check, empty cache", "--llm-snapshot", False),
+            ("check, cache of an earlier run", "--llm-snapshot", True))}
+
+
+def summarize(size: int, cold: list[float], warm: list[float], runs: dict[str, list[runner.Run]],
+              hashed: dict[str, list[int]], load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The table: the direct hashing and each pytest run's time and hashed files; the goal."""
+    median, seconds = report.median, report.seconds
+    wall = report.medians(runs, "wall")
     weight_files = max(max(counts) for counts in hashed.values())
     cached = [name for name in runs if "earlier run" in name]
-    cache_works = all(count == 0 for name in cached for count in hashed[name])
     checks = [name for name in runs if name.startswith("check")]
-    gate_reads_nothing = all(count == 0 for name in checks for count in hashed[name])  # passing checks
-    met = cache_works and gate_reads_nothing
+    met = all(count == 0 for name in cached + checks for count in hashed[name])  # cached runs, passing checks
     rows = [
         ["hash_weights, empty cache", seconds(median(cold)), f"{size / GIB / median(cold):.2f} GiB/s", "", len(cold)],
         ["hash_weights, filled cache", seconds(median(warm)), "a stat per file", "", len(warm)],
@@ -173,7 +146,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
         f"weight file {size / GIB:.2f} GiB of random bytes (page-cached, so the hash time is CPU, not disk); "
         "deleted afterwards",
     ]
-    return make_section(
+    return report.make_section(
         f"Fingerprint cost: a {size / GIB:.2f} GiB local model",
         "hashing the weights does not add seconds to every run",
         ["what", "time (median)", "note", "files hashed", "runs"], rows, load_before, notes,
@@ -184,10 +157,7 @@ def measure(size: int, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(size=GIB // 8 if args.quick else GIB, repeats=1 if args.quick else 3)
-    save_section("fingerprint", section, args.quick)
-    print_section(section)
+    cli.main("fingerprint", __doc__, lambda quick: measure(size=GIB // 8 if quick else GIB, repeats=1 if quick else 3))
 
 
 if __name__ == "__main__":

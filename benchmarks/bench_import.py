@@ -17,30 +17,11 @@ import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    PYCACHE_PREFIX,
-    Run,
-    child_env,
-    collected_count,
-    interleaved,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    write_trivial_suite,
-)
+from common import cli, report, runner, suites
 
 TESTS = 500
 GOAL_SECONDS = 0.010
@@ -98,14 +79,14 @@ print(imported, spent[0], ','.join(heavy) or '-', spent[1])
 
 
 def paired_runs(commands: dict[str, list[str]], cwd: Path, repeats: int, warmup: int,
-                env: dict[str, str] | None = None) -> dict[str, list[Run]]:
+                env: dict[str, str] | None = None) -> dict[str, list[runner.Run]]:
     """Run two commands back to back `warmup + repeats` times, swapping which goes first each round (so neither
     always gets the warmer caches); keep the last `repeats` of each, pair i of one matching pair i of the other."""
     names = list(commands)
-    runs: dict[str, list[Run]] = {name: [] for name in names}
+    runs: dict[str, list[runner.Run]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         for name in names if round_index % 2 == 0 else reversed(names):
-            run = run_command(commands[name], cwd, env=env)
+            run = runner.run_command(commands[name], cwd, env=env)
             if round_index >= warmup:
                 runs[name].append(run)
     return runs
@@ -131,7 +112,8 @@ def instruction_counts(commands: dict[str, list[str]], cwd: Path, **env: str) ->
     counts = {}
     for name, argv in commands.items():
         done = subprocess.run([valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv], cwd=cwd,
-                              env=child_env(PYTHONHASHSEED="0", **env), capture_output=True, text=True, check=True)
+                              env=runner.child_env(PYTHONHASHSEED="0", **env), capture_output=True, text=True,
+                              check=True)
         counts[name] = callgrind_total(done.stderr)
     return counts
 
@@ -145,133 +127,207 @@ def callgrind_total(stderr: str) -> int:
     return max(totals)
 
 
+ENABLED, DISABLED = "plugin enabled", "-p no:llmdet"
+
+
+@dataclass
+class WholeProcess:
+    """`pytest --co -q` with and without the plugin, in pairs, and their instruction counts (None without
+    valgrind); the same under PYTHONDONTWRITEBYTECODE=1."""
+
+    runs: dict[str, list[runner.Run]]
+    counts: dict[str, int] | None
+    runs_no_bytecode: dict[str, list[runner.Run]]
+    counts_no_bytecode: dict[str, int] | None
+
+
+@dataclass
+class InProcess:
+    """The probe's medians: importing the plugin, pytest registering it, its hooks; the heavy modules the
+    import pulled in; the import with no bytecode cache."""
+
+    runs: int
+    import_seconds: float
+    hook_seconds: float
+    heavy: list[str]
+    register_seconds: float
+    cold_runs: int
+    cold_import_seconds: float
+
+    @classmethod
+    def of(cls, probes: list[runner.Run], cold: list[runner.Run]) -> InProcess:
+        def figure(runs: list[runner.Run], index: int) -> float:
+            return report.median(float(p.stdout.split()[index]) for p in runs)
+
+        return cls(len(probes), figure(probes, 0), figure(probes, 1), sorted({p.stdout.split()[2] for p in probes}),
+                   figure(probes, 3), len(cold), figure(cold, 0))
+
+    @property
+    def total(self) -> float:
+        return self.import_seconds + self.register_seconds + self.hook_seconds
+
+
 def measure(tests: int, repeats: int) -> dict[str, Any]:
     """Time collection with and without the plugin, and the plugin's import alone."""
-    load_before = load_average()
-    work = new_workdir("import")
-    try:
-        suite = write_trivial_suite(work / "suite", tests)
-        enabled = pytest_argv("--co", "-q")
-        disabled = pytest_argv("--co", "-q", "-p", "no:llmdet")
-        for argv in (enabled, disabled):
-            count = collected_count(run_command(argv, suite).stdout)
+    load_before = runner.load_average()
+    with runner.workdir("import") as work:
+        suite = suites.write_trivial_suite(work / "suite", tests)
+        commands = {ENABLED: runner.pytest_argv("--co", "-q"),
+                    DISABLED: runner.pytest_argv("--co", "-q", "-p", "no:llmdet")}
+        for argv in commands.values():
+            count = suites.collected_count(runner.run_command(argv, suite).stdout)
             if count != tests:
                 raise RuntimeError(f"expected {tests} tests collected, got {count}: {' '.join(argv)}")
-        log(f"timing `pytest --co -q` on {tests} tests, {repeats} runs each, in pairs, the order alternating ...")
-        runs = paired_runs({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite, repeats, warmup=2)
-        log("counting instructions with valgrind (about a minute) ...")
-        counts = instruction_counts({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite)
-        # PYTHONDONTWRITEBYTECODE=1, as in many CI images: the bytecode the runs above wrote stays readable (as
-        # pip's is for an installed wheel), but pytest cannot cache what it rewrites, so it compiles the modules it
-        # loads itself (the entry module, the package's __init__) from source on every run
-        log("the same pairs and counts under PYTHONDONTWRITEBYTECODE=1 ...")
-        for rewritten in PYCACHE_PREFIX.rglob("*-pytest-*.pyc"):  # keep the bytecode pip would have compiled
-            rewritten.unlink()
-        no_bytecode = child_env(PYTHONDONTWRITEBYTECODE="1")
-        runs_no_bytecode = paired_runs({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite,
-                                       max(repeats // 2, 3), warmup=1, env=no_bytecode)
-        counts_no_bytecode = instruction_counts({"plugin enabled": enabled, "-p no:llmdet": disabled}, suite,
-                                                PYTHONDONTWRITEBYTECODE="1")
-        probes = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite)},
-                             max(repeats // 2, 3), warmup=1)["probe"]
-        # No bytecode cache: an empty cache folder that is never written to, so every startup module is compiled
-        # from its source (the probe imports them before pytest starts, without its rewriting hook). An upper
-        # bound for a run under PYTHONDONTWRITEBYTECODE=1 (set in many CI images) with the plugin installed from
-        # a wheel: there pytest, which cannot cache what it rewrites, compiles plugin.py and the package's
-        # __init__ on every run, and the other startup modules load from pip's bytecode past its rewriting.
-        uncached = child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(work / "empty-pycache"))
-        cold = interleaved({"probe": lambda: run_command([sys.executable, "-c", PROBE], suite, env=uncached)},
-                           max(repeats // 2, 3), warmup=0)["probe"]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        whole = time_whole_processes(commands, suite, tests, repeats)
+        in_process = time_in_process(suite, work, repeats)
+    return summarize(tests, whole, in_process, load_before)
 
-    wall = {name: median(r.wall for r in values) for name, values in runs.items()}
-    cpu = {name: median(r.cpu for r in values) for name, values in runs.items()}
-    difference = wall["plugin enabled"] - wall["-p no:llmdet"]
-    cpu_difference = cpu["plugin enabled"] - cpu["-p no:llmdet"]
-    differences = [a.wall - b.wall for a, b in zip(runs["plugin enabled"], runs["-p no:llmdet"], strict=True)]
-    paired = median(differences)
-    low, high = bootstrap_interval(differences)
+
+def time_whole_processes(commands: dict[str, list[str]], suite: Path, tests: int, repeats: int) -> WholeProcess:
+    """The pairs and the instruction counts, then the same under PYTHONDONTWRITEBYTECODE=1."""
+    runner.log(f"timing `pytest --co -q` on {tests} tests, {repeats} runs each, in pairs, the order alternating ...")
+    runs = paired_runs(commands, suite, repeats, warmup=2)
+    runner.log("counting instructions with valgrind (about a minute) ...")
+    counts = instruction_counts(commands, suite)
+    # PYTHONDONTWRITEBYTECODE=1, as in many CI images: the bytecode the runs above wrote stays readable (as
+    # pip's is for an installed wheel), but pytest cannot cache what it rewrites, so it compiles the modules it
+    # loads itself (the entry module, the package's __init__) from source on every run
+    runner.log("the same pairs and counts under PYTHONDONTWRITEBYTECODE=1 ...")
+    for rewritten in runner.PYCACHE_PREFIX.rglob("*-pytest-*.pyc"):  # keep the bytecode pip would have compiled
+        rewritten.unlink()
+    no_bytecode = runner.child_env(PYTHONDONTWRITEBYTECODE="1")
+    runs_no_bytecode = paired_runs(commands, suite, max(repeats // 2, 3), warmup=1, env=no_bytecode)
+    counts_no_bytecode = instruction_counts(commands, suite, PYTHONDONTWRITEBYTECODE="1")
+    return WholeProcess(runs, counts, runs_no_bytecode, counts_no_bytecode)
+
+
+def time_in_process(suite: Path, work: Path, repeats: int) -> InProcess:
+    """The probe in the suite's folder, with this checkout's bytecode and with none."""
+    probe = [sys.executable, "-c", PROBE]
+    probes = runner.interleaved({"probe": lambda: runner.run_command(probe, suite)}, max(repeats // 2, 3),
+                                warmup=1)["probe"]
+    # No bytecode cache: an empty cache folder that is never written to, so every startup module is compiled
+    # from its source (the probe imports them before pytest starts, without its rewriting hook). An upper
+    # bound for a run under PYTHONDONTWRITEBYTECODE=1 (set in many CI images) with the plugin installed from
+    # a wheel: there pytest, which cannot cache what it rewrites, compiles plugin.py and the package's
+    # __init__ on every run, and the other startup modules load from pip's bytecode past its rewriting.
+    uncached = runner.child_env(PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=str(work / "empty-pycache"))
+    cold = runner.interleaved({"probe": lambda: runner.run_command(probe, suite, env=uncached)},
+                              max(repeats // 2, 3), warmup=0)["probe"]
+    return InProcess.of(probes, cold)
+
+
+def counted_seconds(counts: dict[str, int] | None, baseline: dict[str, int] | None, fastest: float) -> float | None:
+    """The extra instructions with the plugin, at the speed of the fastest run without it (the run least slowed
+    down by other jobs); None without counts."""
+    if counts is None or baseline is None:
+        return None
+    return (counts[ENABLED] - counts[DISABLED]) * fastest / baseline[DISABLED]
+
+
+def paired_median(runs: dict[str, list[runner.Run]]) -> float:
+    """The median of the paired differences, enabled minus disabled."""
+    return report.median([a.wall - b.wall for a, b in zip(runs[ENABLED], runs[DISABLED], strict=True)])
+
+
+def summarize(tests: int, whole: WholeProcess, probe: InProcess, load_before: tuple[float, float, float]
+              ) -> dict[str, Any]:
+    """The table, the two goals' verdicts and the figures of the results file."""
+    runs, counts = whole.runs, whole.counts
+    wall, cpu = report.medians(runs, "wall"), report.medians(runs, "cpu")
     fastest = {name: min(r.wall for r in values) for name, values in runs.items()}
-    import_seconds = median(float(p.stdout.split()[0]) for p in probes)
-    hook_seconds = median(float(p.stdout.split()[1]) for p in probes)
-    heavy = sorted({p.stdout.split()[2] for p in probes})
-    register_seconds = median(float(p.stdout.split()[3]) for p in probes)
-    cold_import_seconds = median(float(p.stdout.split()[0]) for p in cold)
-    rows = [[name, seconds(wall[name]), seconds(cpu[name]), seconds(fastest[name]), len(runs[name])]
-            for name in runs]
-    rows.append(["difference", seconds(difference), seconds(cpu_difference),
-                 seconds(fastest["plugin enabled"] - fastest["-p no:llmdet"]), ""])
-    rows.append(["in-process: importing the plugin", seconds(import_seconds), "", "", len(probes)])
-    rows.append(["in-process: pytest registering it", seconds(register_seconds), "", "", len(probes)])
-    rows.append(["in-process: the plugin's hooks (500 tests)", seconds(hook_seconds), "", "", len(probes)])
-    rows.append(["in-process: importing it with no bytecode cache", seconds(cold_import_seconds), "", "",
-                 len(cold)])
-    in_process = import_seconds + register_seconds + hook_seconds
-    if counts is not None:
-        extra = counts["plugin enabled"] - counts["-p no:llmdet"]
-        # at the speed of the fastest run without the plugin: the run least slowed down by other jobs
-        counted = extra * fastest["-p no:llmdet"] / counts["-p no:llmdet"]
-        rows.append(["difference from instruction counts (valgrind)", seconds(counted), "", "", 1])
-    whole = counted if counts is not None else paired
-    met = whole <= GOAL_SECONDS and in_process <= GOAL_SECONDS
-    paired_no_bytecode = median([a.wall - b.wall for a, b in zip(runs_no_bytecode["plugin enabled"],
-                                                                   runs_no_bytecode["-p no:llmdet"], strict=True)])
-    rows.append(["PYTHONDONTWRITEBYTECODE=1: median of the paired differences", seconds(paired_no_bytecode), "", "",
-                 len(runs_no_bytecode["plugin enabled"])])
-    counted_no_bytecode = None
-    if counts_no_bytecode is not None:
-        extra_no_bytecode = counts_no_bytecode["plugin enabled"] - counts_no_bytecode["-p no:llmdet"]
-        counted_no_bytecode = extra_no_bytecode * fastest["-p no:llmdet"] / counts["-p no:llmdet"]
-        rows.append(["PYTHONDONTWRITEBYTECODE=1: difference from instruction counts", seconds(counted_no_bytecode),
-                     "", "", 1])
-    whole_no_bytecode = counted_no_bytecode if counted_no_bytecode is not None else paired_no_bytecode
-    met_small = whole <= SMALL_GOAL_SECONDS and whole_no_bytecode <= SMALL_GOAL_SECONDS
-    notes = [
-        f"goal <= 10 ms: {'met' if met else 'MISSED'} (the whole-process estimate, "
-        f"{'from the instruction count' if counts is not None else 'the median of the paired differences'}, "
-        "and the in-process estimate must both stay within it)",
-        "instructions: " + (f"{counts['plugin enabled']:,} with the plugin, {counts['-p no:llmdet']:,} without: "
-                            f"it adds {extra:,} ({extra / counts['-p no:llmdet']:.2%}) to a whole "
-                            f"`pytest --co -q` process, {seconds(counted)} at the speed of the fastest run "
-                            "without it; the count does not depend on the machine's load"
-                            if counts is not None else "not counted (valgrind is not installed)"),
-        f"median of the paired differences {seconds(paired)} (95% bootstrap interval {seconds(low)} to "
-        f"{seconds(high)}); difference of the medians {seconds(difference)}; difference of the fastest runs "
-        f"{seconds(fastest['plugin enabled'] - fastest['-p no:llmdet'])}. Each pair runs back to back, so a "
-        "change in the machine's load hits both; whole-process times on a shared machine still scatter by more "
-        "than the goal, which is why the in-process figures are measured too",
-        f"in-process: import {seconds(import_seconds)} + registration {seconds(register_seconds)} + hooks "
-        f"{seconds(hook_seconds)} = "
-        f"{seconds(in_process)}; heavy modules the import pulled in: {', '.join(heavy)}",
-        f"no bytecode cache (every startup module compiled from source: an upper bound for "
-        f"PYTHONDONTWRITEBYTECODE=1, where pytest compiles two of them on every run): import "
-        f"{seconds(cold_import_seconds)}, and so "
-        f"{seconds(in_process - import_seconds + cold_import_seconds)} in all",
-        f"goal <= 5 ms whole-process, with and without PYTHONDONTWRITEBYTECODE=1: "
-        f"{'met' if met_small else 'MISSED'} ({seconds(whole)} and {seconds(whole_no_bytecode)})",
-        f"{tests} trivial tests in {(tests + 49) // 50} modules; whole-process wall time of `pytest --co -q`; "
-        "every other installed plugin loads in both",
-    ]
-    return make_section(
+    paired = paired_median(runs)
+    low, high = bootstrap_interval([a.wall - b.wall for a, b in zip(runs[ENABLED], runs[DISABLED], strict=True)])
+    counted = counted_seconds(counts, counts, fastest[DISABLED])
+    counted_no_bytecode = counted_seconds(whole.counts_no_bytecode, counts, fastest[DISABLED])
+    paired_no_bytecode = paired_median(whole.runs_no_bytecode)
+    figures = {
+        "wall": wall, "cpu": cpu, "fastest": fastest, "difference": wall[ENABLED] - wall[DISABLED],
+        "cpu_difference": cpu[ENABLED] - cpu[DISABLED], "paired": paired, "low": low, "high": high,
+        "counted": counted, "paired_no_bytecode": paired_no_bytecode, "counted_no_bytecode": counted_no_bytecode,
+        "whole": counted if counted is not None else paired,
+        "whole_no_bytecode": counted_no_bytecode if counted_no_bytecode is not None else paired_no_bytecode,
+    }
+    met = figures["whole"] <= GOAL_SECONDS and probe.total <= GOAL_SECONDS
+    met_small = figures["whole"] <= SMALL_GOAL_SECONDS and figures["whole_no_bytecode"] <= SMALL_GOAL_SECONDS
+    return report.make_section(
         f"Import cost: `pytest --co -q`, {tests} trivial tests", "at most 10 ms slower with the plugin enabled",
-        ["run", "wall (median)", "CPU (median)", "fastest", "runs"], rows, load_before, notes,
+        ["run", "wall (median)", "CPU (median)", "fastest", "runs"], table(whole, probe, figures), load_before,
+        notes(tests, whole, probe, figures, met, met_small),
         raw={name: [{"wall": r.wall, "cpu": r.cpu} for r in values] for name, values in runs.items()},
-        difference_seconds=difference, paired_difference_seconds=paired,
+        difference_seconds=figures["difference"], paired_difference_seconds=paired,
         paired_difference_interval_seconds=[low, high], instructions=counts,
-        instructions_seconds=counted if counts is not None else None, plugin_import_seconds=import_seconds,
-        plugin_hook_seconds=hook_seconds, plugin_register_seconds=register_seconds,
-        plugin_import_seconds_no_bytecode_cache=cold_import_seconds, met=met,
-        instructions_no_bytecode=counts_no_bytecode, instructions_seconds_no_bytecode=counted_no_bytecode,
+        instructions_seconds=counted, plugin_import_seconds=probe.import_seconds,
+        plugin_hook_seconds=probe.hook_seconds, plugin_register_seconds=probe.register_seconds,
+        plugin_import_seconds_no_bytecode_cache=probe.cold_import_seconds, met=met,
+        instructions_no_bytecode=whole.counts_no_bytecode, instructions_seconds_no_bytecode=counted_no_bytecode,
         paired_difference_seconds_no_bytecode=paired_no_bytecode, met_5_ms=met_small,
     )
 
 
+def table(whole: WholeProcess, probe: InProcess, f: dict[str, Any]) -> list[list[Any]]:
+    """The rows: both runs, their difference, the in-process figures, the instruction-count estimates."""
+    seconds, runs = report.seconds, whole.runs
+    rows = [[name, seconds(f["wall"][name]), seconds(f["cpu"][name]), seconds(f["fastest"][name]), len(runs[name])]
+            for name in runs]
+    rows.append(["difference", seconds(f["difference"]), seconds(f["cpu_difference"]),
+                 seconds(f["fastest"][ENABLED] - f["fastest"][DISABLED]), ""])
+    rows.append(["in-process: importing the plugin", seconds(probe.import_seconds), "", "", probe.runs])
+    rows.append(["in-process: pytest registering it", seconds(probe.register_seconds), "", "", probe.runs])
+    rows.append(["in-process: the plugin's hooks (500 tests)", seconds(probe.hook_seconds), "", "", probe.runs])
+    rows.append(["in-process: importing it with no bytecode cache", seconds(probe.cold_import_seconds), "", "",
+                 probe.cold_runs])
+    if f["counted"] is not None:
+        rows.append(["difference from instruction counts (valgrind)", seconds(f["counted"]), "", "", 1])
+    rows.append(["PYTHONDONTWRITEBYTECODE=1: median of the paired differences", seconds(f["paired_no_bytecode"]),
+                 "", "", len(whole.runs_no_bytecode[ENABLED])])
+    if f["counted_no_bytecode"] is not None:
+        rows.append(["PYTHONDONTWRITEBYTECODE=1: difference from instruction counts",
+                     seconds(f["counted_no_bytecode"]), "", "", 1])
+    return rows
+
+
+def notes(tests: int, whole: WholeProcess, probe: InProcess, f: dict[str, Any], met: bool, met_small: bool
+          ) -> list[str]:
+    """The notes: the goals' verdicts and how each figure was taken."""
+    seconds, counts = report.seconds, whole.counts
+    return [
+        f"goal <= 10 ms: {'met' if met else 'MISSED'} (the whole-process estimate, "
+        f"{'from the instruction count' if counts is not None else 'the median of the paired differences'}, "
+        "and the in-process estimate must both stay within it)",
+        instructions_note(counts, f["counted"]),
+        f"median of the paired differences {seconds(f['paired'])} (95% bootstrap interval {seconds(f['low'])} to "
+        f"{seconds(f['high'])}); difference of the medians {seconds(f['difference'])}; difference of the fastest "
+        f"runs {seconds(f['fastest'][ENABLED] - f['fastest'][DISABLED])}. Each pair runs back to back, so a "
+        "change in the machine's load hits both; whole-process times on a shared machine still scatter by more "
+        "than the goal, which is why the in-process figures are measured too",
+        f"in-process: import {seconds(probe.import_seconds)} + registration {seconds(probe.register_seconds)} + "
+        f"hooks {seconds(probe.hook_seconds)} = "
+        f"{seconds(probe.total)}; heavy modules the import pulled in: {', '.join(probe.heavy)}",
+        f"no bytecode cache (every startup module compiled from source: an upper bound for "
+        f"PYTHONDONTWRITEBYTECODE=1, where pytest compiles two of them on every run): import "
+        f"{seconds(probe.cold_import_seconds)}, and so "
+        f"{seconds(probe.total - probe.import_seconds + probe.cold_import_seconds)} in all",
+        f"goal <= 5 ms whole-process, with and without PYTHONDONTWRITEBYTECODE=1: "
+        f"{'met' if met_small else 'MISSED'} ({seconds(f['whole'])} and {seconds(f['whole_no_bytecode'])})",
+        f"{tests} trivial tests in {(tests + 49) // 50} modules; whole-process wall time of `pytest --co -q`; "
+        "every other installed plugin loads in both",
+    ]
+
+
+def instructions_note(counts: dict[str, int] | None, counted: float | None) -> str:
+    """What the instruction counts say, or that valgrind is not installed."""
+    if counts is None or counted is None:
+        return "instructions: not counted (valgrind is not installed)"
+    extra = counts[ENABLED] - counts[DISABLED]
+    return (f"instructions: {counts[ENABLED]:,} with the plugin, {counts[DISABLED]:,} without: "
+            f"it adds {extra:,} ({extra / counts[DISABLED]:.2%}) to a whole "
+            f"`pytest --co -q` process, {report.seconds(counted)} at the speed of the fastest run "
+            "without it; the count does not depend on the machine's load")
+
+
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(tests=TESTS, repeats=5 if args.quick else 60)
-    save_section("import", section, args.quick)
-    print_section(section)
+    cli.main("import", __doc__, lambda quick: measure(tests=TESTS, repeats=5 if quick else 60))
 
 
 if __name__ == "__main__":

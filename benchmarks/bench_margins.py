@@ -7,7 +7,7 @@ the config standing in for the model's own):
 - without margins: the prompt encoded as `LLM.encode` does, then `model.generate(...)` with that config, no
   scores kept;
 - with margins: the same with `output_scores=True, return_dict_in_generate=True`, then the runner's own
-  margin and log-prob computation (`common.token_statistics`): this minus the first is the margin capture;
+  margin and log-prob computation (`common.old_margins.token_statistics`): this minus the first is the margin capture;
 - `LLM.generate`: the plugin's call as shipped, which adds planning the config, checking the length,
   seeding, decoding the text and recording the Generation to the second.
 
@@ -18,31 +18,12 @@ Calls are interleaved per prompt (order rotated each round); per-round totals, m
 
 from __future__ import annotations
 
-import shutil
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import (  # noqa: E402
-    MAX_NEW_TOKENS,
-    chat_prompts,
-    copy_embedded_model,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    ratio,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-)
+from common import cli, old_margins, report, runner, suites
 
 GOAL = 1.05
 WITHOUT, WITH, SHIPPED = "generate, no margins", "generate + margins", "LLM.generate (as shipped)"
@@ -50,32 +31,34 @@ WITHOUT, WITH, SHIPPED = "generate, no margins", "generate + margins", "LLM.gene
 
 def measure(prompt_count: int, rounds: int) -> dict[str, Any]:
     """Time the three ways per prompt, interleaved, and check that they choose the same tokens."""
-    load_before = load_average()
-    work = new_workdir("margins")
-    try:
-        return _measure(work, prompt_count, rounds, load_before)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    load_before = runner.load_average()
+    with runner.workdir("margins") as work:
+        ways = three_ways(work, suites.chat_prompts(prompt_count))
+        for i in range(prompt_count):  # warm-up, and the check that all three choose the same tokens
+            outputs = [way(i) for way in ways.values()]
+            if any(output != outputs[0] for output in outputs):
+                raise RuntimeError(f"prompt {i}: the three ways generated different tokens: {outputs}")
+        totals = time_ways(ways, prompt_count, rounds)
+    return summarize(totals, prompt_count, rounds, load_before)
 
 
-def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[float, float, float]
-             ) -> dict[str, Any]:
+def three_ways(work: Path, prompts: list[Any]) -> dict[str, Callable[[int], list[int]]]:
+    """The three ways to generate prompt i, each returning the new token IDs."""
     import torch
     from transformers import GenerationConfig
 
-    from pytest_llmdet.engines import llm as runner
     from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.greedy import plan_generation
+    from pytest_llmdet.engines.llm import LLM
     from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.engines.seeding import configure_torch
     from pytest_llmdet.engines.sources import resolve_source
 
-    configure_torch("warn", common.TORCH_THREADS)  # as the plugin does on first use of a model
-    loaded = ModelPool().get(ModelSpec(resolve_source(str(copy_embedded_model(work / "model")), [])))
-    llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
+    configure_torch("warn", runner.TORCH_THREADS)  # as the plugin does on first use of a model
+    loaded = ModelPool().get(ModelSpec(resolve_source(str(suites.copy_embedded_model(work / "model")), [])))
+    llm = LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=suites.MAX_NEW_TOKENS, inherit_processors=True)
     model = loaded.model
-    plan = plan_generation(loaded.generation_config, max_new_tokens=MAX_NEW_TOKENS, inherit_processors=True)
-    prompts = chat_prompts(prompt_count)
+    plan = plan_generation(loaded.generation_config, max_new_tokens=suites.MAX_NEW_TOKENS, inherit_processors=True)
 
     def direct(prompt: Any, margins: bool) -> list[int]:
         prompt_ids = llm.encode(prompt)  # the same chat-template encoding LLM.generate does
@@ -88,24 +71,24 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
         if not margins:
             return output[0, len(prompt_ids):].tolist()
         new_ids = output.sequences[0, len(prompt_ids):]
-        common.token_statistics(output.scores, new_ids, 0)
+        old_margins.token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
-    ways = {
+    return {
         WITHOUT: lambda i: direct(prompts[i], margins=False),
         WITH: lambda i: direct(prompts[i], margins=True),
         SHIPPED: lambda i: llm.generate(prompts[i]).token_ids,
     }
-    for i in range(len(prompts)):  # warm-up, and the check that all three choose the same tokens
-        outputs = [way(i) for way in ways.values()]
-        if any(output != outputs[0] for output in outputs):
-            raise RuntimeError(f"prompt {i}: the three ways generated different tokens: {outputs}")
-    log(f"timing {len(ways)} ways x {len(prompts)} prompts x {rounds} rounds, interleaved per prompt ...")
+
+
+def time_ways(ways: dict[str, Callable[[int], Any]], prompts: int, rounds: int) -> dict[str, list[float]]:
+    """Per round, each way's total over the prompts; the ways interleaved per prompt, the order rotated."""
+    runner.log(f"timing {len(ways)} ways x {prompts} prompts x {rounds} rounds, interleaved per prompt ...")
     totals: dict[str, list[float]] = {name: [] for name in ways}
     names = list(ways)
     for round_index in range(rounds):
         spent = dict.fromkeys(names, 0.0)
-        for i in range(len(prompts)):
+        for i in range(prompts):
             shift = (round_index + i) % len(names)
             for name in names[shift:] + names[:shift]:
                 started = time.perf_counter()
@@ -113,36 +96,38 @@ def _measure(work: Path, prompt_count: int, rounds: int, load_before: tuple[floa
                 spent[name] += time.perf_counter() - started
         for name in names:
             totals[name].append(spent[name])
-        log(f"  round {round_index + 1}/{rounds}: " + ", ".join(f"{n} {spent[n]:.2f} s" for n in names)
-            + f"  (load {load_average()[0]:.2f})")
+        runner.log(f"  round {round_index + 1}/{rounds}: " + ", ".join(f"{n} {spent[n]:.2f} s" for n in names)
+                   + f"  (load {runner.load_average()[0]:.2f})")
+    return totals
 
-    per_call = {name: median(values) / len(prompts) for name, values in totals.items()}
+
+def summarize(totals: dict[str, list[float]], prompts: int, rounds: int, load_before: tuple[float, float, float]
+              ) -> dict[str, Any]:
+    """The table: each way's median time per call against the call without margins; the goal."""
+    median, ratio, seconds = report.median, report.ratio, report.seconds
+    per_call = {name: median(values) / prompts for name, values in totals.items()}
     base = per_call[WITHOUT]
     rows = [[name, seconds(per_call[name]), f"{ratio(per_call[name], base):.3f}x",
-             seconds(per_call[name] - base)] for name in names]
+             seconds(per_call[name] - base)] for name in totals]
     capture = ratio(median(totals[WITH]), median(totals[WITHOUT]))
     shipped = ratio(median(totals[SHIPPED]), median(totals[WITHOUT]))
     notes = [
-        f"margin capture: {capture:.3f}x (goal <= {GOAL}): {verdict(capture, GOAL)}",
+        f"margin capture: {capture:.3f}x (goal <= {GOAL}): {report.verdict(capture, GOAL)}",
         f"LLM.generate as shipped: {shipped:.3f}x the call without margins",
-        f"{len(prompts)} chat prompts x {MAX_NEW_TOKENS} new tokens, {rounds} rounds, in-process, torch threads: "
-        f"{common.TORCH_THREADS or 'default'}; the same tokens from all three ways (checked)",
+        f"{prompts} chat prompts x {suites.MAX_NEW_TOKENS} new tokens, {rounds} rounds, in-process, torch threads: "
+        f"{runner.TORCH_THREADS or 'default'}; the same tokens from all three ways (checked)",
         "'generate + margins' minus 'generate, no margins' = transformers keeping the scores of every step plus "
         "the runner's log_softmax/topk over them; nothing else differs between the two",
     ]
-    return make_section(
+    return report.make_section(
         "Margin capture: one generate call", "recording margins costs at most 5% extra",
         ["way", "per call (median)", "vs no margins", "extra per call"], rows, load_before, notes,
-        raw={name: values for name, values in totals.items()}, prompts=len(prompts),
-        ratios={"margins": capture, "shipped": shipped}, met=capture <= GOAL,
+        raw=dict(totals), prompts=prompts, ratios={"margins": capture, "shipped": shipped}, met=capture <= GOAL,
     )
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(prompt_count=10 if args.quick else 50, rounds=2 if args.quick else 7)
-    save_section("margins", section, args.quick)
-    print_section(section)
+    cli.main("margins", __doc__, lambda quick: measure(prompt_count=10 if quick else 50, rounds=2 if quick else 7))
 
 
 if __name__ == "__main__":

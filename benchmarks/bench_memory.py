@@ -13,7 +13,7 @@ each in a fresh process per repetition, interleaved:
 - bare `model.generate`: the plugin's forced-greedy config, `model.generate` without scores;
 - `LLM.generate`: the plugin's call as shipped (and once more with capture_top_k=5);
 - old path: `output_scores=True, return_dict_in_generate=True`, then the old runner's statistics
-  (`common.token_statistics`).
+  (`common.old_margins.token_statistics`).
 
 Each process loads the model, runs its variant once for 8 tokens (warm-up), resets its peak RSS to the current
 RSS (Linux's /proc/self/clear_refs; loading the model peaks higher than a call of this small model), then
@@ -32,25 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import (  # noqa: E402
-    child_env,
-    interleaved,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    ratio,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-)
+import common.old_margins
+import common.runner
+from common import cli
+from common.report import make_section, median, ratio, seconds, verdict
+from common.runner import REPO, child_env, interleaved, load_average, log, new_workdir, run_command
 
 GOAL = 1.05
 VOCAB, HIDDEN, LAYERS = 65536, 64, 2
@@ -115,7 +101,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
     from pytest_llmdet.engines.seeding import configure_torch
     from pytest_llmdet.engines.sources import resolve_source
 
-    configure_torch("warn", common.TORCH_THREADS)
+    configure_torch("warn", common.runner.TORCH_THREADS)
     loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, []), device=device))
     cuda = loaded.device.startswith("cuda")
     llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=new_tokens, inherit_processors=True)
@@ -133,7 +119,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
         if not scores:
             return output[0, input_ids.shape[1]:].tolist()
         new_ids = output.sequences[0, input_ids.shape[1]:]
-        common.token_statistics(output.scores, new_ids, 0)
+        common.old_margins.token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
     def call(count: int) -> list[int]:
@@ -217,7 +203,7 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
         "path holds them, then a stacked copy and its log-softmax",
         f"random Qwen2ForCausalLM, vocabulary {VOCAB}, hidden {HIDDEN}, {LAYERS} layers; {new_tokens} new tokens "
         f"(checked), the same tokens in every variant (checked); {repeats} fresh process(es) per variant, "
-        f"medians; torch threads: {common.TORCH_THREADS or 'default'}; MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}",
+        f"medians; torch threads: {common.runner.TORCH_THREADS or 'default'}; MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}",
         "'growth' = the peak RSS during the call minus the RSS before it (model loaded, variant warmed up, peak "
         "reset); 'peak RSS' = the whole process's during the call (torch, transformers, the model)",
     ]
@@ -233,7 +219,7 @@ def child_result(variant: str, model_dir: Path, new_tokens: int, env: dict[str, 
                  device: str = "cpu") -> dict[str, Any]:
     """One fresh process measuring `variant` on the model in `model_dir` (see `child`): its JSON result."""
     run = run_command([sys.executable, __file__, "--child", variant, str(model_dir), str(new_tokens),
-                       "--threads", str(common.TORCH_THREADS or "default"), "--device", device], common.REPO, env=env)
+                       "--threads", str(common.runner.TORCH_THREADS or "default"), "--device", device], REPO, env=env)
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -241,14 +227,11 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         variant, model_dir, new_tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
         threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
-        common.TORCH_THREADS = None if threads == "default" else int(threads)
+        common.runner.TORCH_THREADS = None if threads == "default" else int(threads)
         device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
         child(variant, model_dir, new_tokens, device)
         return
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(repeats=1 if args.quick else 3)
-    save_section("memory", section, args.quick)
-    print_section(section)
+    cli.main("memory", __doc__, lambda quick: measure(repeats=1 if quick else 3))
 
 
 if __name__ == "__main__":

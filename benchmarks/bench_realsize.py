@@ -22,31 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result  # noqa: E402
-from common import (  # noqa: E402
-    EMBEDDED_MODEL_DIR,
-    child_env,
-    interleaved,
-    llmdet_golden_texts,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    ratio,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-    write_bare_loop,
-    write_llmdet_suite,
-)
+from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result
+from common import cli, report, runner, suites
 
 GOAL = 1.05
 SHAPE = {"vocab": 32768, "hidden": 896, "layers": 24, "intermediate": 4864, "heads": 14, "kv_heads": 2}
@@ -66,7 +43,7 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
 def build(folder: Path) -> Path:
     """The Qwen2-0.5B-shaped model with its tokenizer and the embedded model's chat template."""
     build_model(folder, **SHAPE)
-    shutil.copy(EMBEDDED_MODEL_DIR / "chat_template.jinja", folder / "chat_template.jinja")
+    shutil.copy(suites.EMBEDDED_MODEL_DIR / "chat_template.jinja", folder / "chat_template.jinja")
     return folder
 
 
@@ -87,45 +64,67 @@ def parameter_count(folder: Path) -> int:
 
 def measure(repeats: int, tests: int = TESTS, new_tokens: int = NEW_TOKENS,
             memory_tokens: int = MEMORY_TOKENS) -> dict[str, Any]:
-    load_before = load_average()
-    work = new_workdir("realsize")
-    try:
-        log("building a random Qwen2-0.5B-shaped model (387M parameters) ...")
+    load_before = runner.load_average()
+    with runner.workdir("realsize") as work:
+        runner.log("building a random Qwen2-0.5B-shaped model (387M parameters) ...")
         model_dir = build(work / "model")
         parameters = parameter_count(model_dir)
         weights_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
-        suite_prompts = prompts(tests)
-        llmdet = write_llmdet_suite(work / "llmdet", suite_prompts, model_dir, max_new_tokens=new_tokens)
-        bare = write_bare_loop(work / "bare", suite_prompts, model_dir, max_new_tokens=new_tokens)
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-        ours = ("-p", "pytest_llmdet.plugin")
-        log("recording the golden files ...")
-        run_command(pytest_argv("-q", *ours, "--llm-snapshot-update"), llmdet, env=env)
-        texts_file = work / "bare-texts.json"
-        run_command([sys.executable, str(bare), str(texts_file)], bare.parent)
-        bare_texts = json.loads(texts_file.read_text(encoding="utf-8"))
-        same = sum(a == b for a, b in zip(llmdet_golden_texts(llmdet), bare_texts, strict=True))
-        log(f"outputs: {same}/{tests} golden texts equal the bare loop's")
-        cases = {
-            "pytest --llm-snapshot": lambda: run_command(pytest_argv("-q", *ours, "--llm-snapshot"), llmdet,
-                                                         env=env),
-            "bare model.generate loop": lambda: run_command([sys.executable, str(bare)], bare.parent),
-        }
-        log(f"timing the gate and the bare loop x {repeats}, interleaved ...")
-        runs = interleaved(cases, repeats, warmup=1 if repeats > 1 else 0, progress=log)
-        memory_env = child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
-        variants = {BARE: "bare", PLUGIN: "plugin", OLD: "old"}
-        log(f"measuring the peak memory of one {memory_tokens}-token call ({len(variants)} processes) ...")
-        memory = interleaved({name: (lambda variant=variant: child_result(variant, model_dir, memory_tokens,
-                                                                            memory_env))
-                              for name, variant in variants.items()}, 1, warmup=0, progress=log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        runs, same = time_gate(work, model_dir, tests, new_tokens, repeats)
+        memory = measure_memory(model_dir, memory_tokens)
+    described = (f"random Qwen2ForCausalLM shaped like Qwen2-0.5B: {parameters / 1e6:.0f}M parameters, "
+                 f"{weights_gb:.2f} GB of float32 weights, vocabulary {SHAPE['vocab']}; the same texts from the "
+                 f"gate and the loop: {same}/{tests}; torch threads: {runner.TORCH_THREADS or 'default'}")
+    section = summarize(runs, memory, memory_tokens, f"{tests} tests x {new_tokens} new tokens", described,
+                        load_before)
+    return report.make_section(
+        f"Real size: {tests} snapshot tests on a Qwen2-0.5B-shaped model",
+        "the gate at most 1.05x a bare model.generate loop; one call's peak memory at most 1.05x a bare generate",
+        **section, parameters=parameters, same_outputs=same,
+    )
 
+
+def time_gate(work: Path, model_dir: Path, tests: int, new_tokens: int, repeats: int
+              ) -> tuple[dict[str, list[runner.Run]], int]:
+    """Record the golden files, compare their texts with the bare loop's, then time the gate and the loop."""
+    suite_prompts = prompts(tests)
+    llmdet = suites.write_llmdet_suite(work / "llmdet", suite_prompts, model_dir, max_new_tokens=new_tokens)
+    bare = suites.write_bare_loop(work / "bare", suite_prompts, model_dir, max_new_tokens=new_tokens)
+    env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    ours = ("-p", "pytest_llmdet.plugin")
+    runner.log("recording the golden files ...")
+    runner.run_command(runner.pytest_argv("-q", *ours, "--llm-snapshot-update"), llmdet, env=env)
+    same = suites.same_texts_as_bare_loop(llmdet, bare, work / "bare-texts.json")
+    runner.log(f"outputs: {same}/{tests} golden texts equal the bare loop's")
+    cases = {
+        "pytest --llm-snapshot": lambda: runner.run_command(runner.pytest_argv("-q", *ours, "--llm-snapshot"),
+                                                            llmdet, env=env),
+        "bare model.generate loop": lambda: runner.run_command([sys.executable, str(bare)], bare.parent),
+    }
+    runner.log(f"timing the gate and the bare loop x {repeats}, interleaved ...")
+    return runner.interleaved(cases, repeats, warmup=1 if repeats > 1 else 0, progress=runner.log), same
+
+
+def measure_memory(model_dir: Path, memory_tokens: int) -> dict[str, list[dict[str, Any]]]:
+    """The peak memory of one call, in one fresh process per variant (bench_memory.py's); the variants must
+    all generate the same `memory_tokens` tokens."""
+    memory_env = runner.child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    variants = {BARE: "bare", PLUGIN: "plugin", OLD: "old"}
+    runner.log(f"measuring the peak memory of one {memory_tokens}-token call ({len(variants)} processes) ...")
+    memory = runner.interleaved({name: (lambda variant=variant: child_result(variant, model_dir, memory_tokens,
+                                                                               memory_env))
+                                 for name, variant in variants.items()}, 1, warmup=0, progress=runner.log)
     values = [value for results in memory.values() for value in results]
     if len({value["token_sum"] for value in values}) != 1 or {value["tokens"] for value in values} != {memory_tokens}:
         raise RuntimeError(f"the memory variants did not all generate the same {memory_tokens} tokens: {values}")
-    wall = {name: median(r.wall for r in values) for name, values in runs.items()}
+    return memory
+
+
+def summarize(runs: dict[str, list[runner.Run]], memory: dict[str, list[dict[str, Any]]], memory_tokens: int,
+              sizes: str, described: str, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    """The table (the gate and the loop, then each variant's peak memory), its notes and figures."""
+    median, ratio, seconds, verdict = report.median, report.ratio, report.seconds, report.verdict
+    wall = report.medians(runs, "wall")
     gate, floor = wall["pytest --llm-snapshot"], wall["bare model.generate loop"]
     gate_ratio = ratio(gate, floor)
     peak = {name: median(v["peak_mb"] for v in values) for name, values in memory.items()}
@@ -140,35 +139,25 @@ def measure(repeats: int, tests: int = TESTS, new_tokens: int = NEW_TOKENS,
     notes = [
         f"gate / bare loop = {gate_ratio:.3f}x (goal <= {GOAL}): {verdict(gate_ratio, GOAL)}; runs ranged "
         f"{spread['pytest --llm-snapshot']} (gate) and {spread['bare model.generate loop']} (loop); "
-        f"{tests} tests x {new_tokens} new tokens; whole-process wall time, medians",
+        f"{sizes}; whole-process wall time, medians",
         f"peak memory: LLM.generate {memory_ratio:.3f}x a bare model.generate (goal <= {GOAL}): "
         f"{verdict(memory_ratio, GOAL) if resolved else 'not resolved'}; the old output_scores path "
         f"{ratio(peak[OLD], peak[BARE]):.3f}x ('+' = how far the call raised the peak RSS over the RSS before it)"
         + ("" if resolved else "; no variant, not even the old path, raised the peak RSS: beside 1.5 GB of weights "
            "(file-backed pages the kernel may drop and reload) the RSS does not resolve one call's scores; "
            "bench_memory.py (a small model) and gpu_check.py (torch.cuda.max_memory_allocated) measure the ratio"),
-        f"random Qwen2ForCausalLM shaped like Qwen2-0.5B: {parameters / 1e6:.0f}M parameters, {weights_gb:.2f} GB "
-        f"of float32 weights, vocabulary {SHAPE['vocab']}; the same texts from the gate and the loop: "
-        f"{same}/{tests}; torch threads: {common.TORCH_THREADS or 'default'}",
+        described,
     ]
-    return make_section(
-        f"Real size: {tests} snapshot tests on a Qwen2-0.5B-shaped model",
-        "the gate at most 1.05x a bare model.generate loop; one call's peak memory at most 1.05x a bare generate",
-        ["run", "median", "vs bare", "runs"], rows, load_before, notes,
-        raw={"gate": {name: [{"wall": r.wall, "cpu": r.cpu, "max_rss_mb": r.max_rss_mb} for r in values]
-                      for name, values in runs.items()}, "memory": memory},
-        ratios={"gate_vs_bare": gate_ratio, "memory_vs_bare": memory_ratio,
-                "old_memory_vs_bare": ratio(peak[OLD], peak[BARE])},
-        met={"gate": gate_ratio <= GOAL, "memory": memory_ratio <= GOAL if resolved else None},
-        parameters=parameters, same_outputs=same,
-    )
+    return {"headers": ["run", "median", "vs bare", "runs"], "rows": rows, "load_before": load_before,
+            "notes": notes, "raw": {"gate": report.raw_runs(runs), "memory": memory},
+            "ratios": {"gate_vs_bare": gate_ratio, "memory_vs_bare": memory_ratio,
+                       "old_memory_vs_bare": ratio(peak[OLD], peak[BARE])},
+            "met": {"gate": gate_ratio <= GOAL, "memory": memory_ratio <= GOAL if resolved else None}}
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(repeats=1 if args.quick else 3, memory_tokens=32 if args.quick else MEMORY_TOKENS)
-    save_section("realsize", section, args.quick)
-    print_section(section)
+    cli.main("realsize", __doc__, lambda quick: measure(repeats=1 if quick else 3,
+                                                        memory_tokens=32 if quick else MEMORY_TOKENS))
 
 
 if __name__ == "__main__":

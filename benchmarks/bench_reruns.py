@@ -13,84 +13,16 @@ times (the marker is not there or not working) reads "not available" instead of 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    MAX_NEW_TOKENS,
-    chat_prompts,
-    child_env,
-    copy_embedded_model,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    ratio,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-)
+from common import cli, report, runner, suites
+from common.suites import MAX_NEW_TOKENS
 
 RUNS = (1, 3, 5)
 GOAL = 1.05
 PROMPTS_PER_TEST = 4
 PLUGIN = ("-p", "pytest_llmdet.plugin")
-
-CONFTEST = '''"""Generated: times each test's whole protocol and counts how often its body ran."""
-import json
-import os
-import time
-
-import pytest
-
-DURATIONS = {}
-EXECUTIONS = {}
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    started = time.perf_counter()
-    yield
-    DURATIONS[item.nodeid] = time.perf_counter() - started
-
-
-@pytest.fixture
-def count_execution(request):
-    EXECUTIONS[request.node.nodeid] = EXECUTIONS.get(request.node.nodeid, 0) + 1
-
-
-def pytest_sessionfinish(session):
-    with open(os.environ["LLMDET_BENCH_OUT"], "w", encoding="utf-8") as stream:
-        json.dump({"durations": DURATIONS, "executions": EXECUTIONS}, stream)
-'''
-
-
-def write_suite(folder: Path, model_dir: Path, repeats: int) -> Path:
-    """The re-run suite: a warm-up test, then per repeat one unmarked test and one marked test per N."""
-    folder.mkdir(parents=True)
-    (folder / "pytest.ini").write_text(
-        f"[pytest]\nllm_model = {model_dir}\nllm_max_new_tokens = {MAX_NEW_TOKENS}\n", encoding="utf-8")
-    (folder / "conftest.py").write_text(CONFTEST, encoding="utf-8")
-    lines = ['"""Generated: the determinism re-run suite."""', "import pytest", "",
-             f"PROMPTS = {chat_prompts(PROMPTS_PER_TEST)!r}", "", "",
-             "def body(llm):", "    for prompt in PROMPTS:", "        llm.generate(prompt)", "", "",
-             "def test_000_warmup(llm):", "    body(llm)", ""]
-    for k in range(repeats):
-        lines += ["", f"def test_plain_{k}(llm, count_execution):", "    body(llm)", ""]
-        for runs in RUNS:
-            lines += ["", f"@pytest.mark.llm_determinism(runs={runs})",
-                      f"def test_runs{runs}_{k}(llm, count_execution):", "    body(llm)", ""]
-    (folder / "test_reruns.py").write_text("\n".join(lines), encoding="utf-8")
-    return folder
 
 
 def variant_of(nodeid: str) -> str | None:
@@ -105,38 +37,43 @@ def variant_of(nodeid: str) -> str | None:
 
 def measure(repeats: int, sessions: int) -> dict[str, Any]:
     """Run the suite `sessions` times and collect every test's duration and execution count."""
-    load_before = load_average()
-    work = new_workdir("reruns")
+    load_before = runner.load_average()
     durations: dict[str, list[float]] = {}
     executions: dict[str, set[int]] = {}
     errors: list[str] = []
-    try:
-        suite = write_suite(work / "suite", copy_embedded_model(work / "model"), repeats)
+    with runner.workdir("reruns") as work:
+        suite = suites.write_rerun_suite(work / "suite", suites.copy_embedded_model(work / "model"), repeats,
+                                         RUNS, PROMPTS_PER_TEST)
         out = work / "timings.json"
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", LLMDET_BENCH_OUT=str(out))
-        log(f"running the re-run suite {sessions} times ({repeats} tests per variant each) ...")
+        env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", LLMDET_BENCH_OUT=str(out))
+        runner.log(f"running the re-run suite {sessions} times ({repeats} tests per variant each) ...")
         for session in range(sessions):
-            run = run_command(pytest_argv("-q", "-p", "no:cacheprovider", *PLUGIN), suite, env=env, check=False)
+            run = runner.run_command(runner.pytest_argv("-q", "-p", "no:cacheprovider", *PLUGIN), suite, env=env,
+                                     check=False)
             if run.returncode != 0:
                 errors.append(f"pytest exited with {run.returncode}: {(run.stdout + run.stderr)[-600:]}")
-            if not out.exists():
-                continue
-            data = json.loads(out.read_text(encoding="utf-8"))
-            for nodeid, seconds_taken in data["durations"].items():
-                variant = variant_of(nodeid)
-                if variant is not None:
-                    durations.setdefault(variant, []).append(seconds_taken)
-                    executions.setdefault(variant, set()).add(data["executions"].get(nodeid, 0))
-            out.unlink()
-            log(f"  session {session + 1}/{sessions}: wall {run.wall:.2f} s (load {load_average()[0]:.2f})")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            if out.exists():
+                collect(out, durations, executions)
+            runner.log(f"  session {session + 1}/{sessions}: wall {run.wall:.2f} s "
+                       f"(load {runner.load_average()[0]:.2f})")
     return summarize(durations, executions, errors, load_before)
+
+
+def collect(out: Path, durations: dict[str, list[float]], executions: dict[str, set[int]]) -> None:
+    """Add one session's test durations and execution counts (the conftest's JSON file, then removed)."""
+    data = json.loads(out.read_text(encoding="utf-8"))
+    for nodeid, seconds_taken in data["durations"].items():
+        variant = variant_of(nodeid)
+        if variant is not None:
+            durations.setdefault(variant, []).append(seconds_taken)
+            executions.setdefault(variant, set()).add(data["executions"].get(nodeid, 0))
+    out.unlink()
 
 
 def summarize(durations: dict[str, list[float]], executions: dict[str, set[int]], errors: list[str],
               load_before: tuple[float, float, float]) -> dict[str, Any]:
     """The table: per N the test's median time, per run, and against N x one unmarked run."""
+    median, ratio, seconds, verdict = report.median, report.ratio, report.seconds, report.verdict
     one = median(durations["plain"]) if durations.get("plain") else float("nan")
     rows: list[list[Any]] = [["unmarked (one run)", seconds(one), seconds(one), "1.000", len(durations["plain"])]]
     ratios: dict[str, float | None] = {}
@@ -160,7 +97,7 @@ def summarize(durations: dict[str, list[float]], executions: dict[str, set[int]]
     notes += unavailable + errors[:1]
     notes.append(f"each test generates {PROMPTS_PER_TEST} chat prompts x {MAX_NEW_TOKENS} new tokens; time = the "
                  "test's whole protocol (setup, call, teardown of every run, the comparison); medians")
-    return make_section(
+    return report.make_section(
         "Determinism re-runs: `@pytest.mark.llm_determinism(runs=N)`", "a test with N runs <= 1.05 x N x one run",
         ["test", "time (median)", "per run", "time / (N x one run)", "samples"], rows, load_before, notes,
         raw=durations, ratios=ratios, met=(worst <= GOAL) if worst is not None else None,
@@ -169,10 +106,7 @@ def summarize(durations: dict[str, list[float]], executions: dict[str, set[int]]
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(repeats=1 if args.quick else 3, sessions=1 if args.quick else 3)
-    save_section("reruns", section, args.quick)
-    print_section(section)
+    cli.main("reruns", __doc__, lambda quick: measure(repeats=1 if quick else 3, sessions=1 if quick else 3))
 
 
 if __name__ == "__main__":

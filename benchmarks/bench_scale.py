@@ -10,31 +10,9 @@ own maximum resident set (`os.wait4`, i.e. getrusage of that one child).
 
 from __future__ import annotations
 
-import shutil
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    chat_prompts,
-    child_env,
-    copy_embedded_model,
-    interleaved,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    write_llmdet_suite,
-)
+from common import cli, report, runner, suites
 
 SIZES = (100, 250, 500)
 PLUGIN = ("-p", "pytest_llmdet.plugin")
@@ -55,26 +33,30 @@ def linear_fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
 
 def measure(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
     """Record each size's golden files, then time the check runs, interleaved."""
-    load_before = load_average()
-    work = new_workdir("scale")
-    env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-    try:
-        model_dir = copy_embedded_model(work / "model")
-        prompts = chat_prompts(max(sizes))
-        suites = {size: write_llmdet_suite(work / f"suite-{size}", prompts[:size], model_dir) for size in sizes}
-        for size, suite in suites.items():
-            log(f"recording {size} golden files ...")
-            run_command(pytest_argv("-q", *PLUGIN, "--llm-snapshot-update"), suite, env=env)
-        cases = {f"{size} tests": (lambda suite=suite: run_command(pytest_argv("-q", *PLUGIN, "--llm-snapshot"),
-                                                                     suite, env=env))
-                 for size, suite in suites.items()}
-        log(f"timing {len(sizes)} sizes x {repeats} runs, interleaved ...")
-        runs = interleaved(cases, repeats, warmup=0, progress=log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    load_before = runner.load_average()
+    env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+    with runner.workdir("scale") as work:
+        model_dir = suites.copy_embedded_model(work / "model")
+        prompts = suites.chat_prompts(max(sizes))
+        suites_by_size = {size: suites.write_llmdet_suite(work / f"suite-{size}", prompts[:size], model_dir)
+                          for size in sizes}
+        for size, suite in suites_by_size.items():
+            runner.log(f"recording {size} golden files ...")
+            runner.run_command(runner.pytest_argv("-q", *PLUGIN, "--llm-snapshot-update"), suite, env=env)
+        cases = {f"{size} tests": (lambda suite=suite: runner.run_command(
+                     runner.pytest_argv("-q", *PLUGIN, "--llm-snapshot"), suite, env=env))
+                 for size, suite in suites_by_size.items()}
+        runner.log(f"timing {len(sizes)} sizes x {repeats} runs, interleaved ...")
+        runs = runner.interleaved(cases, repeats, warmup=0, progress=runner.log)
+    return summarize(sizes, runs, load_before)
 
-    wall = {size: median(r.wall for r in runs[f"{size} tests"]) for size in sizes}
-    rss = {size: median(r.max_rss_mb for r in runs[f"{size} tests"]) for size in sizes}
+
+def summarize(sizes: tuple[int, ...], runs: dict[str, list[runner.Run]], load_before: tuple[float, float, float]
+              ) -> dict[str, Any]:
+    """The table: per size the median wall time, per test, marginal per test and peak RSS; the linear fit."""
+    seconds = report.seconds
+    wall = {size: report.median(r.wall for r in runs[f"{size} tests"]) for size in sizes}
+    rss = {size: report.median(r.max_rss_mb for r in runs[f"{size} tests"]) for size in sizes}
     slope, intercept, r_squared = linear_fit([float(s) for s in sizes], [wall[s] for s in sizes])
     rows = []
     previous = None
@@ -92,21 +74,16 @@ def measure(sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:
         "whole-process wall time of `pytest --llm-snapshot` (golden files recorded first); medians; "
         "'marginal per test' = the time added per test from the previous size",
     ]
-    return make_section(
+    return report.make_section(
         "Scale: snapshot suites of growing size", "time grows linearly, memory stays flat",
         ["tests", "wall (median)", "per test", "marginal per test", "peak RSS", "runs"], rows, load_before, notes,
-        raw={name: [{"wall": r.wall, "cpu": r.cpu, "max_rss_mb": r.max_rss_mb} for r in values]
-             for name, values in runs.items()},
-        fit={"seconds_per_test": slope, "fixed_seconds": intercept, "r_squared": r_squared},
+        raw=report.raw_runs(runs), fit={"seconds_per_test": slope, "fixed_seconds": intercept, "r_squared": r_squared},
         rss_growth_mb=growth,
     )
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(sizes=(10, 25, 50) if args.quick else SIZES, repeats=1 if args.quick else 3)
-    save_section("scale", section, args.quick)
-    print_section(section)
+    cli.main("scale", __doc__, lambda quick: measure(sizes=(10, 25, 50) if quick else SIZES, repeats=1 if quick else 3))
 
 
 if __name__ == "__main__":

@@ -16,77 +16,55 @@ the hand-rolled suite and at most 1.10x the floor.
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402
-    chat_prompts,
-    child_env,
-    copy_embedded_model,
-    interleaved,
-    llmdet_golden_texts,
-    load_average,
-    log,
-    make_section,
-    median,
-    new_workdir,
-    print_section,
-    pytest_argv,
-    ratio,
-    run_command,
-    save_section,
-    seconds,
-    standard_arguments,
-    verdict,
-    write_bare_loop,
-    write_handrolled_suite,
-    write_llmdet_suite,
-)
+from common import cli, report, runner, suites
 
 TESTS = 50
 GOAL_VS_HANDROLLED = 1.05
 GOAL_VS_FLOOR = 1.10
+OURS, SYRUPY = ("-p", "pytest_llmdet.plugin"), ("-p", "syrupy")
 
 
 def measure(tests: int, repeats: int) -> dict[str, Any]:
     """Record both suites' snapshots, check that all three produce the same texts, then time them."""
-    load_before = load_average()
-    work = new_workdir("suite")
-    try:
-        model_dir = copy_embedded_model(work / "model")
-        prompts = chat_prompts(tests)
-        llmdet = write_llmdet_suite(work / "llmdet", prompts, model_dir)
-        handrolled = write_handrolled_suite(work / "handrolled", prompts, model_dir)
-        bare = write_bare_loop(work / "bare", prompts, model_dir)
-
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
-        ours, syrupy = ("-p", "pytest_llmdet.plugin"), ("-p", "syrupy")
-        log("recording golden files (pytest-llmdet) and snapshots (syrupy) ...")
-        run_command(pytest_argv("-q", *ours, "--llm-snapshot-update"), llmdet, env=env)
-        run_command(pytest_argv("-q", *syrupy, "--snapshot-update"), handrolled, env=env)
-        texts_file = work / "bare-texts.json"
-        run_command([sys.executable, str(bare), str(texts_file)], bare.parent)
-        bare_texts = json.loads(texts_file.read_text(encoding="utf-8"))
-        same = sum(a == b for a, b in zip(llmdet_golden_texts(llmdet), bare_texts, strict=True))
-        log(f"outputs: {same}/{tests} texts of pytest-llmdet's goldens equal the bare loop's")
-
+    load_before = runner.load_average()
+    with runner.workdir("suite") as work:
+        model_dir = suites.copy_embedded_model(work / "model")
+        prompts = suites.chat_prompts(tests)
+        llmdet = suites.write_llmdet_suite(work / "llmdet", prompts, model_dir)
+        handrolled = suites.write_handrolled_suite(work / "handrolled", prompts, model_dir)
+        bare = suites.write_bare_loop(work / "bare", prompts, model_dir)
+        env = runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
+        same = record(work, llmdet, handrolled, bare, env)
+        runner.log(f"outputs: {same}/{tests} texts of pytest-llmdet's goldens equal the bare loop's")
         cases = {
-            "pytest-llmdet": lambda: run_command(pytest_argv("-q", *ours, "--llm-snapshot"), llmdet, env=env),
-            "hand-rolled": lambda: run_command(pytest_argv("-q", *syrupy), handrolled, env=env),
-            "bare loop": lambda: run_command([sys.executable, str(bare)], bare.parent),
+            "pytest-llmdet": lambda: runner.run_command(runner.pytest_argv("-q", *OURS, "--llm-snapshot"), llmdet,
+                                                        env=env),
+            "hand-rolled": lambda: runner.run_command(runner.pytest_argv("-q", *SYRUPY), handrolled, env=env),
+            "bare loop": lambda: runner.run_command([sys.executable, str(bare)], bare.parent),
         }
-        log(f"timing {len(cases)} variants x {repeats} runs, interleaved (one warm-up round discarded) ...")
-        runs = interleaved(cases, repeats, warmup=1, progress=log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        runner.log(f"timing {len(cases)} variants x {repeats} runs, interleaved (one warm-up round discarded) ...")
+        runs = runner.interleaved(cases, repeats, warmup=1, progress=runner.log)
+    return summarize(tests, runs, same, load_before)
 
-    wall = {name: median(r.wall for r in values) for name, values in runs.items()}
-    cpu = {name: median(r.cpu for r in values) for name, values in runs.items()}
+
+def record(work: Path, llmdet: Path, handrolled: Path, bare: Path, env: dict[str, str]) -> int:
+    """Record pytest-llmdet's golden files and syrupy's snapshots; how many golden texts equal the bare
+    loop's."""
+    runner.log("recording golden files (pytest-llmdet) and snapshots (syrupy) ...")
+    runner.run_command(runner.pytest_argv("-q", *OURS, "--llm-snapshot-update"), llmdet, env=env)
+    runner.run_command(runner.pytest_argv("-q", *SYRUPY, "--snapshot-update"), handrolled, env=env)
+    return suites.same_texts_as_bare_loop(llmdet, bare, work / "bare-texts.json")
+
+
+def summarize(tests: int, runs: dict[str, list[runner.Run]], same: int, load_before: tuple[float, float, float]
+              ) -> dict[str, Any]:
+    """The table: each variant's median wall and CPU time against the bare loop; the two goals."""
+    ratio, seconds, verdict = report.ratio, report.seconds, report.verdict
+    wall, cpu = report.medians(runs, "wall"), report.medians(runs, "cpu")
     floor = wall["bare loop"]
     rows = [[name, seconds(wall[name]), seconds(cpu[name]), f"{ratio(wall[name], floor):.3f}x",
              seconds(wall[name] - floor), len(runs[name])] for name in runs]
@@ -101,12 +79,10 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
         "wall time including imports and model load; medians; CPU = user + system time of the process",
         f"same outputs: {same}/{tests} golden texts of pytest-llmdet equal the bare loop's texts",
     ]
-    return make_section(
+    return report.make_section(
         f"Suite cost: {tests} snapshot tests", "pytest-llmdet <= 1.05x hand-rolled and <= 1.10x the bare loop",
         ["variant", "wall (median)", "CPU (median)", "vs bare loop", "over bare loop", "runs"], rows,
-        load_before, notes,
-        raw={name: [{"wall": r.wall, "cpu": r.cpu, "max_rss_mb": r.max_rss_mb} for r in values]
-             for name, values in runs.items()},
+        load_before, notes, raw=report.raw_runs(runs),
         ratios={"llmdet_vs_handrolled": vs_handrolled, "llmdet_vs_floor": vs_floor,
                 "handrolled_vs_floor": ratio(wall["hand-rolled"], floor)},
         met={"vs_handrolled": vs_handrolled <= GOAL_VS_HANDROLLED, "vs_floor": vs_floor <= GOAL_VS_FLOOR},
@@ -115,10 +91,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(tests=10 if args.quick else TESTS, repeats=1 if args.quick else 5)
-    save_section("suite", section, args.quick)
-    print_section(section)
+    cli.main("suite", __doc__, lambda quick: measure(tests=10 if quick else TESTS, repeats=1 if quick else 5))
 
 
 if __name__ == "__main__":

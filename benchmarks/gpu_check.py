@@ -28,28 +28,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result  # noqa: E402
-from common import (  # noqa: E402
-    EMBEDDED_MODEL_DIR,
-    Run,
-    child_env,
-    format_table,
-    log,
-    machine_info,
-    new_workdir,
-    pytest_argv,
-    ratio,
-    run_command,
-    save_section,
-)
+from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result
+from common import report, runner, suites
+from common.runner import Run
 
 GOAL = 1.05
 PROMPTS = ["Once upon a time", "The fox and the crow", "Alice was beginning to get very tired",
@@ -72,7 +58,8 @@ class Check:
 
 def pytest_run(folder: Path, *args: str) -> Run:
     """`pytest -q` in `folder` with the plugin, other plugins too (xdist), no cache; never raises on failure."""
-    return run_command(pytest_argv("-q", "-p", "no:cacheprovider", *args), folder, env=child_env(), check=False)
+    argv = runner.pytest_argv("-q", "-p", "no:cacheprovider", *args)
+    return runner.run_command(argv, folder, env=runner.child_env(), check=False)
 
 
 def suite(folder: Path, body: str) -> Path:
@@ -105,9 +92,9 @@ def strict_reruns(work: Path, device: str, model: Path) -> Check:
         "@pytest.mark.parametrize('prompt', PROMPTS)\n"
         "def test_rerun(llm, llm_snapshot, prompt):\n"
         "    assert llm.generate(prompt, max_new_tokens=64) == llm_snapshot\n"))
-    common = ("--llm-model", str(model), "--llm-device", device, "--llm-deterministic-algorithms", "strict")
-    record = pytest_run(folder, "--llm-snapshot-update", *common)
-    check = pytest_run(folder, "--llm-snapshot", *common)
+    options = ("--llm-model", str(model), "--llm-device", device, "--llm-deterministic-algorithms", "strict")
+    record = pytest_run(folder, "--llm-snapshot-update", *options)
+    check = pytest_run(folder, "--llm-snapshot", *options)
     name = "identical re-runs, llm_deterministic_algorithms=strict"
     verdicts = [line_with(run, r"\d+ checked, \d+ deterministic") for run in (record, check)]
     expected = f"{len(PROMPTS)} checked, {len(PROMPTS)} deterministic, 0 nondeterministic"
@@ -147,11 +134,10 @@ def variant_key(work: Path, device: str, model: Path) -> Check:
 
     name = "compute-capability variant key recorded"
     cuda = device.startswith("cuda")
-    capability = "{}.{}".format(*torch.cuda.get_device_capability(0)) if cuda else None
-    if not cuda:  # --cpu: the same steps; the key then names the CPU's instruction set
-        from pytest_llmdet.engines.fingerprint import cpu_capability
+    from pytest_llmdet.engines.fingerprint import cpu_capability
 
-        capability = cpu_capability()
+    # --cpu: the same steps; the key then names the CPU's instruction set
+    capability = "{}.{}".format(*torch.cuda.get_device_capability(0)) if cuda else cpu_capability()
     key = f"{'cuda' if cuda else 'cpu'}:bfloat16:{capability}"
     body = ("import pytest\n\n"
             f"PROMPTS = {PROBE_PROMPTS[:6]!r}\n\n\n"
@@ -218,12 +204,12 @@ def worker_devices(work: Path, device: str, model: Path) -> Check:
 def peak_memory(work: Path, device: str) -> Check:
     name = "peak GPU memory, one 512-token call, vocab 65,536"
     model = build_model(work / "memory-model")
-    env = child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    env = runner.child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
     results = {label: child_result(variant, model, 512, env, device=device)
                for label, variant in ((BARE, "bare"), (PLUGIN, "plugin"), (OLD, "old"))}
     if len({r["token_sum"] for r in results.values()}) != 1 or {r["tokens"] for r in results.values()} != {512}:
         return Check(name, "FAILED", f"the variants did not generate the same 512 tokens: {results}")
-    shipped, old = (ratio(results[label]["peak_mb"], results[BARE]["peak_mb"]) for label in (PLUGIN, OLD))
+    shipped, old = (report.ratio(results[label]["peak_mb"], results[BARE]["peak_mb"]) for label in (PLUGIN, OLD))
     unit = "allocated by torch" if device.startswith("cuda") else "RSS (the CPU: not a GPU figure)"
     detail = (f"peak {unit}: bare {results[BARE]['peak_mb']:.1f} MB, LLM.generate {results[PLUGIN]['peak_mb']:.1f} "
               f"MB ({shipped:.3f}x; +{results[PLUGIN]['growth_mb']:.1f} MB during the call against "
@@ -259,11 +245,10 @@ def main() -> int:
         return 0
     device = "cpu" if args.cpu else "cuda"
     started = time.perf_counter()
-    work = new_workdir("gpu-check")
     checks: list[Check] = []
-    try:
-        embedded = Path(shutil.copytree(EMBEDDED_MODEL_DIR, work / "embedded"))
-        log("building a random Qwen2 (hidden 512, 4 layers) for the batch probe ...")
+    with runner.workdir("gpu-check") as work:
+        embedded = suites.copy_embedded_model(work / "embedded")
+        runner.log("building a random Qwen2 (hidden 512, 4 layers) for the batch probe ...")
         random_model = build_model(work / "random", vocab=4096, hidden=512, layers=4, heads=8, kv_heads=2)
         steps: list[tuple[str, Callable[[], Check]]] = [
             ("strict re-runs", lambda: strict_reruns(work, device, embedded)),
@@ -274,16 +259,14 @@ def main() -> int:
             ("peak memory", lambda: peak_memory(work, device)),
         ]
         for label, step in steps:
-            log(f"{label} ...")
+            runner.log(f"{label} ...")
             checks.append(step())
-            log(f"  {checks[-1].result}: {checks[-1].detail}")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    info = machine_info()
+            runner.log(f"  {checks[-1].result}: {checks[-1].detail}")
+    info = report.machine_info()
     print(f"GPU check, {info['date']}: {describe_device(device)}; torch {info['torch']}, transformers "
           f"{info['transformers']}, Python {info['python']}; {time.perf_counter() - started:.0f} s\n")
-    print(format_table(["check", "result", "detail"], [[c.name, c.result, c.detail] for c in checks]))
-    save_section("gpu" if not args.cpu else "gpu-on-cpu", {
+    print(report.format_table(["check", "result", "detail"], [[c.name, c.result, c.detail] for c in checks]))
+    report.save_section("gpu" if not args.cpu else "gpu-on-cpu", {
         "title": "GPU check", "date": info["date"], "device": describe_device(device),
         "headers": ["check", "result", "detail"], "rows": [[c.name, c.result, c.detail] for c in checks],
         "seconds": round(time.perf_counter() - started, 1)}, quick=args.cpu)

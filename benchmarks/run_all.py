@@ -15,20 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import (  # noqa: E402
-    load_average,
-    log,
-    machine_info,
-    machine_line,
-    read_json,
-    render_section,
-    results_path,
-    standard_arguments,
-    write_json,
-)
+from common import cli, report, runner
 
 BENCHMARKS = ("import", "suite", "reruns", "margins", "memory", "scale", "fingerprint", "factors",
               "realsize")
@@ -36,29 +23,29 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    args = standard_arguments(__doc__.splitlines()[0])
-    path = results_path(args.quick)
+    args = cli.arguments(__doc__.splitlines()[0])
+    path = report.results_path(args.quick)
     path.unlink(missing_ok=True)  # a benchmark that fails must not leave an older section behind
     flags = (["--quick"] if args.quick else []) + ["--threads", args.threads]
-    started, load_before = time.perf_counter(), load_average()
+    started, load_before = time.perf_counter(), runner.load_average()
     failed = []
     for name in BENCHMARKS:
-        log(f"== bench_{name}.py {' '.join(flags)}")
+        runner.log(f"== bench_{name}.py {' '.join(flags)}")
         result = subprocess.run([sys.executable, str(HERE / f"bench_{name}.py"), *flags], stdout=subprocess.DEVNULL)
         if result.returncode != 0:
             failed.append(name)
-            log(f"bench_{name}.py failed with exit status {result.returncode}")
-    data = read_json(path)
-    data["machine"] = machine_info()
+            runner.log(f"bench_{name}.py failed with exit status {result.returncode}")
+    data = report.read_json(path)
+    data["machine"] = report.machine_info()
     data["run"] = {"seconds": round(time.perf_counter() - started, 1), "load_before": list(load_before),
-                   "load_after": list(load_average()), "quick": args.quick, "failed": failed,
-                   "torch_threads": common.TORCH_THREADS or "default"}
+                   "load_after": list(runner.load_average()), "quick": args.quick, "failed": failed,
+                   "torch_threads": runner.TORCH_THREADS or "default"}
     sections = data.get("benchmarks", {})
     data["benchmarks"] = {name: sections[name] for name in BENCHMARKS if name in sections}
-    write_json(path, data)
-    print(f"Machine: {machine_line(data['machine'])}\n")
+    report.write_json(path, data)
+    print(f"Machine: {report.machine_line(data['machine'])}\n")
     for section in data["benchmarks"].values():
-        print(render_section(section) + "\n")
+        print(report.render_section(section) + "\n")
     print(f"Results: {path}")
     if failed:
         print(f"FAILED: {', '.join(failed)} (see the messages above)")

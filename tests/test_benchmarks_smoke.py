@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,25 +12,25 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-import common  # noqa: E402
+from common import cli, report, runner, suites  # noqa: E402
 
 
 def test_median_of_odd_and_even_counts_and_of_nothing():
-    assert common.median([3.0, 1.0, 2.0]) == 2.0
-    assert common.median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    assert report.median([3.0, 1.0, 2.0]) == 2.0
+    assert report.median([4.0, 1.0, 2.0, 3.0]) == 2.5
     with pytest.raises(ValueError):
-        common.median([])
+        report.median([])
 
 
 def test_table_is_markdown_with_aligned_columns():
-    table = common.format_table(["run", "wall"], [["plugin enabled", 0.5], ["off", "12.0 ms"]])
+    table = report.format_table(["run", "wall"], [["plugin enabled", 0.5], ["off", "12.0 ms"]])
     lines = table.splitlines()
     assert lines[0] == "| run            | wall    |"
     assert lines[1] == "|----------------|---------|"
     assert lines[2] == "| plugin enabled | 0.500   |"
     assert len({len(line) for line in lines}) == 1
     with pytest.raises(ValueError):
-        common.format_table(["a", "b"], [["only one cell"]])
+        report.format_table(["a", "b"], [["only one cell"]])
 
 
 def test_interleaved_runs_cases_in_turn_and_drops_the_warmup():
@@ -42,38 +43,38 @@ def test_interleaved_runs_cases_in_turn_and_drops_the_warmup():
             return next(counter)
         return run
 
-    results = common.interleaved({"a": case("a"), "b": case("b")}, repeats=2, warmup=1)
+    results = runner.interleaved({"a": case("a"), "b": case("b")}, repeats=2, warmup=1)
     assert order == ["a", "b", "a", "b", "a", "b"]
     assert results == {"a": [2, 4], "b": [3, 5]}
 
 
 def test_chat_prompts_are_distinct_up_to_500():
-    prompts = common.chat_prompts(500)
+    prompts = suites.chat_prompts(500)
     assert len({p[0]["content"] for p in prompts}) == 500
-    assert common.chat_prompts(50) == prompts[:50]
+    assert suites.chat_prompts(50) == prompts[:50]
     with pytest.raises(ValueError):
-        common.chat_prompts(501)
+        suites.chat_prompts(501)
 
 
 def test_collected_count_reads_pytest_output():
-    assert common.collected_count("a\nb\n\n7 tests collected in 0.01s\n") == 7
-    assert common.collected_count("1 test collected in 0.01s") == 1
-    assert common.collected_count("no tests ran") == -1
+    assert suites.collected_count("a\nb\n\n7 tests collected in 0.01s\n") == 7
+    assert suites.collected_count("1 test collected in 0.01s") == 1
+    assert suites.collected_count("no tests ran") == -1
 
 
 def test_generated_trivial_suite_has_the_requested_number_of_tests(tmp_path):
-    suite = common.write_trivial_suite(tmp_path / "suite", 7, per_module=3)
+    suite = suites.write_trivial_suite(tmp_path / "suite", 7, per_module=3)
     assert len(list(suite.glob("test_*.py"))) == 3
     result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:llmdet", "-p", "no:cacheprovider"],
-                            cwd=suite, capture_output=True, text=True, env=common.child_env())
-    assert common.collected_count(result.stdout) == 7, result.stdout + result.stderr
+                            cwd=suite, capture_output=True, text=True, env=runner.child_env())
+    assert suites.collected_count(result.stdout) == 7, result.stdout + result.stderr
 
 
 def test_generated_snapshot_suites_use_the_same_prompts(tmp_path):
-    prompts = common.chat_prompts(3)
-    llmdet = common.write_llmdet_suite(tmp_path / "llmdet", prompts, tmp_path / "model")
-    handrolled = common.write_handrolled_suite(tmp_path / "handrolled", prompts, tmp_path / "model")
-    bare = common.write_bare_loop(tmp_path / "bare", prompts, tmp_path / "model")
+    prompts = suites.chat_prompts(3)
+    llmdet = suites.write_llmdet_suite(tmp_path / "llmdet", prompts, tmp_path / "model")
+    handrolled = suites.write_handrolled_suite(tmp_path / "handrolled", prompts, tmp_path / "model")
+    bare = suites.write_bare_loop(tmp_path / "bare", prompts, tmp_path / "model")
     for module in (llmdet / "test_llmdet_suite.py", handrolled / "test_handrolled_suite.py", bare):
         assert _prompts_of(module) == prompts
     assert "llm_max_new_tokens = 32" in (llmdet / "pytest.ini").read_text(encoding="utf-8")
@@ -90,7 +91,7 @@ def test_import_benchmark_alternates_the_order_of_each_pair_and_drops_the_warmup
     import bench_import
 
     order = []
-    monkeypatch.setattr(bench_import, "run_command", lambda argv, cwd, env=None: order.append(argv[0]) or argv[0])
+    monkeypatch.setattr(runner, "run_command", lambda argv, cwd, env=None: order.append(argv[0]) or argv[0])
     runs = bench_import.paired_runs({"on": ["on"], "off": ["off"]}, Path("."), repeats=3, warmup=1)
     assert order == ["on", "off", "off", "on", "on", "off", "off", "on"]
     assert runs == {"on": ["on"] * 3, "off": ["off"] * 3}
@@ -101,7 +102,7 @@ def test_bootstrap_interval_brackets_the_median_and_is_reproducible():
 
     values = [0.001 * i for i in range(-20, 41)]
     low, high = bench_import.bootstrap_interval(values)
-    assert low < common.median(values) < high
+    assert low < report.median(values) < high
     assert (low, high) == bench_import.bootstrap_interval(values)
     assert bench_import.bootstrap_interval([0.004] * 9) == (0.004, 0.004)
 
@@ -133,7 +134,7 @@ def test_gpu_check_without_cuda_says_so_and_exits_0():
     if torch.cuda.is_available():
         pytest.skip("CUDA is here: the check itself would run (python benchmarks/gpu_check.py)")
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=common.child_env())
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=runner.child_env())
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("gpu_check.py needs a CUDA device, and torch sees none here")
 
@@ -145,3 +146,63 @@ def test_gpu_check_fails_only_on_a_check_that_must_pass():
     assert not gpu_check.Check("strict", "passed", "").failed
     assert not gpu_check.Check("bf16 probe", "none found", "", must_pass=False).failed
     assert not gpu_check.Check("workers", "skipped", "no xdist", must_pass=False).failed
+
+
+def test_workdir_is_removed_afterwards_also_on_failure():
+    with runner.workdir("smoke") as work:
+        (work / "file").write_text("x", encoding="utf-8")
+    assert not work.exists()
+    with pytest.raises(RuntimeError), runner.workdir("smoke") as failing:
+        raise RuntimeError("a benchmark failed")
+    assert not failing.exists()
+
+
+def test_raw_figures_and_medians_of_runs():
+    runs = {"a": [runner.Run(1.0, 0.5, 100.0, 0, "", ""), runner.Run(3.0, 1.5, 300.0, 0, "", "")]}
+    assert report.raw_runs(runs) == {"a": [{"wall": 1.0, "cpu": 0.5, "max_rss_mb": 100.0},
+                                           {"wall": 3.0, "cpu": 1.5, "max_rss_mb": 300.0}]}
+    assert report.medians(runs, "wall") == {"a": 2.0}
+    assert report.medians(runs, "max_rss_mb") == {"a": 200.0}
+
+
+def test_cli_main_stores_the_section_under_its_name_and_prints_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "QUICK_RESULTS", tmp_path / "results-quick.json")
+    monkeypatch.setattr(sys, "argv", ["bench_smoke.py", "--quick", "--threads", "3"])
+    monkeypatch.setattr(runner, "TORCH_THREADS", runner.TORCH_THREADS)
+    seen = []
+
+    def measure(quick):
+        seen.append((quick, runner.TORCH_THREADS))
+        return report.make_section("Smoke", "none", ["case", "wall"], [["a", 0.5]], (0.0, 0.0, 0.0))
+
+    cli.main("smoke", "A smoke benchmark.\n\nMore.", measure)
+    assert seen == [(True, 3)]
+    data = json.loads((tmp_path / "results-quick.json").read_text(encoding="utf-8"))
+    assert data["benchmarks"]["smoke"]["rows"] == [["a", "0.500"]]
+    assert data["machine"]["torch_threads"] == 3
+    assert capsys.readouterr().out.startswith("### Smoke\n\nGoal: none")
+
+
+def test_the_old_flat_names_of_common_still_resolve_to_the_split_modules():
+    import common
+
+    assert common.run_command is runner.run_command
+    assert common.save_section is report.save_section
+    assert common.write_llmdet_suite is suites.write_llmdet_suite
+    assert common.standard_arguments is cli.arguments
+    assert common.TORCH_THREADS == runner.TORCH_THREADS
+    with pytest.raises(AttributeError):
+        common.no_such_name  # noqa: B018
+
+
+def test_generated_rerun_suite_holds_a_warmup_and_one_test_per_variant_and_repeat(tmp_path):
+    suite = suites.write_rerun_suite(tmp_path / "suite", tmp_path / "model", repeats=2, runs=(1, 3),
+                                     prompts_per_test=2)
+    result = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "pytest_llmdet.plugin",
+                             "-p", "no:cacheprovider"], cwd=suite, capture_output=True, text=True,
+                            env=runner.child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+                                                 LLMDET_BENCH_OUT=str(tmp_path / "out.json")))
+    assert suites.collected_count(result.stdout) == 1 + 2 * 3, result.stdout + result.stderr
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8")) == {"durations": {}, "executions": {}}
+    assert "test_reruns.py::test_runs3_1" in result.stdout
+    assert "llm_max_new_tokens = 32" in (suite / "pytest.ini").read_text(encoding="utf-8")

@@ -1,6 +1,6 @@
 """The per-step recorder gives exactly what the old path gave: `generate(output_scores=True)`, then the old
-runner's statistics over the kept scores (the reference, batched over rows: benchmarks/common.py, whose
-benchmarks time that path)."""
+runner's statistics over the kept scores (the reference, batched over rows: benchmarks/common/old_margins.py,
+whose benchmarks time that path)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pytest_llmdet.generation import Generation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from common import token_statistics as reference_statistics  # noqa: E402
+from common.old_margins import token_statistics as reference_statistics  # noqa: E402
 
 PROMPTS = [
     "Once upon a time",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from pytest_llmdet.engines import Engine
@@ -37,21 +38,11 @@ class LLM:
         self.calls: list[Generation] = []  # every generation of the current test, in order
         self.capture_top_k = 0  # candidates per step to record; set for a tolerant snapshot comparison
 
-    @property
-    def model(self) -> Any:
-        return self.engine.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
-
-    @property
-    def name(self) -> str:
-        return self.engine.name
-
-    @property
-    def device(self) -> str:
-        return self.engine.device
+    # The engine's: the model and tokenizer (transformers: the torch module), the model's name, the device.
+    model = property(attrgetter("engine.model"))
+    tokenizer = property(attrgetter("engine.tokenizer"))
+    name = property(attrgetter("engine.name"))
+    device = property(attrgetter("engine.device"))
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token IDs of a prompt: a string as the tokenizer encodes it, or chat messages rendered with the

@@ -5,10 +5,11 @@ that every engine is given the same token IDs). Each engine adds how it generate
 from __future__ import annotations
 
 import functools
+from operator import attrgetter
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan, plan_generation
-from pytest_llmdet.engines.models import LoadedModel, ModelSpec
+from pytest_llmdet.engines.models import LoadedModel
 from pytest_llmdet.engines.prompts import encode_prompt
 from pytest_llmdet.generation import Prompt
 
@@ -38,30 +39,14 @@ class LoadedEngine:
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
 
-    @property
-    def spec(self) -> ModelSpec:
-        return self.loaded.spec
-
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    @property
-    def name(self) -> str:
-        return self.loaded.spec.source.name
-
-    @property
-    def device(self) -> str:
-        return self.loaded.device
-
-    @property
-    def generation_config(self) -> dict[str, Any]:
-        """The model's own generation_config.json, as loaded."""
-        return self.loaded.generation_config
+    # What was loaded: its ModelSpec, the model and tokenizer, the model's name, the device, and the model's own
+    # generation_config.json (a dict).
+    spec = property(attrgetter("loaded.spec"))
+    model = property(attrgetter("loaded.model"))
+    tokenizer = property(attrgetter("loaded.tokenizer"))
+    name = property(attrgetter("loaded.spec.source.name"))
+    device = property(attrgetter("loaded.device"))
+    generation_config = property(attrgetter("loaded.generation_config"))
 
     def plan(self, max_new_tokens: int, overrides: dict[str, Any], inherit_processors: bool) -> GreedyPlan:
         """The forced-greedy plan of one call: the model's generation config, the settings and `overrides`."""

@@ -12,6 +12,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from pytest_llmdet.engines.greedy import GreedyPlan
@@ -168,13 +169,8 @@ class ServerEngine(RemoteEngine):
 
     kind = "openai"
 
-    @property
-    def details(self) -> ServerDetails:
-        return self.loaded.details
-
-    @property
-    def served_model(self) -> str:
-        return self.details.served_model
+    details = property(attrgetter("loaded.details"))  # ServerDetails
+    served_model = property(attrgetter("loaded.details.served_model"))
 
     @property
     def server(self) -> str:
