@@ -139,6 +139,7 @@ class WholeProcess:
     counts: dict[str, int] | None
     runs_no_bytecode: dict[str, list[runner.Run]]
     counts_no_bytecode: dict[str, int] | None
+    counts_header: dict[str, int] | None  # `pytest --co` (the report header, as a run without -q prints it)
 
 
 @dataclass
@@ -198,7 +199,10 @@ def time_whole_processes(commands: dict[str, list[str]], suite: Path, tests: int
     no_bytecode = runner.child_env(PYTHONDONTWRITEBYTECODE="1")
     runs_no_bytecode = paired_runs(commands, suite, max(repeats // 2, 3), warmup=1, env=no_bytecode)
     counts_no_bytecode = instruction_counts(commands, suite, PYTHONDONTWRITEBYTECODE="1")
-    return WholeProcess(runs, counts, runs_no_bytecode, counts_no_bytecode)
+    # Without -q pytest prints the report header, and the plugin's header imports modules of its own (issue 24)
+    header = {name: [arg for arg in argv if arg != "-q"] for name, argv in commands.items()}
+    counts_header = instruction_counts(header, suite, PYTHONDONTWRITEBYTECODE="1")
+    return WholeProcess(runs, counts, runs_no_bytecode, counts_no_bytecode, counts_header)
 
 
 def time_in_process(suite: Path, work: Path, repeats: int) -> InProcess:
@@ -245,6 +249,7 @@ def summarize(tests: int, whole: WholeProcess, probe: InProcess, load_before: tu
         "wall": wall, "cpu": cpu, "fastest": fastest, "difference": wall[ENABLED] - wall[DISABLED],
         "cpu_difference": cpu[ENABLED] - cpu[DISABLED], "paired": paired, "low": low, "high": high,
         "counted": counted, "paired_no_bytecode": paired_no_bytecode, "counted_no_bytecode": counted_no_bytecode,
+        "counted_header": counted_seconds(whole.counts_header, counts, fastest[DISABLED]),
         "whole": counted if counted is not None else paired,
         "whole_no_bytecode": counted_no_bytecode if counted_no_bytecode is not None else paired_no_bytecode,
     }
@@ -262,6 +267,8 @@ def summarize(tests: int, whole: WholeProcess, probe: InProcess, load_before: tu
         plugin_import_seconds_no_bytecode_cache=probe.cold_import_seconds, met=met,
         instructions_no_bytecode=whole.counts_no_bytecode, instructions_seconds_no_bytecode=counted_no_bytecode,
         paired_difference_seconds_no_bytecode=paired_no_bytecode, met_5_ms=met_small,
+        instructions_header_no_bytecode=whole.counts_header,
+        instructions_seconds_header_no_bytecode=figures["counted_header"],
     )
 
 
@@ -284,6 +291,9 @@ def table(whole: WholeProcess, probe: InProcess, f: dict[str, Any]) -> list[list
     if f["counted_no_bytecode"] is not None:
         rows.append(["PYTHONDONTWRITEBYTECODE=1: difference from instruction counts",
                      seconds(f["counted_no_bytecode"]), "", "", 1])
+    if f["counted_header"] is not None:
+        rows.append(["PYTHONDONTWRITEBYTECODE=1, `--co` with the header: from instruction counts",
+                     seconds(f["counted_header"]), "", "", 1])
     return rows
 
 
