@@ -15,7 +15,7 @@ from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelLoadError, ModelSpec
 from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
-from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.engines.rows import RowOutput, RowRequest, row_from_steps
 from pytest_llmdet.errors import cause_line
 from pytest_llmdet.versions import package_version
 
@@ -122,6 +122,35 @@ class VLLMEngine(RemoteEngine):
             steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
             result.append(row_from_steps(list(completion.token_ids), steps, top_k, eos))
         return result
+
+    def generate_each(self, requests: list[RowRequest], seed: int = 0, concurrency: int = 1
+                      ) -> list[RowOutput | None]:
+        """Every request, each with its own sampling fields, in one vllm.LLM.generate call (vLLM schedules them
+        itself: `concurrency` is the server's knob); None for a request whose settings vLLM cannot apply (a
+        processor, or more log-probs than max_logprobs), which its test then generates alone, with the error."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        allowed, taken, params = self.details.max_logprobs, [], []
+        for index, request in enumerate(requests):
+            wanted = max(2, request.top_k)
+            if isinstance(allowed, int) and 0 <= allowed < wanted:
+                continue
+            try:
+                fields = sampling_fields(request.plan, self.kind, len(request.prompt_ids), wanted, self.tokenizer_eos)
+            except GenerationArgumentError:
+                continue
+            taken.append(index)
+            params.append(SamplingParams(**fields, detokenize=False))
+        prompts = [TokensPrompt(prompt_token_ids=list(requests[index].prompt_ids)) for index in taken]
+        outputs = self.model.generate(prompts, params, use_tqdm=False) if prompts else []
+        rows: list[RowOutput | None] = [None] * len(requests)
+        for index, output in zip(taken, outputs, strict=True):
+            completion = output.outputs[0]
+            steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
+            rows[index] = row_from_steps(list(completion.token_ids), steps, requests[index].top_k,
+                                         eos_ids_of(requests[index].plan))
+        return rows
 
     @property
     def details(self) -> VLLMDetails:

@@ -195,6 +195,7 @@ class TestSnapshots:
         golden_file = self.golden(name)
         result = judge(golden_file, name, value, current, self._judging(),
                        self.model.for_judging(current, self.context.mode))
+        result.details.prefetch = value.prefetch if isinstance(value, Generation) else None
         self._outcome(name, result.status, result.details)
         if result.status == SnapshotStatus.UNWRITTEN:
             self.queued.add(name, result.current, result.target)  # applied to the file as it is when written
