@@ -321,3 +321,33 @@ def test_a_fingerprint_recorded_before_the_server_fields_is_not_shown_as_changed
     new = {**old, "served_root": "/srv/q", "served_max_model_len": 512}
     assert fingerprint_changes(old, new) == []
     assert fingerprint_changes(new, {**new, "served_root": "/srv/other"}) == ["served_root: /srv/q → /srv/other"]
+
+
+def test_xdist_workers_split_the_gpu_memory_of_the_vllm_engine_on_cuda_only():
+    from pytest_llmdet.engines.vllm import worker_arguments
+
+    assert worker_arguments({}, 2, on_cuda=True) == {"gpu_memory_utilization": 0.45}  # vLLM's 0.9, halved
+    assert worker_arguments({"gpu_memory_utilization": 0.8, "enforce_eager": True}, 4, on_cuda=True) == \
+        {"gpu_memory_utilization": 0.2, "enforce_eager": True}  # the run's share, split
+    assert worker_arguments({"enforce_eager": True}, 3, on_cuda=True)["gpu_memory_utilization"] == 0.3
+    assert worker_arguments({}, 1, on_cuda=True) == {}  # no xdist: vLLM's own default
+    assert worker_arguments({"gpu_memory_utilization": 0.8}, 2, on_cuda=False) == {"gpu_memory_utilization": 0.8}
+
+
+def test_the_worker_count_comes_from_xdists_variable(monkeypatch):
+    from pytest_llmdet.engines.vllm import xdist_workers
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert xdist_workers() == 1
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    assert xdist_workers() == 4
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "0")
+    assert xdist_workers() == 1
+
+
+def test_the_vllm_summary_line_says_when_a_worker_took_a_share_of_the_gpu():
+    from pytest_llmdet.engines.vllm import VLLMDetails
+
+    details = VLLMDetails(512, "0.32.0", "float16", 20, 0.45)
+    assert engine_kind("vllm").loaded_line(_loaded(VLLMOptions(), details, "cuda")) == \
+        "models/q bfloat16 on the vllm engine (0.32.0, cuda, gpu_memory_utilization 0.45 per xdist worker)"

@@ -209,3 +209,35 @@ def test_a_changed_deployment_is_named_in_the_environment_line(pytester, start_s
     assert f"served_root: {stub.model_dir} → /models/other-build" in output
     assert "served_max_model_len: 512 → 256" in output
     assert "engine_version: vllm 0.32.0 → vllm 0.33.1" in output
+
+
+# The answering rule, without a server ----------------------------------------------------------------------
+
+def _row(token_ids):
+    from pytest_llmdet.engines.rows import RowOutput
+
+    return RowOutput(list(token_ids), [1.0] * len(token_ids), [0.0] * len(token_ids), None, None, frozenset())
+
+
+def test_a_batched_row_is_used_only_when_it_equals_a_recorded_golden():
+    from pytest_llmdet.engines.llm import call_key
+    from pytest_llmdet.golden.prefetch import Prefetch, PrefetchStats
+
+    stats = PrefetchStats(unused=3)
+    prefetched = Prefetch(stats)
+    same, changed, flaky = (call_key([1, n], {"max_new_tokens": 2}, 0) for n in (1, 2, 3))
+    for key, batched, golden in ((same, [5, 6], (5, 6)), (changed, [7, 7], (5, 6)), (flaky, [7, 7], (5, 6))):
+        prefetched.results[key], prefetched.expected[key] = _row(batched), {golden}
+
+    def never():
+        raise AssertionError("a batched row equal to its golden needs no lone request")
+
+    assert prefetched.answer(same, never) == (prefetched.results[same], "batched")
+    assert prefetched.answer(changed, lambda: _row([7, 7]))[1] == "confirmed"  # the model changed: it fails
+    row, source = prefetched.answer(flaky, lambda: _row([5, 6]))  # the batch alone differed
+    assert (row.token_ids, source) == ([5, 6], "disagreed")
+    assert prefetched.answer(call_key([9], {"max_new_tokens": 2}, 0), never) is None  # not prefetched
+    assert prefetched.answer(call_key([1, 1], {"max_new_tokens": 2}, 1), never) is None  # other top-k
+    assert (stats.batched, stats.confirmed, stats.unused) == (1, 1, 0)
+    prefetched.answer(same, never)  # the same call in another test: answered again, counted once as used
+    assert (stats.batched, stats.unused) == (2, 0)

@@ -107,7 +107,9 @@ class VLLMKind(EngineKind):
 
     def loaded_line(self, loaded: LoadedModel) -> str:
         spec = loaded.spec
-        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {loaded.device})"
+        share = loaded.details.memory_share
+        split = f", gpu_memory_utilization {share:g} per xdist worker" if share is not None else ""
+        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {loaded.device}{split})"
 
     def load(self, spec: ModelSpec, worker: str | None) -> LoadedModel:
         from pytest_llmdet.engines.vllm import load_vllm

@@ -25,6 +25,25 @@ INSTALL = ("pip install 'pytest-llmdet[vllm]' (vLLM for CUDA), or on a machine w
 # __main__ guard that a pytest run does not have, and hides the engine's errors behind "see root cause above"),
 # and vLLM's INFO lines kept out of the test log.
 ENVIRONMENT_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+GPU_MEMORY_DEFAULT = 0.9  # vLLM's own gpu_memory_utilization: the share of each GPU's memory one LLM takes
+WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"  # set by pytest-xdist in each worker (its documented variable)
+
+
+def worker_arguments(arguments: dict[str, Any], workers: int, on_cuda: bool) -> dict[str, Any]:
+    """vllm.LLM's arguments in one of `workers` pytest-xdist workers. On CUDA every worker loads its own LLM
+    on the same GPU(s), and each LLM takes gpu_memory_utilization of the whole memory: the run's share
+    (llm_vllm_args gpu_memory_utilization, else vLLM's 0.9) is split evenly, so that N workers fit where one
+    did. Elsewhere (vLLM on the CPU sizes its KV cache with VLLM_CPU_KVCACHE_SPACE) nothing changes."""
+    if workers <= 1 or not on_cuda:
+        return dict(arguments)
+    share = float(arguments.get("gpu_memory_utilization", GPU_MEMORY_DEFAULT))
+    return {**arguments, "gpu_memory_utilization": round(share / workers, 4)}
+
+
+def xdist_workers() -> int:
+    """How many pytest-xdist workers this run has (1 outside xdist)."""
+    count = os.environ.get(WORKER_COUNT, "")
+    return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
 def import_vllm() -> Any:
@@ -49,6 +68,7 @@ class VLLMDetails(RemoteDetails):
     version: str  # vllm.__version__
     dtype: str  # the dtype vLLM runs the model in (llm_dtype auto resolved)
     max_logprobs: int | None  # the most log-probs per step it returns (--llm-vllm-args max_logprobs=)
+    memory_share: float | None = None  # gpu_memory_utilization this xdist worker took, when the workers split it
 
 
 def load_vllm(spec: ModelSpec) -> LoadedModel:
@@ -56,7 +76,11 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     started = time.perf_counter()
     vllm = import_vllm()
     tokenizer, generation_config, limit = load_local_side(spec)
-    arguments = dict(spec.options.arguments)
+    from vllm.platforms import current_platform
+
+    given = dict(spec.options.arguments)
+    arguments = worker_arguments(given, xdist_workers(), current_platform.is_cuda())
+    share = arguments.get("gpu_memory_utilization") if arguments != given else None
     try:
         engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
                           trust_remote_code=spec.trust_remote_code, seed=0, generation_config="vllm",
@@ -78,10 +102,8 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
         limit = model_length if limit is None else min(limit, model_length)
     dtype = str(getattr(model_config, "dtype", spec.dtype)).removeprefix("torch.")
     max_logprobs = getattr(model_config, "max_logprobs", None)
-    from vllm.platforms import current_platform
-
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs))
+                       generation_config, VLLMDetails(limit, vllm.__version__, dtype, max_logprobs, share))
 
 
 def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
