@@ -120,10 +120,14 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
             def case(name: str, flags: tuple[str, ...]):
                 def run():
                     before = requests_logged(server_log)
-                    report = work / "report.json"
+                    report = suite / "report.json"  # inside the suite: pytest takes an existing path outside for
+                    # a test path, and would move the rootdir (and lose the suite's ini file) from the second run on
                     result = run_command(pytest_argv(*OURS, "--llm-snapshot", *on_server, *flags, "--llm-report",
                                                      str(report)), suite, env=env, check=False)
                     check_alive(server.url, server_log)
+                    if calls_seconds(result.stdout) is None:  # no test reached the model: say why, do not time it
+                        raise RuntimeError(f"{name}: no generations line; the run's output ends:\n"
+                                           f"{(result.stdout + result.stderr)[-3000:]}")
                     line = re.search(r"^prefetch: .*$", result.stdout, re.MULTILINE)
                     found[name].append({"requests": requests_logged(server_log) - before, "exit": result.returncode,
                                         "verdicts": verdicts(report), "prefetch": line.group(0) if line else None,
