@@ -15,7 +15,8 @@ class Generation:
     `margins[i]` is the top-1 minus top-2 log-probability of the scores that chose `token_ids[i]`;
     a margin near zero is a near-tie that may flip on other hardware. `logprobs[i]` is the
     log-probability of the chosen token. `top_k_ids[i]` and `top_k_logprobs[i]` are the best candidates of
-    step i, best first; recorded only for a tolerant comparison (None otherwise).
+    step i, best first; recorded only for a tolerant comparison (None otherwise). `prefetch` says whether the
+    result came from --llm-prefetch's batch.
     """
 
     prompt: Prompt
@@ -29,6 +30,10 @@ class Generation:
     model: str = ""
     top_k_ids: list[list[int]] | None = None
     top_k_logprobs: list[list[float]] | None = None
+    # --llm-prefetch: None when generated alone; "batched" when taken from the prefetch (it equals a recorded
+    # golden), "confirmed" or "disagreed" when the batch's result differed from the golden and a lone request
+    # gave the same tokens or other ones (this is then the lone result)
+    prefetch: str | None = None
 
     def __repr__(self) -> str:
         return (f"Generation(text={self.text[:40] + ('…' if len(self.text) > 40 else '')!r}, "

@@ -86,6 +86,17 @@ def summary_lines(loads: list[dict[str, Any]], generations: dict[str, Any]) -> l
     return lines
 
 
+def prefetch_header_line(settings: Settings, mode: str) -> list[str]:
+    """What --llm-prefetch (llm_prefetch) does in this run (no line without it)."""
+    if not settings.prefetch:
+        return []
+    if mode == "update":
+        return ["llmdet: prefetch: off in an update (--llm-snapshot-update records every golden from a lone call)"]
+    if mode != "check":
+        return ["llmdet: prefetch: off (it answers the calls of a check, --llm-snapshot, from their golden files)"]
+    return [engine_kind(settings.engine).prefetch_line(settings)]
+
+
 def snapshot_header_line(mode: str, snapshot_dir: str, near_tie: float, compare: str = "exact",
                          top_k: int = 5) -> str:
     """How this run uses golden files."""

@@ -41,6 +41,7 @@ def snapshot_entry(outcome: SnapshotOutcome) -> dict[str, Any]:
         "location": details.location,
         "tokens": details.tokens,
         "environment_changes": details.environment_changes,
+        "prefetch": details.prefetch,
     }
 
 

@@ -21,7 +21,14 @@ import pytest
 from pytest_llmdet.engines.kinds import check_settings
 from pytest_llmdet.engines.seeding import prepare_cuda_environment
 from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
-from pytest_llmdet.hooks.keys import DETERMINISM_KEY, LLM_KEY, SESSION_KEY, SHARES_KEY, SNAPSHOT_PLUGIN_KEY
+from pytest_llmdet.hooks.keys import (
+    DETERMINISM_KEY,
+    LLM_KEY,
+    PREFETCH_KEY,
+    SESSION_KEY,
+    SHARES_KEY,
+    SNAPSHOT_PLUGIN_KEY,
+)
 from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
 from pytest_llmdet.markers import MARKERS
 from pytest_llmdet.settings import OPTIONS, in_ci, resolve
@@ -42,7 +49,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in OPTIONS:  # the one table of every flag and ini option (settings.py)
         where = f"; ini: {option.ini}" if option.has_ini else ""
         if option.has_flag and option.switch:
-            group.addoption(option.flag, dest=option.dest, action="store_true", default=False, help=option.help)
+            group.addoption(option.flag, dest=option.dest, action="store_true", default=False,
+                            help=option.help + where)
         elif option.has_flag:
             group.addoption(option.flag, dest=option.dest, default=None, metavar=option.metavar,
                             help=option.help + where)
@@ -84,6 +92,12 @@ def pytest_configure(config: pytest.Config) -> None:
         plugin = config.stash[SNAPSHOT_PLUGIN_KEY] = SnapshotPlugin(session, snapshot_settings, command_inputs)
         config.pluginmanager.register(plugin, "llmdet-snapshots")
         shares["snapshots"] = plugin
+    if snapshot_settings.mode == "check" and settings.prefetch:  # an update records from lone calls only
+        from pytest_llmdet.hooks.prefetch import PrefetchPlugin
+
+        prefetcher = config.stash[PREFETCH_KEY] = PrefetchPlugin(session, snapshot_settings)
+        config.pluginmanager.register(prefetcher, "llmdet-prefetch")
+        shares["prefetch"] = prefetcher
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -105,7 +119,7 @@ def _worker_id(config: pytest.Config) -> str | None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_llmdet.engines.sources import ModelLoadError
-    from pytest_llmdet.header import header_lines, reruns_header_line, snapshot_header_line
+    from pytest_llmdet.header import header_lines, prefetch_header_line, reruns_header_line, snapshot_header_line
 
     session = config.stash[SESSION_KEY]
     try:
@@ -117,7 +131,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     workers = config.getoption("numprocesses", None)  # pytest-xdist's -n, a number by now (-n auto too)
     workers = workers if isinstance(workers, int) and session.worker is None else None  # the controller's
     return header_lines(session.settings, source, workers) + [
-        snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)] + reruns_header_line(reruns)
+        snapshot_header_line(s.mode, s.snapshot_dir, s.near_tie, s.compare, s.top_k)] + reruns_header_line(reruns) \
+        + prefetch_header_line(session.settings, s.mode)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -150,6 +165,9 @@ def llm(request: pytest.FixtureRequest) -> LLM:
 
             plan = compare_plan_of(request, session.snapshot_settings)
             handle.capture_top_k = plan.capture_top_k  # top-k costs only when compared
+            prefetcher = request.config.stash.get(PREFETCH_KEY, None)
+            if prefetcher is not None:
+                prefetcher.attach(request.node, handle, spec)
     except (ModelLoadError, SettingsError) as error:
         failure = f"pytest-llmdet: {error}"
     if failure is not None:  # outside the except block: one message, not a chain of the causes

@@ -11,7 +11,10 @@ Misbehaviours: `token_ids=False` leaves `token_ids` and `prompt_token_ids` out o
 server); `perturb=True` adds a large bias to one token's logits, so the tokens differ from the transformers
 engine's on any hardware; `version=None` serves no /version (404); `served_name` serves the model under another
 name; `hang=True` never answers a completion after the first (the connection probe) until the stub stops;
-`few_candidates=True` returns only the chosen token's log-prob at each step, whatever `logprobs` asks for."""
+`few_candidates=True` returns only the chosen token's log-prob at each step, whatever `logprobs` asks for;
+`batch_variant=N` perturbs (as `perturb`) the N completions after the connection probe and no later one: a
+server that is not batch-invariant, whose answers to a prefetch's batch differ from its answers to lone requests;
+`root` and `max_model_len` are what /v1/models says of the served model (another deployment)."""
 
 from __future__ import annotations
 
@@ -64,8 +67,13 @@ class OpenAIStub:
 
     def __init__(self, model_dir: Path | str = EMBEDDED_MODEL_DIR, *, token_ids: bool = True, perturb: bool = False,
                  version: str | None = VERSION, served_name: str | None = None, hang: bool = False,
-                 few_candidates: bool = False) -> None:
+                 few_candidates: bool = False, batch_variant: int = 0, root: str | None = None,
+                 max_model_len: int = MAX_MODEL_LEN) -> None:
         self.model_dir = str(model_dir)
+        self.batch_variant = batch_variant
+        self.root = root or self.model_dir
+        self.max_model_len = max_model_len
+        self._local = threading.local()  # the number of the completion a handler thread answers (0: the probe)
         self.served_name = served_name or self.model_dir
         self.hang = hang
         self.few_candidates = few_candidates
@@ -125,7 +133,7 @@ class OpenAIStub:
         if (method, path) == ("GET", "/v1/models"):
             return 200, {"object": "list", "data": [{
                 "id": self.served_name, "object": "model", "created": 1796165919, "owned_by": "vllm",
-                "root": self.model_dir, "parent": None, "max_model_len": MAX_MODEL_LEN}]}
+                "root": self.root, "parent": None, "max_model_len": self.max_model_len}]}
         if (method, path) == ("POST", "/v1/completions"):
             return self.complete(body)
         return 404, _error(f"{method} {path} is not served", "NotFoundError")
@@ -154,7 +162,7 @@ class OpenAIStub:
                 max_new_tokens=body.get("max_tokens", 16), do_sample=False,
                 repetition_penalty=body.get("repetition_penalty", 1.0), eos_token_id=stop or None,
                 pad_token_id=self.tokenizer.pad_token_id or 0, output_scores=True, return_dict_in_generate=True,
-                logits_processor=LogitsProcessorList([_Bias()] if self.perturb else []), **extra)
+                logits_processor=LogitsProcessorList([_Bias()] if self._perturbed() else []), **extra)
         new = out.sequences[0, len(prompt):].tolist()
         logprobs = None
         if k is not None:
@@ -180,6 +188,11 @@ class OpenAIStub:
                      "model": self.model_dir, "choices": [choice],
                      "usage": {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + len(new),
                                "completion_tokens": len(new)}}
+
+
+    def _perturbed(self) -> bool:
+        number = getattr(self._local, "number", 0)
+        return self.perturb or 1 <= number <= self.batch_variant
 
 
 def _error(message: str, kind: str) -> dict[str, Any]:
@@ -208,6 +221,7 @@ class _Handler(BaseHTTPRequestHandler):
         with stub._lock:
             stub.requests.append((self.command, path, body))
             stub.authorizations.append(self.headers.get("Authorization"))
+            stub._local.number = len(stub.completions()) - 1  # in the order the requests arrived
         try:
             status, answer = stub.answer(self.command, path, body)
         except Exception as error:  # noqa: BLE001 - a bug in the stub: a 500 that names it, not a dropped connection

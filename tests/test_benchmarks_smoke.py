@@ -206,3 +206,23 @@ def test_generated_rerun_suite_holds_a_warmup_and_one_test_per_variant_and_repea
     assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8")) == {"durations": {}, "executions": {}}
     assert "test_reruns.py::test_runs3_1" in result.stdout
     assert "llm_max_new_tokens = 32" in (suite / "pytest.ini").read_text(encoding="utf-8")
+
+
+def test_the_prefetch_benchmark_reads_the_time_spent_on_calls_and_changes_goldens(tmp_path):
+    import json
+
+    import bench_prefetch
+
+    out = ("generations: 100 (0.52 s)\nprefetch: 100 recorded call(s) generated at once (1 batch(es), 2.10 s); "
+           "100 answered from the batch\n")
+    assert bench_prefetch.calls_seconds(out) == 2.62
+    assert bench_prefetch.calls_seconds("generations: 5 (1.00 s)\n") == 1.0  # sequential: no prefetch line
+    assert bench_prefetch.calls_seconds("no summary") is None
+    folder = tmp_path / "__llm_snapshots__" / "test_s"
+    folder.mkdir(parents=True)
+    for name, first in (("a", 5), ("b", 999), ("c", 7)):
+        (folder / f"{name}.json").write_text(json.dumps({"test": f"t::{name}", "snapshots": {"0": {
+            "token_ids": [first, 1]}}}))
+    assert bench_prefetch.change_goldens(tmp_path, 2) == ["t::a", "t::b"]
+    changed = [json.loads((folder / f"{n}.json").read_text())["snapshots"]["0"]["token_ids"][0] for n in "abc"]
+    assert changed[0] != 5 and changed[1] != 999 and changed[2] == 7

@@ -303,8 +303,60 @@ def test_the_remote_engines_describe_themselves_for_the_fingerprint():
                                "logprobs": "processed"}
     assert vllm.max_positions == 512
     server = ServerEngine(_loaded(ServerOptions("http://h:1/v1"),
-                                  ServerDetails(256, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1"), "server"))
+                                  ServerDetails(256, "q", "vllm 0.32.0", "0.32.0", "http://h:1/v1", "/srv/q", 256),
+                                  "server"))
     assert server.describe() == {**where, "dtype": "unknown", "device": "server", "engine": "openai",
-                                 "engine_version": "vllm 0.32.0", "served_model": "q",
+                                 "engine_version": "vllm 0.32.0", "served_model": "q", "served_root": "/srv/q",
+                                 "served_max_model_len": 256,
                                  "logprobs": "as the server computes them (vLLM: its --logprobs-mode)"}
     assert server.max_positions == 256 and server.server == "the vllm 0.32.0 server at http://h:1/v1"
+
+
+def test_what_a_server_lists_of_its_model_is_read_and_anything_else_is_left_out():
+    from types import SimpleNamespace
+
+    from pytest_llmdet.engines.openai_server import model_entry
+
+    assert model_entry(SimpleNamespace(owned_by="vllm", root="/models/q", max_model_len=4096)) == \
+        ("vllm", "/models/q", 4096)
+    assert model_entry(SimpleNamespace(id="q")) == ("", None, None)  # a server that says nothing of them
+    assert model_entry(SimpleNamespace(owned_by=None, root="", max_model_len=True)) == ("", None, None)
+
+
+def test_a_fingerprint_recorded_before_the_server_fields_is_not_shown_as_changed():
+    from pytest_llmdet.engines.fingerprint import fingerprint_changes
+
+    old = {"engine": "openai", "served_model": "q"}
+    new = {**old, "served_root": "/srv/q", "served_max_model_len": 512}
+    assert fingerprint_changes(old, new) == []
+    assert fingerprint_changes(new, {**new, "served_root": "/srv/other"}) == ["served_root: /srv/q → /srv/other"]
+
+
+def test_xdist_workers_split_the_gpu_memory_of_the_vllm_engine_on_cuda_only():
+    from pytest_llmdet.engines.vllm import worker_arguments
+
+    assert worker_arguments({}, 2, on_cuda=True) == {"gpu_memory_utilization": 0.45}  # vLLM's 0.9, halved
+    assert worker_arguments({"gpu_memory_utilization": 0.8, "enforce_eager": True}, 4, on_cuda=True) == \
+        {"gpu_memory_utilization": 0.2, "enforce_eager": True}  # the run's share, split
+    assert worker_arguments({"enforce_eager": True}, 3, on_cuda=True)["gpu_memory_utilization"] == 0.3
+    assert worker_arguments({}, 1, on_cuda=True) == {}  # no xdist: vLLM's own default
+    assert worker_arguments({"gpu_memory_utilization": 0.8}, 2, on_cuda=False) == {"gpu_memory_utilization": 0.8}
+
+
+def test_the_worker_count_comes_from_xdists_variable(monkeypatch):
+    from pytest_llmdet.engines.vllm import xdist_workers
+
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert xdist_workers() == 1
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "4")
+    assert xdist_workers() == 4
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "0")
+    assert xdist_workers() == 1
+
+
+def test_the_vllm_summary_line_says_when_a_worker_took_a_share_of_the_gpu():
+    from pytest_llmdet.engines.vllm import VLLMDetails
+
+    details = VLLMDetails(512, "0.32.0", "float16", 20, 0.45)
+    assert engine_kind("vllm").loaded_line(_loaded(VLLMOptions(), details, "cuda")) == \
+        "models/q bfloat16 on the vllm engine (0.32.0, cuda, gpu_memory_utilization 0.45 per xdist worker)"

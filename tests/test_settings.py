@@ -43,6 +43,17 @@ def test_factors_come_from_the_flag_or_the_ini_file_in_the_matrix_order():
         "batch", "cache", "static-cache", "prefix-cache", "attention", "threads", "dtype")
 
 
+def test_prefetch_is_a_switch_that_the_ini_file_can_turn_on():
+    assert resolve().prefetch is False and resolve().concurrency == 32
+    assert resolve(flags={"prefetch": True}).prefetch is True
+    assert resolve(ini={"prefetch": "true", "concurrency": "4"}) == resolve(flags={"prefetch": True,
+                                                                                "concurrency": "4"})
+    assert resolve(flags={"prefetch": False}, ini={"prefetch": "false"}).prefetch is False
+    with pytest.raises(SettingsError, match="bad value 'often' for llm_prefetch in /p/pytest.ini; allowed values: "
+                       "true, false"):
+        resolve(ini={"prefetch": "often"}, inipath=Path("/p/pytest.ini"))
+
+
 def test_ini_model_path_is_relative_to_the_ini_file():
     settings = resolve(ini={"model": "models/tiny"}, inipath=Path("/project/pytest.ini"))
     assert settings.model == "models/tiny"
@@ -65,6 +76,7 @@ def test_ini_model_path_is_relative_to_the_ini_file():
         ("base_url", "localhost:8000", "the http:// or https:// URL"),
         ("api_key_env", "sk-123 abc", "the name of an environment variable"),
         ("request_timeout", "0", "a number of seconds > 0"),
+        ("concurrency", "0", "an integer >= 1"),
         ("vllm_args", "tensor_parallel_size", "is not key=value"),
         ("vllm_args", "dtype=half", "dtype is set by --llm-dtype / llm_dtype"),
         ("vllm_args", "a=1 a=2", "a is given twice"),
@@ -87,7 +99,7 @@ def test_every_option_comes_from_one_table_with_names_that_match():
         "llm_trust_remote_code",
         "llm_threads", "llm_inherit_processors", "llm_deterministic_algorithms", "llm_compare", "llm_top_k",
         "llm_determinism_runs", "llm_factors", "llm_engine", "llm_base_url", "llm_served_model", "llm_api_key_env",
-        "llm_request_timeout", "llm_vllm_args",
+        "llm_request_timeout", "llm_vllm_args", "llm_prefetch", "llm_concurrency",
     }
     assert {o.ini for o in OPTIONS if o.has_ini and not o.has_flag} == {"llm_snapshot_dir", "llm_near_tie"}
     assert {o.flag for o in OPTIONS if o.has_flag and not o.has_ini} == {

@@ -26,7 +26,8 @@ TOKENIZER_PATTERNS = ("tokenizer*", "vocab*", "merges.txt", "special_tokens_map.
 DEFAULT_ENGINE = "transformers"
 # Fields added to the fingerprint after golden files were first recorded: a file recorded without one does not
 # say what it was, so its absence is not shown as a change.
-LATER_FIELDS = ("cpu_capability", "tokenizer_sha256", "chat_template_sha256", "eos_token_ids")
+LATER_FIELDS = ("cpu_capability", "tokenizer_sha256", "chat_template_sha256", "eos_token_ids", "served_root",
+                "served_max_model_len")
 
 
 def weight_files(directory: Path) -> list[Path]:
@@ -103,11 +104,12 @@ def environment_fingerprint(
     compute_capability: str | None = None, weights: bool = True, device_map: str | None = None,
     engine: str = "transformers", engine_version: str | None = None, engine_arguments: dict[str, Any] | None = None,
     served_model: str | None = None, logprobs: str | None = None, chat_template: Any = None,
-    eos_token_ids: list[int] | None = None,
+    eos_token_ids: list[int] | None = None, served_root: str | None = None, served_max_model_len: int | None = None,
 ) -> dict[str, Any]:
     """The header fingerprint: model and revision or weights hash, dtype, device type, versions, settings, and
     accelerate's device map when one placed the model, and the engine when it is not transformers (its
-    version and arguments, the served model, and whether the margins come from processed log-probs).
+    version and arguments, the served model, and whether the margins come from processed log-probs; of a
+    server, what its /v1/models says of the model: its root, the weights it loaded, and its max_model_len).
 
     `weights=False` leaves out a local model's weights and tokenizer hashes (reading every weight file) and the
     chat template's, for a check that does not need them: one that passes, with no JSON report asked for."""
@@ -139,6 +141,10 @@ def environment_fingerprint(
             fingerprint["engine_arguments"] = dict(sorted(engine_arguments.items()))
         if served_model is not None:
             fingerprint["served_model"] = served_model
+        if served_root is not None:  # what the server loaded: a redeployment from another folder or hub id
+            fingerprint["served_root"] = served_root
+        if served_max_model_len is not None:
+            fingerprint["served_max_model_len"] = served_max_model_len
         fingerprint["logprobs"] = logprobs
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
         fingerprint["compute_capability"] = compute_capability

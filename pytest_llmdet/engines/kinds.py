@@ -25,6 +25,7 @@ class EngineKind:
     """One engine, by name: what every engine answers (each kind below is one engine)."""
 
     name: str
+    prefetches = False  # whether --llm-prefetch generates ahead on it (its engine has the generate_each verb)
 
     def check(self, settings: Settings) -> None:
         """Refuse, at startup, settings this engine cannot run with when it is the run's engine (SettingsError)."""
@@ -37,6 +38,12 @@ class EngineKind:
     def header_line(self, settings: Settings) -> str | None:
         """The report header's line for this engine as the run's: what generates, and what does not apply."""
         return None
+
+    def prefetch_line(self, settings: Settings) -> str:
+        """The header's line for --llm-prefetch in a check on this engine as the run's."""
+        return ("llmdet: prefetch: nothing to prefetch on the transformers engine (each call is generated alone, "
+                "as in a run without --llm-prefetch); tests an llm_model marker puts on the vllm or openai engine "
+                "are prefetched")
 
     def loaded_line(self, loaded: LoadedModel) -> str:
         """The summary's line for a model this engine loaded."""
@@ -82,6 +89,11 @@ class VLLMKind(EngineKind):
     """vLLM's offline LLM in this process (engines/vllm.py)."""
 
     name = "vllm"
+    prefetches = True
+
+    def prefetch_line(self, settings: Settings) -> str:
+        return ("llmdet: prefetch: the recorded calls of the selected tests in one vllm.LLM.generate call when the "
+                "model loads; a result that differs from its golden is confirmed by a lone call")
 
     def options(self, settings: Settings) -> EngineOptions:
         from pytest_llmdet.engines.models import VLLMOptions
@@ -97,7 +109,9 @@ class VLLMKind(EngineKind):
         spec = loaded.spec
         threads = loaded.details.threads
         where = loaded.device if threads is None else f"{loaded.device}, {threads} thread{'s' * (threads != 1)}"
-        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {where})"
+        share = loaded.details.memory_share
+        split = f", gpu_memory_utilization {share:g} per xdist worker" if share is not None else ""
+        return f"{spec.source.name} {spec.dtype} on the vllm engine ({loaded.details.version}, {where}{split})"
 
     def load(self, spec: ModelSpec, worker: str | None) -> LoadedModel:
         from pytest_llmdet.engines.vllm import load_vllm
@@ -114,6 +128,12 @@ class ServerKind(EngineKind):
     """An OpenAI-compatible server the user runs (engines/openai_server.py)."""
 
     name = "openai"
+    prefetches = True
+
+    def prefetch_line(self, settings: Settings) -> str:
+        return (f"llmdet: prefetch: the recorded calls of the selected tests sent at once when the server is first "
+                f"needed, {settings.concurrency} in flight (llm_concurrency); a result that differs from its golden "
+                "is confirmed by a lone request")
 
     def check(self, settings: Settings) -> None:
         if settings.base_url is None:

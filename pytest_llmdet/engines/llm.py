@@ -3,10 +3,12 @@ record each call (tokens, margins, settings) for the golden files and the re-run
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from pytest_llmdet.engines import Engine
 from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
@@ -15,6 +17,27 @@ from pytest_llmdet.engines.rows import RowOutput
 from pytest_llmdet.generation import Generation, Prompt
 
 _NOT_OVERRIDES = ("num_beams", "max_new_tokens")  # recorded settings that LLM.plan sets itself
+
+
+class CallKey(NamedTuple):
+    """What makes two generate calls the same call: their prompt token IDs, their recorded settings and the
+    top-k candidates recorded per step (--llm-prefetch answers a call by it)."""
+
+    prompt_ids: tuple[int, ...]
+    settings: str  # the settings as canonical JSON
+    top_k: int
+
+
+def call_key(prompt_ids: list[int], settings: dict[str, Any], top_k: int) -> CallKey:
+    """The key of a call of `prompt_ids` with the recorded `settings` and `top_k` candidates per step."""
+    return CallKey(tuple(prompt_ids), json.dumps(settings, sort_keys=True, default=str), top_k)
+
+
+class Prefetched(Protocol):
+    """Results generated ahead of the calls (golden/prefetch.py): `answer` gives the row of a call and how it
+    was got, or None when the call was not prefetched; `lone` generates the call alone when needed."""
+
+    def answer(self, key: CallKey, lone: Callable[[], RowOutput]) -> tuple[RowOutput, str] | None: ...
 
 
 @dataclass
@@ -37,6 +60,7 @@ class LLM:
         self.stats = stats if stats is not None else GenerationStats()
         self.calls: list[Generation] = []  # every generation of the current test, in order
         self.capture_top_k = 0  # candidates per step to record; set for a tolerant snapshot comparison
+        self.prefetch: Prefetched | None = None  # --llm-prefetch's results for this test (None: generate alone)
 
     # The engine's: the model and tokenizer (transformers: the torch module), the model's name, the device.
     model = property(attrgetter("engine.model"))
@@ -63,7 +87,7 @@ class LLM:
                          overrides=overrides)
         prompt_ids = self.encode(prompt)
         self._check_length(prompt_ids, plan.config["max_new_tokens"])
-        (row,) = self.generate_rows([prompt_ids], plan, top_k=self.capture_top_k)
+        row, prefetch = self._row(prompt_ids, plan)
         token_ids = row.token_ids
         generation = Generation(
             prompt=prompt,
@@ -77,11 +101,21 @@ class LLM:
             model=self.name,
             top_k_ids=row.top_k_ids,
             top_k_logprobs=row.top_k_logprobs,
+            prefetch=prefetch,
         )
         self.calls.append(generation)
         self.stats.count += 1
         self.stats.seconds += time.perf_counter() - started
         return generation
+
+    def _row(self, prompt_ids: list[int], plan: GreedyPlan) -> tuple[RowOutput, str | None]:
+        """The call's row: from the prefetch when it holds the call (and how it was got), else generated alone."""
+        def lone() -> RowOutput:
+            return self.generate_rows([prompt_ids], plan, top_k=self.capture_top_k)[0]
+
+        key = call_key(prompt_ids, plan.settings, self.capture_top_k) if self.prefetch is not None else None
+        answered = None if key is None else self.prefetch.answer(key, lone)
+        return answered if answered is not None else (lone(), None)
 
     def plan(self, max_new_tokens: int, overrides: dict[str, Any]) -> GreedyPlan:
         """The forced-greedy plan of one call with this run's settings."""
@@ -90,7 +124,12 @@ class LLM:
     def plan_of(self, generation: Generation) -> GreedyPlan:
         """The plan a recorded call was generated with, rebuilt from the settings it recorded (its seed
         included); GenerationArgumentError when they cannot be rebuilt exactly."""
-        settings = dict(generation.settings)
+        return self.plan_of_settings(generation.settings)
+
+    def plan_of_settings(self, recorded: dict[str, Any]) -> GreedyPlan:
+        """The plan of a call that recorded `recorded` (its seed included); GenerationArgumentError when it
+        cannot be rebuilt exactly."""
+        settings = dict(recorded)
         overrides = {k: v for k, v in settings.items() if k not in _NOT_OVERRIDES}
         plan = self.plan(max_new_tokens=settings["max_new_tokens"], overrides=overrides)
         if plan.settings != settings:
@@ -125,4 +164,4 @@ def _is_usage_error(excinfo: Any) -> bool:
     return excinfo.errisinstance((PromptError, GenerationArgumentError))
 
 
-__all__ = ["LLM", "GenerationArgumentError", "GenerationStats", "PromptError"]
+__all__ = ["LLM", "CallKey", "GenerationArgumentError", "GenerationStats", "Prefetched", "PromptError", "call_key"]

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
-from pytest_llmdet.engines.greedy import GreedyPlan
+from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelSpec
 from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
-from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.engines.rows import RowOutput, RowRequest, row_from_steps
 from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.errors import cause_line, first_line
 from pytest_llmdet.settings.values import url_without_credentials
@@ -108,6 +108,16 @@ def api_reason(error: Exception) -> str:
     return cause_line(error)
 
 
+def model_entry(model: Any) -> tuple[str, str | None, int | None]:
+    """What one entry of GET /v1/models says of a served model: who serves it (vLLM: "vllm"), what it was loaded
+    from (`root`: vLLM's --model) and its max_model_len; None for what it does not say."""
+    owner = str(getattr(model, "owned_by", "") or "")
+    root = getattr(model, "root", None)
+    length = getattr(model, "max_model_len", None)
+    return (owner, str(root) if root else None,
+            length if isinstance(length, int) and not isinstance(length, bool) else None)
+
+
 @dataclass(frozen=True)
 class ServerDetails(RemoteDetails):
     """What the server said of itself when the engine connected."""
@@ -116,6 +126,8 @@ class ServerDetails(RemoteDetails):
     label: str  # who serves it, and the version: "vllm 0.32.0"
     version: str | None  # what its /version says (None: it has no such endpoint)
     url: str  # its URL as messages show it (no password)
+    root: str | None = None  # what /v1/models says the served model was loaded from (vLLM: --model)
+    max_model_len: int | None = None  # and how long a sequence it serves (vLLM: --max-model-len)
 
 
 def connect(spec: ModelSpec) -> LoadedModel:
@@ -146,14 +158,13 @@ def connect(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {reason}); is it an "
                              "OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
     served = choose_served_model([str(getattr(model, "id", "")) for model in listed], spec)
-    owner = next((str(getattr(model, "owned_by", "") or "") for model in listed if model.id == served), "")
+    owner, root, max_model_len = model_entry(next(model for model in listed if model.id == served))
     version = server_version(client, server.request_timeout)
     label = " ".join(part for part in (owner or "server", version) if part)
-    max_model_len = next((getattr(model, "max_model_len", None) for model in listed if model.id == served), None)
-    if isinstance(max_model_len, int):
+    if max_model_len is not None:
         limit = max_model_len if limit is None else min(limit, max_model_len)
     loaded = LoadedModel(spec, client, tokenizer, "server", 0.0, generation_config,
-                         ServerDetails(limit, served, label, version, shown))
+                         ServerDetails(limit, served, label, version, shown, root, max_model_len))
     engine = ServerEngine(loaded)
     probe = engine.encode("Hello")[:8] or [0]
     try:
@@ -190,6 +201,25 @@ class ServerEngine(RemoteEngine):
             with ThreadPoolExecutor(max_workers=len(requests)) as pool:
                 results = list(pool.map(lambda request: self.complete(*request, top_k=top_k), requests))
         return [row_from_steps(token_ids, steps, top_k, eos) for token_ids, steps in results]
+
+    def generate_each(self, requests: list[RowRequest], seed: int = 0, concurrency: int = 32
+                      ) -> list[RowOutput | None]:
+        """Every request as its own /completions request, `concurrency` of them in flight at once (the server
+        batches them with each other); None for one that could not be sent or was not answered, which its test
+        then generates alone, with the error."""
+        def one(request: RowRequest) -> RowOutput | None:
+            try:
+                fields = sampling_fields(request.plan, self.kind, len(request.prompt_ids), max(2, request.top_k),
+                                         self.tokenizer_eos)
+                token_ids, steps = self.complete(list(request.prompt_ids), fields, top_k=request.top_k)
+            except (GenerationArgumentError, EngineError):
+                return None
+            return row_from_steps(token_ids, steps, request.top_k, eos_ids_of(request.plan))
+
+        if not requests:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(requests)))) as pool:
+            return list(pool.map(one, requests))
 
     def complete(self, prompt_ids: list[int], fields: dict[str, Any], top_k: int
                  ) -> tuple[list[int], list[dict[int, float]]]:
@@ -276,5 +306,6 @@ class ServerEngine(RemoteEngine):
 
     def described(self) -> dict[str, Any]:
         return {"dtype": "unknown", "device": "server", "engine": self.kind, "engine_version": self.details.label,
-                "served_model": self.details.served_model,
+                "served_model": self.details.served_model, "served_root": self.details.root,
+                "served_max_model_len": self.details.max_model_len,
                 "logprobs": "as the server computes them (vLLM: its --logprobs-mode)"}

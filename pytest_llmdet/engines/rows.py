@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pytest_llmdet.engines.greedy import GreedyPlan
 
 
 @dataclass
@@ -18,6 +22,14 @@ class RowOutput:
     top_k_ids: list[list[int]] | None
     top_k_logprobs: list[list[float]] | None
     eos_ids: frozenset[int]
+
+
+class RowRequest(NamedTuple):
+    """One call of a batch whose calls differ (the prefetch): its prompt token IDs, plan and top-k candidates."""
+
+    prompt_ids: list[int]
+    plan: GreedyPlan
+    top_k: int = 0
 
 
 def row_from_steps(token_ids: list[int], steps: Iterable[Mapping[int, float]], top_k: int,
@@ -44,4 +56,4 @@ def row_from_steps(token_ids: list[int], steps: Iterable[Mapping[int, float]], t
                      top_logprobs if top_k else None, frozenset(eos_ids))
 
 
-__all__ = ["RowOutput", "row_from_steps"]
+__all__ = ["RowOutput", "RowRequest", "row_from_steps"]

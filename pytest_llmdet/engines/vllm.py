@@ -18,7 +18,7 @@ from pytest_llmdet.engines.greedy import GenerationArgumentError, GreedyPlan
 from pytest_llmdet.engines.models import LoadedModel, ModelSpec
 from pytest_llmdet.engines.remote import RemoteDetails, RemoteEngine, is_usage_error, load_local_side
 from pytest_llmdet.engines.remote_sampling import eos_ids_of, sampling_fields
-from pytest_llmdet.engines.rows import RowOutput, row_from_steps
+from pytest_llmdet.engines.rows import RowOutput, RowRequest, row_from_steps
 from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.engines.variation import Variation, VariationError
 from pytest_llmdet.errors import cause_line
@@ -30,6 +30,25 @@ INSTALL = ("pip install 'pytest-llmdet[vllm]' (vLLM for CUDA), or on a machine w
 # __main__ guard that a pytest run does not have, and hides the engine's errors behind "see root cause above"),
 # and vLLM's INFO lines kept out of the test log.
 ENVIRONMENT_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+GPU_MEMORY_DEFAULT = 0.9  # vLLM's own gpu_memory_utilization: the share of each GPU's memory one LLM takes
+WORKER_COUNT = "PYTEST_XDIST_WORKER_COUNT"  # set by pytest-xdist in each worker (its documented variable)
+
+
+def worker_arguments(arguments: dict[str, Any], workers: int, on_cuda: bool) -> dict[str, Any]:
+    """vllm.LLM's arguments in one of `workers` pytest-xdist workers. On CUDA every worker loads its own LLM
+    on the same GPU(s), and each LLM takes gpu_memory_utilization of the whole memory: the run's share
+    (llm_vllm_args gpu_memory_utilization, else vLLM's 0.9) is split evenly, so that N workers fit where one
+    did. Elsewhere (vLLM on the CPU sizes its KV cache with VLLM_CPU_KVCACHE_SPACE) nothing changes."""
+    if workers <= 1 or not on_cuda:
+        return dict(arguments)
+    share = float(arguments.get("gpu_memory_utilization", GPU_MEMORY_DEFAULT))
+    return {**arguments, "gpu_memory_utilization": round(share / workers, 4)}
+
+
+def xdist_workers() -> int:
+    """How many pytest-xdist workers this run has (1 outside xdist)."""
+    count = os.environ.get(WORKER_COUNT, "")
+    return int(count) if count.isdigit() and int(count) > 0 else 1
 
 
 def import_vllm() -> Any:
@@ -57,6 +76,7 @@ class VLLMDetails(RemoteDetails):
     threads: int | None = None  # torch's intra-op threads its CPU kernels run on (None: not on the CPU)
     prefix_cache_block: int | None = None  # tokens per block of its prefix cache (None: prefix caching off)
     skips_prefix_cache: bool = False  # its SamplingParams take skip_reading_prefix_cache (the prefix-cache factor)
+    memory_share: float | None = None  # gpu_memory_utilization this xdist worker took, when the workers split it
 
 
 def cpu_threads(requested: int | None, environment: Mapping[str, str], default: int) -> int | None:
@@ -76,7 +96,11 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     started = time.perf_counter()
     vllm = import_vllm()
     tokenizer, generation_config, limit = load_local_side(spec)
-    arguments = dict(spec.options.arguments)
+    from vllm.platforms import current_platform
+
+    given = dict(spec.options.arguments)
+    arguments = worker_arguments(given, xdist_workers(), current_platform.is_cuda())
+    share = arguments.get("gpu_memory_utilization") if arguments != given else None
     threads = _choose_cpu_threads(spec)
     try:
         engine = vllm.LLM(model=spec.source.location, tokenizer=spec.source.location, dtype=spec.dtype,
@@ -93,13 +117,12 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                         use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
         raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
-    from vllm.platforms import current_platform
-
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, _details(vllm, engine, spec, limit, threads))
+                       generation_config, _details(vllm, engine, spec, limit, threads, share))
 
 
-def _details(vllm: Any, engine: Any, spec: ModelSpec, limit: int | None, threads: int | None) -> VLLMDetails:
+def _details(vllm: Any, engine: Any, spec: ModelSpec, limit: int | None, threads: int | None,
+             share: float | None) -> VLLMDetails:
     """What the loaded vllm.LLM says of its model, its log-probs and its prefix cache."""
     vllm_config = getattr(getattr(engine, "llm_engine", None), "vllm_config", None)
     model_config = getattr(vllm_config, "model_config", None)
@@ -112,7 +135,7 @@ def _details(vllm: Any, engine: Any, spec: ModelSpec, limit: int | None, threads
     caching = getattr(cache_config, "enable_prefix_caching", False) is True and isinstance(block, int)
     fields = getattr(vllm.SamplingParams, "__struct_fields__", ())
     return VLLMDetails(limit, vllm.__version__, dtype, getattr(model_config, "max_logprobs", None), threads,
-                       block if caching else None, "skip_reading_prefix_cache" in fields)
+                       block if caching else None, "skip_reading_prefix_cache" in fields, share)
 
 
 def _choose_cpu_threads(spec: ModelSpec) -> int | None:
@@ -172,6 +195,35 @@ class VLLMEngine(RemoteEngine):
             steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
             result.append(row_from_steps(list(completion.token_ids), steps, top_k, eos))
         return result
+
+    def generate_each(self, requests: list[RowRequest], seed: int = 0, concurrency: int = 1
+                      ) -> list[RowOutput | None]:
+        """Every request, each with its own sampling fields, in one vllm.LLM.generate call (vLLM schedules them
+        itself: `concurrency` is the server's knob); None for a request whose settings vLLM cannot apply (a
+        processor, or more log-probs than max_logprobs), which its test then generates alone, with the error."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        allowed, taken, params = self.details.max_logprobs, [], []
+        for index, request in enumerate(requests):
+            wanted = max(2, request.top_k)
+            if isinstance(allowed, int) and 0 <= allowed < wanted:
+                continue
+            try:
+                fields = sampling_fields(request.plan, self.kind, len(request.prompt_ids), wanted, self.tokenizer_eos)
+            except GenerationArgumentError:
+                continue
+            taken.append(index)
+            params.append(SamplingParams(**fields, detokenize=False))
+        prompts = [TokensPrompt(prompt_token_ids=list(requests[index].prompt_ids)) for index in taken]
+        outputs = self.model.generate(prompts, params, use_tqdm=False) if prompts else []
+        rows: list[RowOutput | None] = [None] * len(requests)
+        for index, output in zip(taken, outputs, strict=True):
+            completion = output.outputs[0]
+            steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
+            rows[index] = row_from_steps(list(completion.token_ids), steps, requests[index].top_k,
+                                         eos_ids_of(requests[index].plan))
+        return rows
 
     @property
     def details(self) -> VLLMDetails:

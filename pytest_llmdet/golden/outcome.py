@@ -119,6 +119,7 @@ class OutcomeDetails:
     location: dict[str, Any] | None = None  # a failed one: {"file", "line"} of the comparison in the test's file
     tokens: dict[str, Any] | None = None  # a failed or tolerated one: both sides' tokens near it (tokens.py)
     environment_changes: list[str] | None = None  # a failed one: `field: old → new` of the environment recorded
+    prefetch: str | None = None  # --llm-prefetch: how the output compared was got (golden/prefetch.Source)
 
     @property
     def checked(self) -> str | None:

@@ -235,6 +235,7 @@ class TestSnapshots:
         c = self.context
         result = judge(golden_file, name, value, current, CheckContext(c.mode, self.plan, c.near_tie, c.record_variant),
                        self.model.for_judging(current, c.mode))
+        result.details.prefetch = value.prefetch if isinstance(value, Generation) else None
         self._outcome(name, result.status, result.details)
         if result.status == SnapshotStatus.UNWRITTEN:
             self.queued.add(name, result.current, result.target)  # applied to the file as it is when written

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 SESSION_KEY: pytest.StashKey[LLMDetSession] = pytest.StashKey()
 DETERMINISM_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.state.DeterminismState
 SNAPSHOT_PLUGIN_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.snapshots.SnapshotPlugin, with golden files
+PREFETCH_KEY: pytest.StashKey[Any] = pytest.StashKey()  # hooks.prefetch.PrefetchPlugin, in a check with --llm-prefetch
 SHARES_KEY: pytest.StashKey[dict[str, Any]] = pytest.StashKey()  # by name: what xdist workers send (hooks/workers.py)
 MERGED_KEY: pytest.StashKey[set[Any]] = pytest.StashKey()  # on the controller: the workers merged so far
 ANNOTATIONS_KEY: pytest.StashKey[list[str]] = pytest.StashKey()  # GitHub Actions' ::error lines (hooks/ci.py)

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from pytest_llmdet.settings.options import MODEL_SETTINGS, OPTIONS
 from pytest_llmdet.settings.values import (
     API_KEY_ENV_DEFAULT,
+    CONCURRENCY_DEFAULT,
     NEAR_TIE_DEFAULT,
     REQUEST_TIMEOUT_DEFAULT,
     RUNS_DEFAULT,
@@ -48,6 +49,8 @@ class Settings(NamedTuple):
     determinism_runs: int = RUNS_DEFAULT
     check_determinism: bool = False
     factors: tuple[FactorName, ...] = ()  # --llm-factors / llm_factors: every test using `llm` is checked under them
+    prefetch: bool = False  # --llm-prefetch / llm_prefetch: a check sends the goldens' recorded calls at once
+    concurrency: int = CONCURRENCY_DEFAULT  # --llm-concurrency: the prefetch's requests in flight to a server
 
 
 class SnapshotSettings(NamedTuple):
@@ -90,10 +93,12 @@ def resolve_values(flags: dict[str, Any], ini: dict[str, str], inipath: Path | N
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw = flags.get(option.name) if option.has_flag else None
-        if option.switch:
+        source = option.flag
+        if option.switch and not raw and option.has_ini and ini.get(option.name, "").strip():
+            raw, source = ini[option.name].strip(), f"{option.ini} in {inipath}" if inipath else option.ini
+        elif option.switch:
             values[option.name] = bool(raw)
             continue
-        source = option.flag
         if raw is None and option.has_ini and ini.get(option.name, "").strip():
             raw = ini[option.name].strip()
             source = f"{option.ini} in {inipath}" if inipath else option.ini
@@ -122,7 +127,8 @@ def resolve(flags: dict[str, Any], ini: dict[str, str], inipath: Path | None, in
     base_dir = inipath.parent if model_from_ini else invocation_dir
     settings = Settings(**{name: values[name] for name in MODEL_SETTINGS}, model_base_dir=base_dir,
                         determinism_runs=values["determinism_runs"],
-                        check_determinism=values["check_determinism"], factors=values["factors"])
+                        check_determinism=values["check_determinism"], factors=values["factors"],
+                        prefetch=values["prefetch"], concurrency=values["concurrency"])
     check_engine(settings)
     if values["snapshot_update"] and (values["snapshot"] or values["snapshot_review"]):
         other = "--llm-snapshot-review" if values["snapshot_review"] else "--llm-snapshot"

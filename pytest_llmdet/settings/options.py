@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from pytest_llmdet.settings.values import (
     API_KEY_ENV_DEFAULT,
+    CONCURRENCY_DEFAULT,
     DEVICE_MAPS,
     DTYPES,
     ENGINES,
@@ -21,6 +22,7 @@ from pytest_llmdet.settings.values import (
     parse_base_url,
     parse_bool,
     parse_compare,
+    parse_concurrency,
     parse_count,
     parse_deterministic_algorithms,
     parse_device,
@@ -92,6 +94,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_args", "with --llm-engine vllm: arguments of vllm.LLM as key=value pairs, such as "
            "\"tensor_parallel_size=2 max_model_len=2048 enforce_eager=true\"", (), parse_engine_args,
            metavar="PAIRS"),
+    Option("prefetch", "with --llm-snapshot on the vllm or openai engine: send every recorded call of the selected "
+           "tests' golden files at once when the model is first needed, and answer each call that matches one "
+           "from that batch (a result that differs from its golden is confirmed by a lone request; docs: Engines, "
+           "Prefetch)", False, parse_bool, switch=True),
+    Option("concurrency", f"with --llm-prefetch on the openai engine: requests in flight to the server at once "
+           f"(default {CONCURRENCY_DEFAULT})", CONCURRENCY_DEFAULT, parse_concurrency, metavar="N"),
     Option("seed", "seed for python, numpy and torch before each test and each generate: 0 to 2**32-1 "
            "(default 0)", 0, parse_seed),
     Option("max_new_tokens", "new tokens per generate call (default 32)", 32, parse_count),

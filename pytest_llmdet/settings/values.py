@@ -49,6 +49,7 @@ DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate
 ENGINES = ("transformers", "vllm", "openai")  # what generates: engines/transformers.py, vllm.py, openai_server.py
 API_KEY_ENV_DEFAULT = "OPENAI_API_KEY"
 REQUEST_TIMEOUT_DEFAULT = 60.0  # seconds a request to an OpenAI-compatible server may take
+CONCURRENCY_DEFAULT = 32  # requests --llm-prefetch keeps in flight to a server at once
 # Arguments of vllm.LLM that other settings own: pytest-llmdet sets them, so that the forced-greedy plan holds.
 VLLM_OWNED_ARGS = {
     "model": "--llm-model / llm_model", "tokenizer": "--llm-model / llm_model (prompts are tokenized locally)",
@@ -245,6 +246,11 @@ def _engine_arg_value(raw: str, json: Any) -> Any:
 parse_count = _parse_int(1)  # runs, new tokens: an integer >= 1
 parse_seed = _parse_int(0, lambda: SEED_MAX, lambda: "2**32 - 1, numpy's largest seed")
 parse_threads = _parse_int(1, threads_max, _threads_bound)
+
+
+def parse_concurrency(value: str) -> int:
+    """Accept an integer >= 1: requests in flight to a server at once."""
+    return parse_count(value)
 
 
 def parse_top_k(value: str) -> int:
