@@ -113,16 +113,7 @@ def environment_fingerprint(
 
     `weights=False` leaves out a local model's weights and tokenizer hashes (reading every weight file) and the
     chat template's, for a check that does not need them: one that passes, with no JSON report asked for."""
-    identity: dict[str, Any] = {"model": model}
-    if source_kind == "hub":
-        identity["revision"] = revision
-    elif weights:
-        identity["weights_sha256"] = hash_weights(Path(location), cache)
-        tokenizer = hash_tokenizer(Path(location))
-        if tokenizer is not None:
-            identity["tokenizer_sha256"] = tokenizer
-    if weights and hash_chat_template(chat_template) is not None:
-        identity["chat_template_sha256"] = hash_chat_template(chat_template)
+    identity = model_identity(model, source_kind, location, revision, cache, weights, chat_template)
     device_type = device.split(":")[0]
     fingerprint = {
         **identity,
@@ -135,17 +126,8 @@ def environment_fingerprint(
     if device_map is not None:  # only then: the fingerprints of golden files recorded without one stay as they are
         fingerprint["device_map"] = device_map
     if engine != DEFAULT_ENGINE:  # only then: golden files recorded on transformers keep their fingerprints
-        fingerprint["engine"] = engine
-        fingerprint["engine_version"] = engine_version
-        if engine_arguments:
-            fingerprint["engine_arguments"] = dict(sorted(engine_arguments.items()))
-        if served_model is not None:
-            fingerprint["served_model"] = served_model
-        if served_root is not None:  # what the server loaded: a redeployment from another folder or hub id
-            fingerprint["served_root"] = served_root
-        if served_max_model_len is not None:
-            fingerprint["served_max_model_len"] = served_max_model_len
-        fingerprint["logprobs"] = logprobs
+        fingerprint.update(engine_fields(engine, engine_version, engine_arguments, served_model, served_root,
+                                         served_max_model_len, logprobs))
     if compute_capability is not None:  # a GPU's (such as "8.0"): snapshot variants may be keyed by it
         fingerprint["compute_capability"] = compute_capability
     if device_type == "cpu":  # the CPU's instruction set: variants are keyed by it too (cpu:bfloat16:avx2)
@@ -153,6 +135,37 @@ def environment_fingerprint(
     if eos_token_ids is not None:  # an early or late EOS from a changed EOS set is named by it
         fingerprint["eos_token_ids"] = list(eos_token_ids)
     return fingerprint
+
+
+def model_identity(model: str, source_kind: str, location: str, revision: str | None,
+                   cache: MutableMapping[str, str] | None, weights: bool, chat_template: Any) -> dict[str, Any]:
+    """The model's name and what identifies its files: a hub model's revision; a local model's weights and
+    tokenizer hashes (with `weights`); the chat template's hash (with `weights`)."""
+    identity: dict[str, Any] = {"model": model}
+    if source_kind == "hub":
+        identity["revision"] = revision
+    elif weights:
+        identity["weights_sha256"] = hash_weights(Path(location), cache)
+        tokenizer = hash_tokenizer(Path(location))
+        if tokenizer is not None:
+            identity["tokenizer_sha256"] = tokenizer
+    if weights and hash_chat_template(chat_template) is not None:
+        identity["chat_template_sha256"] = hash_chat_template(chat_template)
+    return identity
+
+
+def engine_fields(engine: str, version: str | None, arguments: dict[str, Any] | None, served_model: str | None,
+                  served_root: str | None, served_max_model_len: int | None, logprobs: str | None) -> dict[str, Any]:
+    """What a fingerprint records of an engine other than transformers: its name, version and arguments, the
+    served model, what a server's /v1/models says of it (root: a redeployment from another folder or hub id),
+    and where the margins come from; fields without a value are left out."""
+    fields: dict[str, Any] = {"engine": engine, "engine_version": version}
+    if arguments:
+        fields["engine_arguments"] = dict(sorted(arguments.items()))
+    optional = {"served_model": served_model, "served_root": served_root, "served_max_model_len": served_max_model_len}
+    fields.update({name: value for name, value in optional.items() if value is not None})
+    fields["logprobs"] = logprobs
+    return fields
 
 
 def engine_of(fingerprint: dict[str, Any] | None) -> str:

@@ -143,20 +143,7 @@ def connect(spec: ModelSpec) -> LoadedModel:
     # No local variable holds the key or the URL's password: a traceback with -l shows frame locals.
     client = openai.OpenAI(base_url=server.base_url, api_key=os.environ.get(server.api_key_env) or "EMPTY",
                            timeout=server.request_timeout, max_retries=RETRIES)  # no key: a server without --api-key
-    try:
-        listed = client.with_options(max_retries=0).models.list().data
-    except openai.APIConnectionError as error:
-        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({cause_line(error)}; a "
-                             f"request waits at most {server.request_timeout:g} s, llm_request_timeout): "
-                             f"{START_HINT}") from None
-    except openai.AuthenticationError:
-        raise ModelLoadError(f"the server at {shown} refused the API key (read from ${server.api_key_env}, "
-                             f"{'set' if os.environ.get(server.api_key_env) else 'not set'}): set it to the key "
-                             "the server was started with, or name another variable with llm_api_key_env") from None
-    except Exception as error:  # noqa: BLE001 - an API error, or an answer that is not a model list
-        reason = api_reason(error) if isinstance(error, openai.APIError) else cause_line(error)
-        raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {reason}); is it an "
-                             "OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
+    listed = list_models(openai, client, server, shown)
     served = choose_served_model([str(getattr(model, "id", "")) for model in listed], spec)
     owner, root, max_model_len = model_entry(next(model for model in listed if model.id == served))
     version = server_version(client, server.request_timeout)
@@ -173,6 +160,25 @@ def connect(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(str(error)) from None
     loaded.load_seconds = time.perf_counter() - started
     return loaded
+
+
+def list_models(openai: Any, client: Any, server: Any, shown: str) -> list[Any]:
+    """The models the server lists (GET /models, once, no retry); a ModelLoadError saying why not: unreachable,
+    the API key refused, or not an OpenAI-compatible API. `server` is the spec's ServerOptions."""
+    try:
+        return list(client.with_options(max_retries=0).models.list().data)
+    except openai.APIConnectionError as error:
+        raise ModelLoadError(f"cannot reach the OpenAI-compatible server at {shown} ({cause_line(error)}; a "
+                             f"request waits at most {server.request_timeout:g} s, llm_request_timeout): "
+                             f"{START_HINT}") from None
+    except openai.AuthenticationError:
+        raise ModelLoadError(f"the server at {shown} refused the API key (read from ${server.api_key_env}, "
+                             f"{'set' if os.environ.get(server.api_key_env) else 'not set'}): set it to the key "
+                             "the server was started with, or name another variable with llm_api_key_env") from None
+    except Exception as error:  # noqa: BLE001 - an API error, or an answer that is not a model list
+        reason = api_reason(error) if isinstance(error, openai.APIError) else cause_line(error)
+        raise ModelLoadError(f"the server at {shown} did not list its models (GET /models: {reason}); is it an "
+                             "OpenAI-compatible API? The URL ends with /v1 for vLLM") from None
 
 
 class ServerEngine(RemoteEngine):
@@ -249,7 +255,8 @@ class ServerEngine(RemoteEngine):
             raise EngineError(f"{self.server} answered with something that is not a completion: "
                               f"{cause_line(error)}") from None
         try:
-            return self._parse(response, prompt_ids, fields["logprobs"])
+            return parse_completion(response, prompt_ids, fields["logprobs"], self.server, self.details.version,
+                                    self.vocabulary_size)
         except EngineError:
             raise
         except Exception as error:  # noqa: BLE001 - a completion of another shape
@@ -257,55 +264,58 @@ class ServerEngine(RemoteEngine):
                               f"({cause_line(error)}); it needs choices[0] with token_ids and logprobs "
                               "(tokens, token_logprobs, top_logprobs)") from None
 
-    def _parse(self, response: Any, prompt_ids: list[int], wanted: int) -> tuple[list[int], list[dict[int, float]]]:
-        choice = response.choices[0]
-        extra = getattr(choice, "model_extra", None) or {}
-        token_ids = extra.get("token_ids", getattr(choice, "token_ids", None))
-        version = self.details.version
-        if not isinstance(token_ids, list):
-            raise EngineError(
-                f"{self.server} (/version: {version or 'not served'}) returned no token IDs: its completion has no "
-                "`token_ids` field, although the request asked for return_token_ids: true. pytest-llmdet compares "
-                "token IDs, so it needs a server that returns them (vLLM 0.10.2 or newer), or the vllm engine")
-        sent = extra.get("prompt_token_ids")
-        if isinstance(sent, list) and sent and sent != prompt_ids:
-            raise EngineError(f"{self.server} generated from other prompt tokens than it was sent "
-                              f"({sent[:8]}... for {prompt_ids[:8]}...); it must take token IDs as they are")
-        logprobs = choice.logprobs
-        top = getattr(logprobs, "top_logprobs", None)
-        chosen = getattr(logprobs, "token_logprobs", None)
-        if not isinstance(top, list) or not isinstance(chosen, list):
-            raise EngineError(f"{self.server} returned no log-probs (the request asked for logprobs: {wanted}); "
-                              "the margins need them")
-        if not len(top) == len(chosen) == len(token_ids):
-            raise EngineError(f"{self.server} returned {len(token_ids)} token IDs but log-probs for {len(chosen)} "
-                              f"steps and top log-probs for {len(top)}; they must be one per token")
-        steps = [self._step(index, token, candidates, logprob, wanted)
-                 for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True))]
-        return [int(token) for token in token_ids], steps
-
-    def _step(self, index: int, token: Any, candidates: dict[str, Any] | None, logprob: Any,
-              wanted: int) -> dict[int, float]:
-        # One step's candidates by token ID, the chosen token's among them: all of them numbers, as many as asked.
-        step: dict[int, float] = {}
-        for key, value in (candidates or {}).items():
-            if not str(key).startswith(TOKEN_ID_PREFIX):
-                raise EngineError(f"{self.server} returned top-k candidates as text ({key!r}), not as "
-                                  f"'{TOKEN_ID_PREFIX}N', although the request asked for "
-                                  "return_tokens_as_token_ids: true; the candidates need their token IDs")
-            step[int(str(key)[len(TOKEN_ID_PREFIX):])] = float(value)
-        if logprob is not None:
-            step.setdefault(int(token), float(logprob))
-        if any(value != value for value in step.values()):  # NaN
-            raise EngineError(f"{self.server} returned a log-prob that is not a number (NaN) at step {index}")
-        if len(step) < min(wanted, self.vocabulary_size):
-            raise EngineError(f"{self.server} returned {len(step)} log-prob(s) at step {index}, and "
-                              f"pytest-llmdet asked for {wanted}: the margins (and a tolerant comparison's "
-                              "top-k) need them all")
-        return step
-
     def described(self) -> dict[str, Any]:
         return {"dtype": "unknown", "device": "server", "engine": self.kind, "engine_version": self.details.label,
                 "served_model": self.details.served_model, "served_root": self.details.root,
                 "served_max_model_len": self.details.max_model_len,
                 "logprobs": "as the server computes them (vLLM: its --logprobs-mode)"}
+
+
+def parse_completion(response: Any, prompt_ids: list[int], wanted: int, server: str, version: str | None,
+                     vocabulary_size: int) -> tuple[list[int], list[dict[int, float]]]:
+    """The new token IDs of a completion and, per step, its candidates' log-probs (at least `wanted`); an
+    EngineError naming `server` for a completion without token IDs or log-probs, or of another prompt."""
+    choice = response.choices[0]
+    extra = getattr(choice, "model_extra", None) or {}
+    token_ids = extra.get("token_ids", getattr(choice, "token_ids", None))
+    if not isinstance(token_ids, list):
+        raise EngineError(
+            f"{server} (/version: {version or 'not served'}) returned no token IDs: its completion has no "
+            "`token_ids` field, although the request asked for return_token_ids: true. pytest-llmdet compares "
+            "token IDs, so it needs a server that returns them (vLLM 0.10.2 or newer), or the vllm engine")
+    sent = extra.get("prompt_token_ids")
+    if isinstance(sent, list) and sent and sent != prompt_ids:
+        raise EngineError(f"{server} generated from other prompt tokens than it was sent "
+                          f"({sent[:8]}... for {prompt_ids[:8]}...); it must take token IDs as they are")
+    logprobs = choice.logprobs
+    top = getattr(logprobs, "top_logprobs", None)
+    chosen = getattr(logprobs, "token_logprobs", None)
+    if not isinstance(top, list) or not isinstance(chosen, list):
+        raise EngineError(f"{server} returned no log-probs (the request asked for logprobs: {wanted}); "
+                          "the margins need them")
+    if not len(top) == len(chosen) == len(token_ids):
+        raise EngineError(f"{server} returned {len(token_ids)} token IDs but log-probs for {len(chosen)} "
+                          f"steps and top log-probs for {len(top)}; they must be one per token")
+    steps = [_step(server, vocabulary_size, index, token, candidates, logprob, wanted)
+             for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True))]
+    return [int(token) for token in token_ids], steps
+
+def _step(server: str, vocabulary_size: int, index: int, token: Any, candidates: dict[str, Any] | None,
+          logprob: Any, wanted: int) -> dict[int, float]:
+    # One step's candidates by token ID, the chosen token's among them: all of them numbers, as many as asked.
+    step: dict[int, float] = {}
+    for key, value in (candidates or {}).items():
+        if not str(key).startswith(TOKEN_ID_PREFIX):
+            raise EngineError(f"{server} returned top-k candidates as text ({key!r}), not as "
+                              f"'{TOKEN_ID_PREFIX}N', although the request asked for "
+                              "return_tokens_as_token_ids: true; the candidates need their token IDs")
+        step[int(str(key)[len(TOKEN_ID_PREFIX):])] = float(value)
+    if logprob is not None:
+        step.setdefault(int(token), float(logprob))
+    if any(value != value for value in step.values()):  # NaN
+        raise EngineError(f"{server} returned a log-prob that is not a number (NaN) at step {index}")
+    if len(step) < min(wanted, vocabulary_size):
+        raise EngineError(f"{server} returned {len(step)} log-prob(s) at step {index}, and "
+                          f"pytest-llmdet asked for {wanted}: the margins (and a tolerant comparison's "
+                          "top-k) need them all")
+    return step
