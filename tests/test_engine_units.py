@@ -357,6 +357,6 @@ def test_the_worker_count_comes_from_xdists_variable(monkeypatch):
 def test_the_vllm_summary_line_says_when_a_worker_took_a_share_of_the_gpu():
     from pytest_llmdet.engines.vllm import VLLMDetails
 
-    details = VLLMDetails(512, "0.32.0", "float16", 20, 0.45)
+    details = VLLMDetails(512, "0.32.0", "float16", 20, memory_share=0.45)
     assert engine_kind("vllm").loaded_line(_loaded(VLLMOptions(), details, "cuda")) == \
         "models/q bfloat16 on the vllm engine (0.32.0, cuda, gpu_memory_utilization 0.45 per xdist worker)"
