@@ -37,6 +37,14 @@ def _summary_seconds(output: str, label: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
+def gate_suite(work: Path, tests: int) -> tuple[Path, Path, dict[str, str]]:
+    """The engine tests' tiny Qwen2 (head_dim 64: vLLM's CPU attention takes it) in `work`, a suite of `tests`
+    chat-prompt snapshot tests on it, and the environment of the pytest runs (bench_prefetch.py uses it too)."""
+    model = build_model(work / "model", seed=0)
+    suite = write_llmdet_suite(work / "suite", chat_prompts(tests), model, max_new_tokens=NEW_TOKENS)
+    return model, suite, child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", VLLM_CPU_KVCACHE_SPACE="1")
+
+
 def _torch_threads() -> int:
     """torch's default intra-op thread count here (the vllm engine's count on the CPU before it chose one)."""
     import torch
@@ -48,9 +56,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
     load_before = load_average()
     work = new_workdir("engines")
     try:
-        model = build_model(work / "model", seed=0)
-        suite = write_llmdet_suite(work / "suite", chat_prompts(tests), model, max_new_tokens=NEW_TOKENS)
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", VLLM_CPU_KVCACHE_SPACE="1")
+        model, suite, env = gate_suite(work, tests)
         ours = ("-q", "-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
         log("recording the golden files with the transformers engine ...")
         run_command(pytest_argv(*ours, "--llm-snapshot-update"), suite, env=env)

@@ -21,9 +21,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "engines"))
 
+from bench_engines import NEW_TOKENS, gate_suite  # noqa: E402
 from common import (  # noqa: E402
-    chat_prompts,
-    child_env,
     interleaved,
     load_average,
     log,
@@ -37,12 +36,10 @@ from common import (  # noqa: E402
     save_section,
     seconds,
     standard_arguments,
-    write_llmdet_suite,
 )
-from engine_models import build_model, vllm_server  # noqa: E402
+from engine_models import vllm_server  # noqa: E402
 
 TESTS = 100
-NEW_TOKENS = 16
 CHANGED = 5  # goldens whose first token is hand-changed: the failures every mode must find
 GOAL = 3.0  # prefetch at least this many times faster than sequential
 OURS = ("-q", "-p", "pytest_llmdet.plugin", "-p", "xdist.plugin", "-p", "no:cacheprovider",
@@ -105,9 +102,7 @@ def measure(tests: int, repeats: int) -> dict[str, Any]:
     load_before = load_average()
     work = new_workdir("prefetch")
     try:
-        model = build_model(work / "model", seed=0)
-        suite = write_llmdet_suite(work / "suite", chat_prompts(tests), model, max_new_tokens=NEW_TOKENS)
-        env = child_env(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", VLLM_CPU_KVCACHE_SPACE="1")
+        model, suite, env = gate_suite(work, tests)
         server_log = work / "server.log"
         with vllm_server(model, server_log) as server:
             on_server = ("--llm-engine", "openai", "--llm-base-url", server.url)

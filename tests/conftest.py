@@ -138,3 +138,22 @@ def make_read_only(monkeypatch):
     monkeypatch.undo()
     for folder in changed:
         folder.chmod(0o755)
+
+
+@pytest.fixture
+def start_stub():
+    """Start stubs of an OpenAI-compatible server (tests/openai_stub.py) with the given options, stopped at
+    teardown: each test counts its own requests. The model they share is loaded first, once per process, so that
+    an in-process pytester run does not drop what it imports."""
+    from openai_stub import OpenAIStub, load
+
+    load(str(EMBEDDED_MODEL_DIR))
+    started: list[OpenAIStub] = []
+
+    def start(**options) -> OpenAIStub:
+        started.append(OpenAIStub(**options).start())
+        return started[-1]
+
+    yield start
+    for stub in started:
+        stub.stop()

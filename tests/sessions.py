@@ -270,3 +270,7 @@ def retokened(golden: Path, names: list[str]) -> None:
     for name in names:
         data["snapshots"][name]["token_ids"][1] += 1
     golden.write_text(json.dumps(data))
+
+
+def on_openai(url: str) -> tuple[str, ...]:
+    return ("--llm-engine", "openai", "--llm-base-url", url)

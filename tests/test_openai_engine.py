@@ -9,9 +9,10 @@ from pathlib import Path
 
 import openai  # noqa: F401 - imported before any in-process run (pytester drops modules first imported in one)
 import pytest
-from openai_stub import VERSION, OpenAIStub, load
+from openai_stub import VERSION, OpenAIStub
+from sessions import on_openai
 
-from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR, EMBEDDED_MODEL_NAME
+from pytest_llmdet.engines.sources import EMBEDDED_MODEL_NAME
 from pytest_llmdet.golden.format import prompt_hash
 
 SUITE = """
@@ -31,32 +32,9 @@ def test_second(llm):
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _model() -> None:
-    load(str(EMBEDDED_MODEL_DIR))  # once per process: every stub shares it
-
-
-@pytest.fixture
-def start_stub():
-    """Start a stub with the given options (stopped at teardown): each test counts its own requests."""
-    started: list[OpenAIStub] = []
-
-    def start(**options) -> OpenAIStub:
-        started.append(OpenAIStub(**options).start())
-        return started[-1]
-
-    yield start
-    for stub in started:
-        stub.stop()
-
-
 @pytest.fixture
 def stub(start_stub) -> OpenAIStub:
     return start_stub()
-
-
-def on_openai(url: str) -> tuple[str, ...]:
-    return ("--llm-engine", "openai", "--llm-base-url", url)
 
 
 def golden_files(root: Path) -> dict[str, bytes]:

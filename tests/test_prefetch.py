@@ -9,10 +9,7 @@ from pathlib import Path
 
 import openai  # noqa: F401 - imported before any in-process run (pytester drops modules first imported in one)
 import pytest
-from openai_stub import OpenAIStub, load
-from sessions import golden_files, run
-
-from pytest_llmdet.engines.sources import EMBEDDED_MODEL_DIR
+from sessions import golden_files, on_openai, run
 
 SUITE = """
 import pytest
@@ -30,29 +27,6 @@ def test_plain(llm):
 RECORDED_CALLS = 3  # the snapshot calls of SUITE
 
 pytestmark = pytest.mark.usefixtures("only_this_plugin")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _model() -> None:
-    load(str(EMBEDDED_MODEL_DIR))  # once per process: every stub shares it
-
-
-@pytest.fixture
-def start_stub():
-    """Start a stub with the given options (stopped at teardown): each test counts its own requests."""
-    started: list[OpenAIStub] = []
-
-    def start(**options) -> OpenAIStub:
-        started.append(OpenAIStub(**options).start())
-        return started[-1]
-
-    yield start
-    for stub in started:
-        stub.stop()
-
-
-def on_openai(url: str) -> tuple[str, ...]:
-    return ("--llm-engine", "openai", "--llm-base-url", url)
 
 
 def recorded(pytester: pytest.Pytester, url: str) -> dict[str, bytes]:
