@@ -257,6 +257,24 @@ def test_between_steps_the_recorder_holds_only_small_tensors_and_the_scores_it_w
         assert recorder._previous is step_scores  # generate's own tensor, alive anyway until the next step
 
 
+def test_transformers_reads_the_recorders_signature_without_inspecting_a_bound_method():
+    import gc
+    import inspect
+    import weakref
+
+    recorder = StepRecorder()
+    assert list(inspect.signature(recorder.__call__).parameters) == ["input_ids", "scores"]
+    scores = torch.zeros(1, 4)
+    assert recorder.__call__(torch.zeros(1, 1, dtype=torch.long), scores) is scores and recorder.steps == 1
+    gc.disable()  # freed by reference counting alone: no cycle through that attribute
+    try:
+        alive = weakref.ref(recorder)
+        del recorder
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
 def test_a_chosen_token_that_is_not_in_the_output_is_an_error():
     scores = _steps(10, 2)
     recorder = StepRecorder()
