@@ -10,21 +10,25 @@ themselves, its top-k block by block (engines/row_top.py).
 The models are built here, not committed: a random Qwen2ForCausalLM with each vocabulary (hidden size 64, 2
 layers, tied embeddings: 4.3M and 9.8M parameters, fast on a CPU), with a byte-level BPE `tokenizers`
 tokenizer over the same IDs and no EOS token, so that every call really generates 512 tokens (checked).
-Variants, each in a fresh process per repetition, all interleaved:
+Variants:
 
 - bare `model.generate`: the plugin's forced-greedy config, `model.generate` without scores;
 - `LLM.generate`: the plugin's call as shipped (and once more with capture_top_k=5);
 - old path: `output_scores=True, return_dict_in_generate=True`, then the old runner's statistics
   (`common.token_statistics`).
 
-Each process loads the model, runs its variant once for 8 tokens (warm-up), then measures one 512-token call.
-Memory processes reset their peak RSS to the current RSS first (Linux's /proc/self/clear_refs; loading the
-model peaks higher than a call of this small model) and measure how far the call raises it
+Memory: each variant in fresh processes, interleaved. Each loads the model, runs its variant once for 8 tokens
+(warm-up), resets its peak RSS to the current RSS (Linux's /proc/self/clear_refs; loading the model peaks
+higher than a call of this small model), then measures how far one 512-token call raises it
 (`getrusage(RUSAGE_SELF).ru_maxrss`). torch has no CPU allocator statistics; glibc's malloc runs there with a
 fixed mmap threshold (MALLOC_MMAP_THRESHOLD_), so that freed large blocks go back to the system and the
-resident set follows what is alive. That setting makes every large allocation an mmap and its page faults,
-which no user's process pays, so the wall times come from other processes with glibc's default malloc (the
-fixed-threshold processes' times are printed beside them).
+resident set follows what is alive.
+
+Time: that setting makes every large allocation an mmap and its page faults, which no user's process pays, so
+the wall times come from one process per vocabulary with glibc's default malloc, which runs every variant in
+turn, round after round, in a rotated order: on a shared machine a load that drifts then meets every variant
+alike, and each round's ratio to its own bare call is what counts (the fixed-threshold processes' wall ratios
+are printed beside them).
 
     python benchmarks/bench_memory.py [--quick]
 """
@@ -104,13 +108,9 @@ def build_model(folder: Path, vocab: int = VOCAB, hidden: int = HIDDEN, layers: 
 # -- one measured process -------------------------------------------------------------------------------------
 
 
-def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") -> None:
-    """Load the model, warm the variant up, then print the peak-memory growth of one `new_tokens` call as JSON:
-    the process's RSS on the CPU, torch's allocated GPU memory (torch.cuda.max_memory_allocated) on CUDA."""
-    import gc
-    import resource
-    import time
-
+def callers(model_dir: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Load the model: (the loaded model, {variant: a function generating that many tokens of PROMPT the
+    variant's way, returning the token IDs})."""
     import torch
     from transformers import GenerationConfig
 
@@ -122,9 +122,7 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
 
     configure_torch("warn", common.TORCH_THREADS)
     loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, []), device=device))
-    cuda = loaded.device.startswith("cuda")
-    llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=new_tokens, inherit_processors=True)
-    llm.capture_top_k = 5 if variant == "plugin-topk" else 0
+    llm = runner.LLM(hf.TransformersEngine(loaded), seed=0, max_new_tokens=NEW_TOKENS, inherit_processors=True)
     model = loaded.model
 
     def direct(count: int, scores: bool) -> list[int]:
@@ -141,13 +139,25 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
         common.token_statistics(output.scores, new_ids, 0)
         return new_ids.tolist()
 
-    def call(count: int) -> list[int]:
-        if variant == "bare":
-            return direct(count, scores=False)
-        if variant == "old":
-            return direct(count, scores=True)
+    def plugin(count: int, top_k: int) -> list[int]:
+        llm.capture_top_k = top_k
         return llm.generate(PROMPT, max_new_tokens=count).token_ids
 
+    return loaded, {"bare": lambda count: direct(count, scores=False), "plugin": lambda count: plugin(count, 0),
+                    "plugin-topk": lambda count: plugin(count, 5), "old": lambda count: direct(count, scores=True)}
+
+
+def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") -> None:
+    """Load the model, warm the variant up, then print the peak-memory growth of one `new_tokens` call as JSON:
+    the process's RSS on the CPU, torch's allocated GPU memory (torch.cuda.max_memory_allocated) on CUDA."""
+    import gc
+    import resource
+    import time
+
+    import torch
+
+    loaded, calls = callers(model_dir, device)
+    call, cuda = calls[variant], loaded.device.startswith("cuda")
     call(8)
     gc.collect()
     if cuda:  # bytes torch's allocator handed out: exact, whatever else the GPU holds
@@ -158,15 +168,38 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
     else:
         reset = reset_peak_rss()  # else the peak of loading the model would hide the call's
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started, cpu_started = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
     tokens = call(new_tokens)
     if cuda:
         torch.cuda.synchronize()
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    wall = time.perf_counter() - started
     after = torch.cuda.max_memory_allocated() / 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"variant": variant, "tokens": len(tokens), "token_sum": sum(tokens), "wall": wall, "cpu": cpu,
+    print(json.dumps({"variant": variant, "tokens": len(tokens), "token_sum": sum(tokens), "wall": wall,
                       "before_mb": before / 1024, "peak_mb": after / 1024, "growth_mb": (after - before) / 1024,
                       "peak_reset": reset, "device": loaded.device}))
+
+
+def timing_child(model_dir: str, new_tokens: int, rounds: int) -> None:
+    """Load the model, warm every variant up, then time `rounds` rounds of one `new_tokens` call per variant,
+    in a rotated order each round (wall and CPU time); print {variant: {"wall": [...], "cpu": [...],
+    "token_sums": [...]}} as JSON. Variants side by side in one process: a load that drifts meets them all."""
+    import gc
+    import time
+
+    _, calls = callers(model_dir)
+    names = list(calls)
+    for call in calls.values():
+        call(8)
+    found: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "token_sums": []} for name in names}
+    for round_index in range(rounds):
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            gc.collect()
+            started, cpu_started = time.perf_counter(), time.process_time()
+            tokens = calls[name](new_tokens)
+            found[name]["wall"].append(time.perf_counter() - started)
+            found[name]["cpu"].append(time.process_time() - cpu_started)
+            found[name]["token_sums"].append(sum(tokens) if len(tokens) == new_tokens else -1)
+    print(json.dumps(found))
 
 
 def reset_peak_rss() -> bool:
@@ -183,10 +216,7 @@ def reset_peak_rss() -> bool:
 # -- the parent -------------------------------------------------------------------------------------------------
 
 
-MEMORY, TIME = "memory", "time"  # the two kinds of measured process (see the module's docstring)
-
-
-def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
+def measure(repeats: int, rounds: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     load_before = load_average()
     rows: list[list[str]] = []
     raw: dict[str, Any] = {}
@@ -196,9 +226,14 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     try:
         for vocab in VOCABS:
             log(f"building a random Qwen2 model with a {vocab}-token vocabulary ...")
-            results = measure_vocabulary(build_model(work / f"model-{vocab}", vocab=vocab), repeats, new_tokens)
-            raw[str(vocab)] = results
-            vocab_rows, vocab_ratios, note = summarise(vocab, results, new_tokens)
+            model_dir = build_model(work / f"model-{vocab}", vocab=vocab)
+            memory = measure_memory(model_dir, repeats, new_tokens)
+            log(f"timing {len(VARIANTS)} variants x {rounds} rounds in one process ...")
+            run = run_command([sys.executable, __file__, "--timing", str(model_dir), str(new_tokens), str(rounds),
+                               "--threads", str(common.TORCH_THREADS or "default")], common.REPO, env=child_env())
+            timing = json.loads(run.stdout.strip().splitlines()[-1])
+            raw[str(vocab)] = {"memory": memory, "time": timing}
+            vocab_rows, vocab_ratios, note = summarise(vocab, memory, timing, new_tokens)
             rows += vocab_rows
             ratios.update(vocab_ratios)
             notes.append(note)
@@ -207,12 +242,14 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     met = all(value <= GOAL for name, value in ratios.items() if not name.startswith("old"))
     notes += [
         f"random Qwen2ForCausalLM, hidden {HIDDEN}, {LAYERS} layers; {new_tokens} new tokens (checked), the same "
-        f"tokens in every variant (checked); {repeats} fresh process(es) per variant and kind, interleaved, "
-        f"medians; torch threads: {common.TORCH_THREADS or 'default'}",
-        f"peak RSS and growth: processes with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}; 'growth' = the peak RSS "
-        "during the call minus the RSS before it (model loaded, variant warmed up, peak reset), 'peak RSS' the "
-        "whole process's; wall and CPU: processes with glibc's default malloc; 'fixed mmap' = the wall ratio "
-        "in the memory processes, where every vocabulary-sized allocation is an mmap and its page faults",
+        f"tokens in every variant and call (checked); torch threads: {common.TORCH_THREADS or 'default'}",
+        f"memory: {repeats} fresh process(es) per variant, interleaved, medians, MALLOC_MMAP_THRESHOLD_="
+        f"{MMAP_THRESHOLD}; 'growth' = the peak RSS during the call minus the RSS before it (model loaded, variant "
+        "warmed up, peak reset), 'peak RSS' the whole process's; 'fixed mmap' = the median wall ratio in those "
+        "processes, where every vocabulary-sized allocation is an mmap and its page faults",
+        f"time: one process per vocabulary with glibc's default malloc, {rounds} rounds of one call per variant "
+        "(order rotated each round); 'call wall' the median, 'wall vs bare' and 'CPU vs bare' the medians of "
+        "each round's ratio to that round's bare call",
     ]
     return make_section(
         "Memory and time: one 512-token call on 65,536 and 151,936-token vocabularies",
@@ -223,12 +260,12 @@ def measure(repeats: int, new_tokens: int = NEW_TOKENS) -> dict[str, Any]:
     )
 
 
-def measure_vocabulary(model_dir: Path, repeats: int, new_tokens: int) -> dict[str, dict[str, list[dict]]]:
-    """Every variant in memory and in time processes, interleaved: {kind: {variant name: [results]}}."""
-    envs = {MEMORY: child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD), TIME: child_env()}
-    cases = {f"{kind}|{name}": (lambda variant=variant, env=env: child_result(variant, model_dir, new_tokens, env))
-             for kind, env in envs.items() for name, variant in VARIANTS.items()}
-    log(f"measuring {len(cases)} cases x {repeats} processes, interleaved ...")
+def measure_memory(model_dir: Path, repeats: int, new_tokens: int) -> dict[str, list[dict[str, Any]]]:
+    """Every variant in `repeats` fresh processes, interleaved: {variant name: [results]}."""
+    env = child_env(MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    cases = {name: (lambda variant=variant: child_result(variant, model_dir, new_tokens, env))
+             for name, variant in VARIANTS.items()}
+    log(f"measuring the memory of {len(cases)} variants x {repeats} processes, interleaved ...")
     results = interleaved(cases, repeats, warmup=0, progress=log)
     values = [value for found in results.values() for value in found]
     if any(value["tokens"] != new_tokens for value in values):
@@ -237,29 +274,32 @@ def measure_vocabulary(model_dir: Path, repeats: int, new_tokens: int) -> dict[s
         raise RuntimeError("the variants generated different tokens")
     if not all(value["peak_reset"] for value in values):
         log("warning: the peak RSS could not be reset; growth figures start from the peak of loading the model")
-    grouped: dict[str, dict[str, list[dict]]] = {MEMORY: {}, TIME: {}}
-    for key, found in results.items():
-        kind, name = key.split("|")
-        grouped[kind][name] = found
-    return grouped
+    return results
 
 
-def summarise(vocab: int, results: dict[str, dict[str, list[dict]]], new_tokens: int
-              ) -> tuple[list[list[str]], dict[str, float], str]:
+def summarise(vocab: int, memory: dict[str, list[dict[str, Any]]], timing: dict[str, dict[str, list[float]]],
+              new_tokens: int) -> tuple[list[list[str]], dict[str, float], str]:
     """The table rows of one vocabulary, its ratios to the bare call, and a note on it."""
-    def of(kind: str, field: str) -> dict[str, float]:
-        return {name: median(v[field] for v in found) for name, found in results[kind].items()}
+    if len({value for found in timing.values() for value in found["token_sums"]} |
+           {value["token_sum"] for found in memory.values() for value in found}) != 1:
+        raise RuntimeError(f"the timed calls did not all generate the same {new_tokens} tokens")
+    growth, peak, fixed = ({name: median(value[field] for value in memory[name]) for name in VARIANTS}
+                           for field in ("growth_mb", "peak_mb", "wall"))
 
-    growth, peak, fixed = of(MEMORY, "growth_mb"), of(MEMORY, "peak_mb"), of(MEMORY, "wall")
-    wall, cpu = of(TIME, "wall"), of(TIME, "cpu")
-    rows = [[f"{vocab:,}", name, f"{growth[name] - growth[BARE]:+.1f} MB", f"{peak[name]:.0f} MB",
-             f"{ratio(peak[name], peak[BARE]):.3f}x", seconds(wall[name]), f"{ratio(wall[name], wall[BARE]):.3f}x",
-             f"{ratio(cpu[name], cpu[BARE]):.3f}x", f"{ratio(fixed[name], fixed[BARE]):.3f}x"] for name in VARIANTS]
-    ratios = {}
-    for label, name in (("shipped", PLUGIN), ("top_k", PLUGIN_TOP_K), ("old", OLD)):
-        ratios[f"{label}_peak_{vocab}"] = ratio(peak[name], peak[BARE])
-        ratios[f"{label}_wall_{vocab}"] = ratio(wall[name], wall[BARE])
-    shown = [f"{label} {ratios[label]:.3f}x: {verdict(ratios[label], GOAL)}" for label in ratios
+    def per_round(name: str, field: str) -> float:
+        return median(ratio(value, bare) for value, bare in
+                      zip(timing[VARIANTS[name]][field], timing["bare"][field], strict=True))
+
+    rows, ratios = [], {}
+    for name in VARIANTS:
+        wall = per_round(name, "wall")
+        rows.append([f"{vocab:,}", name, f"{growth[name] - growth[BARE]:+.1f} MB", f"{peak[name]:.0f} MB",
+                     f"{ratio(peak[name], peak[BARE]):.3f}x", seconds(median(timing[VARIANTS[name]]["wall"])),
+                     f"{wall:.3f}x", f"{per_round(name, 'cpu'):.3f}x", f"{ratio(fixed[name], fixed[BARE]):.3f}x"])
+        label = {PLUGIN: "shipped", PLUGIN_TOP_K: "top_k", OLD: "old"}.get(name)
+        if label:
+            ratios[f"{label}_peak_{vocab}"], ratios[f"{label}_wall_{vocab}"] = ratio(peak[name], peak[BARE]), wall
+    shown = [f"{label} {value:.3f}x: {verdict(value, GOAL)}" for label, value in ratios.items()
              if not label.startswith("old")]
     per_copy = new_tokens * vocab * 4 / 2**20
     note = (f"{vocab:,} tokens: {'; '.join(shown)} (goal <= {GOAL}); one copy of the kept scores: {new_tokens} "
@@ -277,15 +317,18 @@ def child_result(variant: str, model_dir: Path, new_tokens: int, env: dict[str, 
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        variant, model_dir, new_tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    if len(sys.argv) > 1 and sys.argv[1] in ("--child", "--timing"):
         threads = sys.argv[sys.argv.index("--threads") + 1] if "--threads" in sys.argv else "1"
         common.TORCH_THREADS = None if threads == "default" else int(threads)
+        if sys.argv[1] == "--timing":
+            timing_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+            return
+        variant, model_dir, new_tokens = sys.argv[2], sys.argv[3], int(sys.argv[4])
         device = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
         child(variant, model_dir, new_tokens, device)
         return
     args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(repeats=1 if args.quick else 3)
+    section = measure(repeats=1 if args.quick else 3, rounds=2 if args.quick else 9)
     save_section("memory", section, args.quick)
     print_section(section)
 
