@@ -26,7 +26,7 @@ resident set follows what is alive.
 
 Time: that setting makes every large allocation an mmap and its page faults, which no user's process pays, so
 the wall times come from one process per vocabulary with glibc's default malloc, which runs every variant in
-turn, round after round, in a rotated order: on a shared machine a load that drifts then meets every variant
+turn, round after round, in a shuffled order: on a shared machine a load that drifts then meets every variant
 alike, and each round's ratio to its own bare call is what counts (the fixed-threshold processes' wall ratios
 are printed beside them).
 
@@ -181,9 +181,11 @@ def child(variant: str, model_dir: str, new_tokens: int, device: str = "cpu") ->
 
 def timing_child(model_dir: str, new_tokens: int, rounds: int) -> None:
     """Load the model, warm every variant up, then time `rounds` rounds of one `new_tokens` call per variant,
-    in a rotated order each round (wall and CPU time); print {variant: {"wall": [...], "cpu": [...],
-    "token_sums": [...]}} as JSON. Variants side by side in one process: a load that drifts meets them all."""
+    in a shuffled order each round (wall and CPU time); print {variant: {"wall": [...], "cpu": [...],
+    "token_sums": [...]}} as JSON. Variants side by side in one process: a load that drifts meets them all,
+    and no variant always follows the same one (what the one before leaves in malloc's heap differs)."""
     import gc
+    import random
     import time
 
     _, calls = callers(model_dir)
@@ -191,8 +193,9 @@ def timing_child(model_dir: str, new_tokens: int, rounds: int) -> None:
     for call in calls.values():
         call(8)
     found: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": [], "token_sums": []} for name in names}
-    for round_index in range(rounds):
-        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        for name in order.sample(names, len(names)):
             gc.collect()
             started, cpu_started = time.perf_counter(), time.process_time()
             tokens = calls[name](new_tokens)
@@ -248,7 +251,7 @@ def measure(repeats: int, rounds: int, new_tokens: int = NEW_TOKENS) -> dict[str
         "warmed up, peak reset), 'peak RSS' the whole process's; 'fixed mmap' = the median wall ratio in those "
         "processes, where every vocabulary-sized allocation is an mmap and its page faults",
         f"time: one process per vocabulary with glibc's default malloc, {rounds} rounds of one call per variant "
-        "(order rotated each round); 'call wall' the median, 'wall vs bare' and 'CPU vs bare' the medians of "
+        "(order shuffled each round); 'call wall' the median, 'wall vs bare' and 'CPU vs bare' the medians of "
         "each round's ratio to that round's bare call",
     ]
     return make_section(
@@ -328,7 +331,7 @@ def main() -> None:
         child(variant, model_dir, new_tokens, device)
         return
     args = standard_arguments(__doc__.splitlines()[0])
-    section = measure(repeats=1 if args.quick else 3, rounds=2 if args.quick else 9)
+    section = measure(repeats=1 if args.quick else 3, rounds=2 if args.quick else 11)
     save_section("memory", section, args.quick)
     print_section(section)
 
