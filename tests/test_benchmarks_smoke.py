@@ -226,3 +226,21 @@ def test_the_prefetch_benchmark_reads_the_time_spent_on_calls_and_changes_golden
     assert bench_prefetch.change_goldens(tmp_path, 2) == ["t::a", "t::b"]
     changed = [json.loads((folder / f"{n}.json").read_text())["snapshots"]["0"]["token_ids"][0] for n in "abc"]
     assert changed[0] != 5 and changed[1] != 999 and changed[2] == 7
+
+
+def test_memory_benchmark_takes_each_rounds_ratio_to_its_own_bare_call():
+    import bench_memory
+
+    memory = {name: [{"growth_mb": 1.0, "peak_mb": 100.0 + (name == bench_memory.OLD) * 50, "wall": 2.0,
+                      "token_sum": 7}] for name in bench_memory.VARIANTS}
+    walls = {"bare": [1.0, 2.0, 4.0], "plugin": [1.04, 2.08, 4.16], "plugin-topk": [1.2, 2.4, 4.8],
+             "old": [3.0, 6.0, 12.0]}
+    timing = {variant: {"wall": values, "cpu": values, "token_sums": [7, 7, 7]} for variant, values in walls.items()}
+    rows, ratios, note = bench_memory.summarise(65536, memory, timing, 512)
+    assert ratios["shipped_wall_65536"] == pytest.approx(1.04) and ratios["top_k_wall_65536"] == pytest.approx(1.2)
+    assert ratios["old_peak_65536"] == 1.5 and ratios["shipped_peak_65536"] == 1.0
+    assert "shipped_wall_65536 1.040x: met" in note and "top_k_wall_65536 1.200x: MISSED" in note
+    assert [row[1] for row in rows] == list(bench_memory.VARIANTS) and rows[1][6] == "1.040x"
+    timing["plugin"]["token_sums"] = [7, 8, 7]  # a call that generated other tokens
+    with pytest.raises(RuntimeError, match="same 512 tokens"):
+        bench_memory.summarise(65536, memory, timing, 512)

@@ -4,8 +4,12 @@
 on a 151,936-token vocabulary that is ~311 MB per row, on the model's device. What the plugin records of them
 is small: per step the margin (top-1 minus top-2 log-probability), the chosen token's log-probability and,
 for a tolerant comparison, the top-k candidates. `StepRecorder` is a logits processor that computes exactly
-that from each step's processed scores as they pass, and keeps only the previous step's log-probabilities
-(the chosen token of step t is only known at step t + 1, as the last input id; the last one from the output).
+that from each step's processed scores as they pass, without a log-softmax over the vocabulary: log_softmax
+shifts a row by one constant (its logsumexp), so the top candidates and the margin come from the scores
+themselves (engines/row_top.py), and a log-probability is a score minus its row's logsumexp. The chosen token
+of step t is only known at step t + 1 (the last input id; the last one from the output), so the recorder holds
+on to step t's scores until then: the tensor `generate` itself keeps alive as its `next_token_scores` until the
+next step's processors return, so holding it costs no memory.
 
 Where it sits: transformers builds its processors (repetition penalty, min length, ...), then appends the
 `logits_processor=` a caller passes, and only then the sampling warpers (temperature, top-k, top-p, ...) and
@@ -22,12 +26,18 @@ torch is imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pytest_llmdet.engines.row_top import row_top
+
 # The decoding modes in which the processors run once per new token on the running sequence.
 _STEP_MODES = ("greedy_search", "sample")
+_CALL_SIGNATURE = inspect.signature(lambda input_ids, scores: None)
 
 
 class StepRecordError(RuntimeError):
@@ -50,29 +60,39 @@ class StepRecorder:
 
     def __init__(self, top_k: int = 0) -> None:
         self.top_k = top_k
-        self._previous: Any = None  # the last step's log-probabilities, (batch, vocabulary)
-        self._best: list[Any] = []  # per step, the top max(2, top_k) log-probabilities, (batch, k)
+        self._previous: Any = None  # the last step's scores, (batch, vocabulary): generate's own tensor
+        self._best: list[Any] = []  # per step, the top max(2, top_k) scores, (batch, k)
         self._best_ids: list[Any] = []  # and their IDs, (batch, k), kept only with top_k
-        self._chosen: list[Any] = []  # per step but the last seen, (batch, 1): gathered one step late
+        # per step, each row's -log(sum(exp(score - max))), (batch, 1): log-prob = (score - max) + that
+        self._log_sums: list[Any] = []
+        self._chosen: list[Any] = []  # per step but the last seen, the chosen token's score, (batch, 1)
         self._chosen_ids: list[Any] = []  # the IDs those were gathered at, checked against the output
+        # transformers' LogitsProcessorList runs inspect.signature(processor.__call__) before every call: 20 to
+        # 80 us a step for a bound method, as much as the recording itself. An instance attribute carrying its
+        # signature answers at once (calls still go to the class's __call__; the proxy avoids a cycle).
+        self.__call__ = functools.partial(StepRecorder.__call__, weakref.proxy(self))
+        self.__call__.__signature__ = _CALL_SIGNATURE
 
     @property
     def steps(self) -> int:
         return len(self._best)
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        # As few operations per step as will do (each costs some microseconds on a small model); margins and
-        # the slicing of top-k happen once, over all steps, in `finish`.
+        # As few operations per step as will do (each costs some microseconds on a small model); the shift to
+        # log-probs, margins and the slicing of top-k happen once, over all steps, in `finish`.
         import torch
 
         if self._previous is not None:  # the token chosen at the previous step is the last input now
             self._gather(input_ids[:, -1:])
-        logprobs = torch.log_softmax(scores.float(), dim=-1)
-        top = torch.topk(logprobs, k=min(max(2, self.top_k), logprobs.shape[-1]), dim=-1)
-        self._best.append(top.values)
+        values, ids = row_top(scores, min(max(2, self.top_k), scores.shape[-1]), indices=bool(self.top_k))
+        self._best.append(values)
         if self.top_k:
-            self._best_ids.append(top.indices)
-        self._previous = logprobs
+            self._best_ids.append(ids)
+        # log_softmax computes (x - max) - log(sum(exp(x - max))): its maximum is minus that log, exactly. One
+        # fused pass over the row, cheaper on the CPU than logsumexp (which makes x - max and its exp, two more
+        # rows), and freed before the step ends.
+        self._log_sums.append(torch.log_softmax(scores, dim=-1, dtype=torch.float32).amax(dim=-1, keepdim=True))
+        self._previous = scores
         return scores
 
     def _gather(self, chosen: Any) -> None:
@@ -98,14 +118,17 @@ class StepRecorder:
         seen = torch.cat(self._chosen_ids[:count], dim=1)
         if not torch.equal(seen.to(new_ids.device), new_ids):
             raise StepRecordError("the tokens the recorder saw chosen differ from the generated tokens")
-        best = torch.stack(self._best[:count], dim=1)  # (batch, steps, k)
-        margins = (best[..., 0] - best[..., 1] if best.shape[-1] >= 2
+        best = torch.stack(self._best[:count], dim=1).float()  # (batch, steps, k), the best scores
+        peak, log_sums = best[..., :1], torch.cat(self._log_sums[:count], dim=1).unsqueeze(-1)
+        # Log-probs as log_softmax computes them, (score - max) - log(sum(exp(score - max))): the same floats.
+        best_logprobs = (best - peak) + log_sums
+        margins = (best_logprobs[..., 0] - best_logprobs[..., 1] if best.shape[-1] >= 2
                    else torch.full_like(best[..., 0], float("inf"))).tolist()
-        chosen = torch.cat(self._chosen[:count], dim=1).tolist()
+        chosen = ((torch.cat(self._chosen[:count], dim=1).float() - peak[..., 0]) + log_sums[..., 0]).tolist()
         if not self.top_k:
             return [TokenStats(margins[row], chosen[row]) for row in range(rows)]
         top_ids = torch.stack(self._best_ids[:count], dim=1)[..., :self.top_k].tolist()
-        top_logprobs = best[..., :self.top_k].tolist()
+        top_logprobs = best_logprobs[..., :self.top_k].tolist()
         return [TokenStats(margins[row], chosen[row], top_ids[row], top_logprobs[row]) for row in range(rows)]
 
     def replay(self, scores: tuple[Any, ...], sequences: Any, prompt_length: int) -> list[TokenStats]:
