@@ -236,11 +236,13 @@ def test_memory_benchmark_takes_each_rounds_ratio_to_its_own_bare_call():
     walls = {"bare": [1.0, 2.0, 4.0], "plugin": [1.04, 2.08, 4.16], "plugin-topk": [1.2, 2.4, 4.8],
              "old": [3.0, 6.0, 12.0]}
     timing = {variant: {"wall": values, "cpu": values, "token_sums": [7, 7, 7]} for variant, values in walls.items()}
+    timing["recorder_cpu"] = {"plugin": [0.03, 0.02, 0.5], "plugin-topk": [0.04, 0.04, 0.04]}
     rows, ratios, note = bench_memory.summarise(65536, memory, timing, 512)
     assert ratios["shipped_wall_65536"] == pytest.approx(1.04) and ratios["top_k_wall_65536"] == pytest.approx(1.2)
     assert ratios["old_peak_65536"] == 1.5 and ratios["shipped_peak_65536"] == 1.0
     assert "shipped_wall_65536 1.040x: met" in note and "top_k_wall_65536 1.200x: MISSED" in note
     assert [row[1] for row in rows] == list(bench_memory.VARIANTS) and rows[1][6] == "1.040x"
+    assert [row[8] for row in rows] == ["—", "+1.5%", "+2.0%", "—"]  # the median against the bare call's 2.0 s
     timing["plugin"]["token_sums"] = [7, 8, 7]  # a call that generated other tokens
     with pytest.raises(RuntimeError, match="same 512 tokens"):
         bench_memory.summarise(65536, memory, timing, 512)
