@@ -104,8 +104,9 @@ def callers(model_dir: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     from pytest_llmdet.engines import llm as runner
     from pytest_llmdet.engines import transformers as hf
     from pytest_llmdet.engines.greedy import plan_generation
-    from pytest_llmdet.engines.models import ModelPool, ModelSpec, resolve_source
+    from pytest_llmdet.engines.models import ModelPool, ModelSpec
     from pytest_llmdet.engines.seeding import configure_torch
+    from pytest_llmdet.engines.sources import resolve_source
 
     configure_torch("warn", common.runner.TORCH_THREADS)
     loaded = ModelPool().get(ModelSpec(resolve_source(model_dir, []), device=device))
