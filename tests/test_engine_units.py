@@ -205,8 +205,8 @@ def test_the_header_names_the_engine_and_what_does_not_apply_there():
         "llmdet: engine vllm (vLLM's offline LLM in this process; llm_vllm_args enforce_eager=True; llm_device "
         "does not apply)")
     line = engine_line(Settings(engine="openai", base_url="http://u:secret@h:1/v1", api_key_env="MY_KEY"))
-    assert line == ("llmdet: engine openai, the server at http://h:1/v1 (its dtype and device are the server's; "
-                    "API key from $MY_KEY)")
+    assert line == ("llmdet: engine openai, the server at http://h:1/v1 (its dtype, device and deterministic "
+                    "algorithms are the server's; API key from $MY_KEY)")
 
 
 def test_the_threads_factor_does_not_apply_where_torchs_thread_count_is_pinned(monkeypatch):

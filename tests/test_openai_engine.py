@@ -314,3 +314,25 @@ def test_a_server_that_returns_fewer_log_probs_than_asked_is_an_error_not_infini
     assert all(f"server at {stub.url} returned 1 log-prob(s) at step 0, and pytest-llmdet asked for 2" in line
                for line in messages), messages
     assert len(stub.completions()) == 1  # found by the connection probe, remembered
+
+
+TORCH_SETTINGS = """
+import pytest
+import torch
+
+def test_on_the_server(llm):
+    llm.generate("Hi", max_new_tokens=2)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+@pytest.mark.llm_model(engine="transformers")
+def test_in_this_process(llm):
+    assert torch.are_deterministic_algorithms_enabled()
+"""
+
+
+def test_torchs_deterministic_settings_wait_for_a_model_that_runs_in_the_process(pytester, stub):
+    # a server's outputs do not depend on them, and making them imports torch's compiler (1.5 s)
+    pytester.makepyfile(test_torch_settings=TORCH_SETTINGS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *on_openai(stub.url))
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*the server at * (its dtype, device and deterministic algorithms are the server's*"])

@@ -26,6 +26,10 @@ class EngineKind:
 
     name: str
     prefetches = False  # whether --llm-prefetch generates ahead on it (its engine has the generate_each verb)
+    # Whether its model runs in this process. Only then are torch's deterministic settings made: they change nothing
+    # a server computes, and torch.use_deterministic_algorithms imports torch's compiler (1.5 s here), which the
+    # openai engine's local side (a tokenizer and two configs) does not.
+    in_process = True
 
     def check(self, settings: Settings) -> None:
         """Refuse, at startup, settings this engine cannot run with when it is the run's engine (SettingsError)."""
@@ -129,6 +133,7 @@ class ServerKind(EngineKind):
 
     name = "openai"
     prefetches = True
+    in_process = False
 
     def prefetch_line(self, settings: Settings) -> str:
         return (f"llmdet: prefetch: the recorded calls of the selected tests sent at once when the server is first "
@@ -149,8 +154,8 @@ class ServerKind(EngineKind):
     def header_line(self, settings: Settings) -> str | None:
         shown = url_without_credentials(settings.base_url or "")
         served = f", served model {settings.served_model}" if settings.served_model else ""
-        return (f"llmdet: engine openai, the server at {shown}{served} (its dtype and device are the server's; "
-                f"API key from ${settings.api_key_env})")
+        return (f"llmdet: engine openai, the server at {shown}{served} (its dtype, device and deterministic "
+                f"algorithms are the server's; API key from ${settings.api_key_env})")
 
     def loaded_line(self, loaded: LoadedModel) -> str:
         details = loaded.details

@@ -121,10 +121,11 @@ class LLMDetSession:
         from pytest_llmdet.engines.llm import LLM
         from pytest_llmdet.engines.seeding import configure_torch, seed_everything
 
-        if not self._torch_configured:
+        kind = engine_kind(spec.engine)
+        if kind.in_process and not self._torch_configured:
             configure_torch(self.settings.deterministic_algorithms, self.settings.threads)
             self._torch_configured = True
-        engine = engine_kind(spec.engine).engine_for(self.pool.get(spec))
+        engine = kind.engine_for(self.pool.get(spec))
         s = self.settings
         seed_everything(s.seed)
         return LLM(engine, seed=s.seed, max_new_tokens=s.max_new_tokens, inherit_processors=s.inherit_processors,
