@@ -4,7 +4,6 @@
     settings/values.py   what each one may be, and its parser
 """
 
-from __future__ import annotations
 
 import os
 from collections.abc import Callable
