@@ -13,35 +13,58 @@
    load summary saying so (needs pytest-xdist);
 5. peak GPU memory of one 512-token call on a 65,536-token vocabulary (bench_memory.py's model and measuring
    process, on cuda): `LLM.generate` against a bare `model.generate` and the old `output_scores=True` path,
-   from `torch.cuda.max_memory_allocated`. Goal: at most 1.05x.
+   from `torch.cuda.max_memory_allocated`. Goal: at most 1.05x;
+6. the prefetch gate on a batch-invariant engine: a vLLM server of the engine tests' tiny Qwen2 started with
+   `VLLM_BATCH_INVARIANT=1` (bfloat16, the FLASH_ATTN attention backend, which supports that mode), a gate of
+   64 snapshot tests recorded on the openai engine with lone requests, 4 goldens hand-changed, then checked
+   sequentially and with `--llm-prefetch`: the same verdicts (the 4 changed tests fail), and the prefetch's
+   summary line saying that no call beyond the 4 differed from the golden and was generated again alone (every
+   unchanged call answered from the batch: batched == lone, bitwise); the speed-up of the wall and of the calls.
+   Needs vLLM in this interpreter (without it the step is skipped). With --cpu: 16 tests, and the server runs
+   without the variable (vLLM's batch-invariant mode is CUDA >= 8.0, XPU or ROCm only), so the verdicts are
+   confirmed by lone requests rather than bitwise.
 
-    python benchmarks/gpu_check.py          # needs CUDA: without it, says so and exits 0
-    python benchmarks/gpu_check.py --cpu    # the same steps on the CPU: checks the script, not a GPU
+    python benchmarks/gpu_check.py           # needs CUDA: without it, says so and exits 0
+    python benchmarks/gpu_check.py --cpu     # the same steps on the CPU: checks the script, not a GPU
+    python benchmarks/gpu_check.py --only 6  # only these steps (comma-separated); the table is not saved then
 
-Exit status 1 when a check that must pass failed (1, 3, 4, 5); finding no batch variance (2) is a result, not a
-failure. The figures also go to benchmarks/results.json (section "gpu").
+Exit status 1 when a check that must pass failed (1, 3, 4, 5, 6); finding no batch variance (2) is a result, not
+a failure, and a step skipped for want of pytest-xdist (4) or vLLM (6) is no failure either. The figures also go
+to benchmarks/results.json (section "gpu").
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from bench_engines import NEW_TOKENS, gate_suite
 from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result
+from bench_prefetch import ServerDied, calls_seconds, change_goldens, check_alive, requests_logged, verdicts
 from common import report, runner, suites
-from common.runner import Run
+from common.runner import CommandFailed, Run
+from engine_models import Server, ServerDidNotStart, vllm_server  # tests/engines: bench_engines puts it on the path
 
 GOAL = 1.05
 PROMPTS = ["Once upon a time", "The fox and the crow", "Alice was beginning to get very tired",
            "The king said to the queen", "In a hole in the ground there lived"]
 PROBE_PROMPTS = [f"{start} {subject}" for start in ("Tell me about", "Once there was", "Why did", "Where is")
                  for subject in ("a fox", "the queen", "a little mermaid", "the giant", "an old woman")]
+GATE_TESTS = {"cuda": 64, "cpu": 16}  # step 6: the snapshot tests of the prefetch gate
+GATE_CHANGED = 4  # goldens whose first token is hand-changed: the failures both modes must find
+GATE_FLAGS = ("-q", "-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+# vLLM's batch-invariant mode on CUDA (compute capability 8.0 or newer): the variable, in bfloat16 (where batch
+# variance is real), on FlashAttention, which supports it (FlashInfer does not) and with it uses one split only
+BATCH_INVARIANT = {"dtype": "bfloat16", "extra_args": ("--attention-backend", "FLASH_ATTN"),
+                   "extra_env": {"VLLM_BATCH_INVARIANT": "1"}}
 
 
 class Check:
@@ -218,6 +241,98 @@ def peak_memory(work: Path, device: str) -> Check:
     return Check(name, "passed" if shipped <= GOAL else "FAILED", detail)
 
 
+@dataclass
+class GateRun:
+    """One check of the prefetch gate: the process, each snapshot's verdict, the requests the server logged,
+    the time spent answering the calls and the prefetch's summary line."""
+
+    run: Run
+    verdicts: dict[tuple[str, str], str]
+    requests: int
+    calls: float | None
+    prefetch: str | None
+
+
+def gate_check(suite: Path, env: dict[str, str], server: Server, *flags: str) -> GateRun:
+    """`pytest --llm-snapshot` of the gate on the server's openai engine with `flags`, its --llm-report read."""
+    before = requests_logged(server.log)
+    report_file = suite / "report.json"  # inside the suite, as in bench_prefetch.py (the rootdir stays put)
+    report_file.unlink(missing_ok=True)
+    run = runner.run_command(runner.pytest_argv(*GATE_FLAGS, "--llm-snapshot", "--llm-engine", "openai",
+                                                "--llm-base-url", server.url, "--llm-report", str(report_file),
+                                                *flags), suite, env=env, check=False)
+    check_alive(server.url, server.log)
+    line = line_with(run, r"^prefetch: .* generated at once")
+    return GateRun(run, verdicts(report_file) if report_file.exists() else {},
+                   requests_logged(server.log) - before, calls_seconds(run.stdout), line)
+
+
+def gate_runs(suite: Path, env: dict[str, str], server: Server) -> tuple[list[str], GateRun, GateRun]:
+    """Goldens recorded with lone requests, GATE_CHANGED of them hand-changed, then the gate checked
+    sequentially and with --llm-prefetch: the changed tests and the two checks."""
+    runner.log("  recording the goldens on the server, one request per call ...")
+    runner.run_command(runner.pytest_argv(*GATE_FLAGS, "--llm-snapshot-update", "--llm-engine", "openai",
+                                          "--llm-base-url", server.url), suite, env=env)
+    changed = change_goldens(suite, GATE_CHANGED)
+    runner.log("  checking sequentially, then with --llm-prefetch ...")
+    return changed, gate_check(suite, env, server), gate_check(suite, env, server, "--llm-prefetch")
+
+
+def prefetch_gate(work: Path, device: str) -> Check:
+    cuda = device.startswith("cuda")
+    name = "prefetch gate, " + ("VLLM_BATCH_INVARIANT=1" if cuda else "no batch invariance on the CPU")
+    if importlib.util.find_spec("vllm") is None:
+        return Check(name, "skipped", "vLLM is not installed in this interpreter (pip install vllm)", must_pass=False)
+    tests = GATE_TESTS["cuda" if cuda else "cpu"]
+    model, suite, env = gate_suite(work / "prefetch", tests)
+    try:
+        with vllm_server(model, work / "prefetch" / "server.log", **(BATCH_INVARIANT if cuda else {})) as server:
+            changed, sequential, prefetched = gate_runs(suite, env, server)
+    except (ServerDidNotStart, ServerDied, CommandFailed) as error:
+        return Check(name, "FAILED", " / ".join(str(error).strip().splitlines()[-6:]))
+    return judge_gate(name, tests, changed, sequential, prefetched, cuda)
+
+
+def judge_gate(name: str, tests: int, changed: list[str], sequential: GateRun, prefetched: GateRun,
+               cuda: bool) -> Check:
+    """Passed when both checks answered their calls with the same verdicts (the hand-changed tests failed)
+    and, on CUDA, every unchanged call was answered from the batch: batched bitwise equal to lone."""
+    failed = sorted({test for (test, _), status in sequential.verdicts.items() if status == "failed"})
+    answered = re.search(r"(\d+) answered from the batch, (\d+) differed from the golden", prefetched.prefetch or "")
+    if None in (sequential.calls, prefetched.calls, answered) or not sequential.verdicts:
+        broken = sequential if sequential.calls is None or not sequential.verdicts else prefetched
+        return Check(name, "FAILED", f"no verdicts, or no generations or prefetch line: {tail(broken.run)}")
+    batched, lone = int(answered.group(1)), int(answered.group(2))
+    disagreed = line_with(prefetched.run, r"^prefetch: in \d+ call\(s\) a lone request gave other tokens")
+    same = sequential.verdicts == prefetched.verdicts and failed == sorted(changed)
+    bitwise = lone == len(changed) and batched == tests - len(changed) and disagreed is None
+    found = (f"same verdicts ({len(failed)} failed: the hand-changed)" if same else
+             f"verdicts DIFFER (sequential failed {failed}; --llm-prefetch "
+             f"{sorted({t for (t, _), s in prefetched.verdicts.items() if s == 'failed'})}; hand-changed "
+             f"{sorted(changed)})")
+    detail = f"{found}; {gate_detail(tests, changed, sequential, prefetched, batched, lone, cuda)}"
+    return Check(name, "passed" if same and (bitwise or not cuda) else "FAILED", detail)
+
+
+def gate_detail(tests: int, changed: list[str], sequential: GateRun, prefetched: GateRun, batched: int, lone: int,
+                cuda: bool) -> str:
+    """The speed-up (wall and calls), the requests, and how the unchanged calls were answered."""
+    walls = sequential.run.wall, prefetched.run.wall
+    calls = sequential.calls or 0.0, prefetched.calls or 0.0
+    beyond = lone - len(changed)
+    how = (f"VLLM_BATCH_INVARIANT=1, bfloat16, FLASH_ATTN: {beyond} beyond the hand-changed differed from the "
+           "golden in the batch (0: batched == lone, bitwise)" if cuda else
+           "without VLLM_BATCH_INVARIANT (vLLM's batch-invariant mode is CUDA >= 8.0 / XPU / ROCm only), so the "
+           f"verdicts were confirmed by lone requests rather than bitwise: {beyond} unchanged call(s) differed in "
+           "the batch and were judged by their lone request")
+    return (f"{tests} snapshot tests x {NEW_TOKENS} new tokens on one vLLM server (the engine tests' tiny Qwen2), "
+            f"goldens recorded with lone requests, {len(changed)} hand-changed; sequential {walls[0]:.1f} s "
+            f"(calls {calls[0]:.2f} s, {sequential.requests} requests), --llm-prefetch {walls[1]:.1f} s (calls "
+            f"{calls[1]:.2f} s, {prefetched.requests} requests): {report.ratio(*walls):.2f}x the wall, "
+            f"{report.ratio(*calls):.2f}x the calls; {batched} answered from the batch, {lone} generated again "
+            f"alone; {how}")
+
+
 # -- the run -------------------------------------------------------------------------------------------------
 
 
@@ -232,10 +347,61 @@ def describe_device(device: str) -> str:
             f"{torch.version.cuda}, CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
 
 
-def main() -> int:
+STEPS = ("strict re-runs", "bf16 batch probe", "variant key", "workers", "peak memory", "prefetch gate")
+
+
+def step_functions(work: Path, device: str) -> list[Callable[[], Check]]:
+    """Steps 1 to 6, in STEPS' order; each builds its models when it runs."""
+    def embedded() -> Path:
+        folder = work / "embedded"
+        return folder if folder.exists() else suites.copy_embedded_model(folder)
+
+    def probe() -> Check:
+        runner.log("  building a random Qwen2 (hidden 512, 4 layers) for the batch probe ...")
+        random_model = build_model(work / "random", vocab=4096, hidden=512, layers=4, heads=8, kv_heads=2)
+        return batch_variance(work, device, {"embedded": embedded(), "random Qwen2": random_model})
+
+    return [lambda: strict_reruns(work, device, embedded()), probe, lambda: variant_key(work, device, embedded()),
+            lambda: worker_devices(work, device, embedded()), lambda: peak_memory(work, device),
+            lambda: prefetch_gate(work, device)]
+
+
+def selected_steps(only: str | None) -> list[int]:
+    """The step numbers `--only` names (comma-separated, 1 to 6); every step without it."""
+    if only is None:
+        return list(range(1, len(STEPS) + 1))
+    try:
+        steps = sorted({int(part) for part in only.split(",")})
+    except ValueError:
+        steps = []
+    if not steps or not all(1 <= step <= len(STEPS) for step in steps):
+        raise SystemExit(f"gpu_check.py: --only {only!r}: give step numbers 1 to {len(STEPS)}, comma-separated "
+                         f"(e.g. --only 6): {', '.join(f'{n} {label}' for n, label in enumerate(STEPS, 1))}")
+    return steps
+
+
+def run_steps(device: str, steps: list[int]) -> list[Check]:
+    checks: list[Check] = []
+    with runner.workdir("gpu-check") as work:
+        functions = step_functions(work, device)
+        for number in steps:
+            runner.log(f"{number}. {STEPS[number - 1]} ...")
+            checks.append(functions[number - 1]())
+            runner.log(f"  {checks[-1].result}: {checks[-1].detail}")
+    return checks
+
+
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="run the same steps on the CPU (checks the script)")
-    args = parser.parse_args()
+    parser.add_argument("--only", metavar="STEPS", help="run only these steps, comma-separated numbers (e.g. 6); "
+                        "the table is then not saved to results.json")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = arguments()
+    steps = selected_steps(args.only)
     import torch
 
     if not args.cpu and not torch.cuda.is_available():
@@ -245,31 +411,17 @@ def main() -> int:
         return 0
     device = "cpu" if args.cpu else "cuda"
     started = time.perf_counter()
-    checks: list[Check] = []
-    with runner.workdir("gpu-check") as work:
-        embedded = suites.copy_embedded_model(work / "embedded")
-        runner.log("building a random Qwen2 (hidden 512, 4 layers) for the batch probe ...")
-        random_model = build_model(work / "random", vocab=4096, hidden=512, layers=4, heads=8, kv_heads=2)
-        steps: list[tuple[str, Callable[[], Check]]] = [
-            ("strict re-runs", lambda: strict_reruns(work, device, embedded)),
-            ("bf16 batch probe", lambda: batch_variance(work, device, {"embedded": embedded,
-                                                                       "random Qwen2": random_model})),
-            ("variant key", lambda: variant_key(work, device, embedded)),
-            ("workers", lambda: worker_devices(work, device, embedded)),
-            ("peak memory", lambda: peak_memory(work, device)),
-        ]
-        for label, step in steps:
-            runner.log(f"{label} ...")
-            checks.append(step())
-            runner.log(f"  {checks[-1].result}: {checks[-1].detail}")
+    checks = run_steps(device, steps)
     info = report.machine_info()
     print(f"GPU check, {info['date']}: {describe_device(device)}; torch {info['torch']}, transformers "
           f"{info['transformers']}, Python {info['python']}; {time.perf_counter() - started:.0f} s\n")
-    print(report.format_table(["check", "result", "detail"], [[c.name, c.result, c.detail] for c in checks]))
-    report.save_section("gpu" if not args.cpu else "gpu-on-cpu", {
-        "title": "GPU check", "date": info["date"], "device": describe_device(device),
-        "headers": ["check", "result", "detail"], "rows": [[c.name, c.result, c.detail] for c in checks],
-        "seconds": round(time.perf_counter() - started, 1)}, quick=args.cpu)
+    rows = [[c.name, c.result, c.detail] for c in checks]
+    print(report.format_table(["check", "result", "detail"], rows))
+    if args.only is None:
+        report.save_section("gpu" if not args.cpu else "gpu-on-cpu", {
+            "title": "GPU check", "date": info["date"], "device": describe_device(device),
+            "headers": ["check", "result", "detail"], "rows": rows,
+            "seconds": round(time.perf_counter() - started, 1)}, quick=args.cpu)
     return 1 if any(c.failed for c in checks) else 0
 
 

@@ -148,6 +148,63 @@ def test_gpu_check_fails_only_on_a_check_that_must_pass():
     assert not gpu_check.Check("workers", "skipped", "no xdist", must_pass=False).failed
 
 
+def _gate_run(failed: list[str], tests: int, batched: int, lone: int, disagreed: int = 0):
+    import gpu_check
+
+    statuses = {(f"test_gate.py::test_{n}", "0"): "failed" if f"test_gate.py::test_{n}" in failed else "passed"
+                for n in range(tests)}
+    output = ("generations: 16 (1.50 s)\n"
+              f"prefetch: {tests} recorded call(s) generated at once (1 batch(es), 0.40 s); {batched} answered from "
+              f"the batch, {lone} differed from the golden and were generated again alone, 0 unused\n"
+              + (f"prefetch: in {disagreed} call(s) a lone request gave other tokens than the batch (x): y\n"
+                 if disagreed else ""))
+    run = runner.Run(5.0, 1.0, 100.0, 1, output, "")
+    line = gpu_check.line_with(run, r"^prefetch: .* generated at once")
+    return gpu_check.GateRun(run, statuses, tests + 1, gpu_check.calls_seconds(output), line)
+
+
+def test_gpu_check_prefetch_gate_passes_on_cuda_only_when_every_unchanged_call_came_from_the_batch():
+    import gpu_check
+
+    changed = ["test_gate.py::test_0", "test_gate.py::test_1"]
+    sequential = _gate_run(changed, 8, 0, 0)
+    exact, variant = _gate_run(changed, 8, 6, 2), _gate_run(changed, 8, 5, 3, disagreed=1)
+    assert gpu_check.judge_gate("gate", 8, changed, sequential, exact, cuda=True).result == "passed"
+    failed = gpu_check.judge_gate("gate", 8, changed, sequential, variant, cuda=True)
+    assert failed.failed and "1 beyond the hand-changed differed" in failed.detail
+    on_cpu = gpu_check.judge_gate("gate", 8, changed, sequential, variant, cuda=False)
+    assert on_cpu.result == "passed" and "confirmed by lone requests rather than bitwise" in on_cpu.detail
+
+
+def test_gpu_check_prefetch_gate_fails_on_other_verdicts_or_no_prefetch_line():
+    import gpu_check
+
+    changed = ["test_gate.py::test_0"]
+    sequential = _gate_run(changed, 4, 0, 0)
+    other = _gate_run(["test_gate.py::test_2"], 4, 3, 1)
+    assert "verdicts DIFFER" in gpu_check.judge_gate("gate", 4, changed, sequential, other, cuda=False).detail
+    silent = gpu_check.GateRun(sequential.run, sequential.verdicts, 5, 1.5, None)
+    assert gpu_check.judge_gate("gate", 4, changed, sequential, silent, cuda=True).failed
+
+
+def test_gpu_check_skips_the_prefetch_gate_without_vllm(tmp_path, monkeypatch):
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None)
+    check = gpu_check.prefetch_gate(tmp_path, "cuda")
+    assert check.result == "skipped" and not check.failed and "pip install vllm" in check.detail
+
+
+def test_gpu_check_only_names_step_numbers():
+    import gpu_check
+
+    assert gpu_check.selected_steps(None) == [1, 2, 3, 4, 5, 6]
+    assert gpu_check.selected_steps("6,1") == [1, 6]
+    for wrong in ("7", "gate", ""):
+        with pytest.raises(SystemExit, match="give step numbers 1 to 6"):
+            gpu_check.selected_steps(wrong)
+
+
 def test_workdir_is_removed_afterwards_also_on_failure():
     with runner.workdir("smoke") as work:
         (work / "file").write_text("x", encoding="utf-8")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +69,17 @@ class ServerDidNotStart(RuntimeError):
 
 
 @contextlib.contextmanager
-def vllm_server(model: Path, log: Path) -> Iterator[Server]:
+def vllm_server(model: Path, log: Path, dtype: str = "float32", extra_args: Sequence[str] = (),
+                extra_env: Mapping[str, str] | None = None) -> Iterator[Server]:
     """A vLLM server of `model` on a free port of 127.0.0.1 (this interpreter's vLLM): started, waited for
-    (bounded) at /health, and stopped by its pid on the way out."""
+    (bounded) at /health, and stopped by its pid on the way out. `extra_args` go on its command line and
+    `extra_env` into its environment (gpu_check.py: VLLM_BATCH_INVARIANT=1 and an attention backend)."""
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+           **(extra_env or {})}
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host",
-               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
-               "--logprobs-mode", "processed_logprobs"]
+               "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", "512", "--enforce-eager",
+               "--logprobs-mode", "processed_logprobs", *extra_args]
     with log.open("wb") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     root = f"http://127.0.0.1:{port}"
