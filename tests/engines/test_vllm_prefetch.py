@@ -1,8 +1,8 @@
-"""Gate throughput against real vLLM (the engine venv of .ci/run): `-n 2` against one vLLM server gives the
-verdicts of `-n 0`; `--llm-prefetch` gives them too, on the server and on the vllm engine (one generate call),
-and with `-n 2` on the vllm engine each worker loads its own LLM and the gate still works. Goldens are recorded
-on the server, one request per call; two of them are then hand-changed, so that every mode has failures to
-find."""
+"""Gate throughput against real vLLM (the engine venv of .ci/run): `-n 2` and `-n 4` against one vLLM server
+give the verdicts of `-n 0`, with and without `--llm-prefetch`; the prefetch gives them on the vllm engine too
+(one generate call), and with `-n 2` on the vllm engine each worker loads its own LLM and the gate still works.
+Goldens are recorded on the server, one request per call; two of them are then hand-changed, so that every mode
+has failures to find."""
 
 from __future__ import annotations
 
@@ -80,12 +80,17 @@ def verdicts(pytester: pytest.Pytester, *args: str) -> dict[str, str]:
     return {entry["test"]: entry["status"] for entry in data["snapshots"]}
 
 
-def test_two_xdist_workers_and_the_prefetch_against_one_server_give_the_verdicts_of_one_process(gate, server):
+def test_two_and_four_xdist_workers_and_the_prefetch_against_one_server_give_the_verdicts_of_one_process(
+        gate, server):
     alone = verdicts(gate, *on_server(server))
     assert list(alone.values()).count("failed") == CHANGED
     assert verdicts(gate, "-n", "2", *on_server(server)) == alone
     assert verdicts(gate, "--llm-prefetch", *on_server(server)) == alone
     assert verdicts(gate, "-n", "2", "--dist", "loadfile", "--llm-prefetch", *on_server(server)) == alone
+    # four clients of the same server (light: an openai worker loads only the tokenizer), each with the file's
+    # tests spread over them (--dist load), without and with the prefetch
+    assert verdicts(gate, "-n", "4", *on_server(server)) == alone
+    assert verdicts(gate, "-n", "4", "--llm-prefetch", *on_server(server)) == alone
 
 
 def test_the_prefetch_on_the_vllm_engine_is_one_generate_call_with_the_same_verdicts(gate):
