@@ -22,7 +22,7 @@
    unchanged call answered from the batch: batched == lone, bitwise); the speed-up of the wall and of the calls.
    Needs vLLM in this interpreter (without it the step is skipped). With --cpu: 16 tests, and the server runs
    without the variable (vLLM's batch-invariant mode is CUDA >= 8.0, XPU or ROCm only), so the verdicts are
-   confirmed by lone requests rather than bitwise.
+   confirmed by lone requests rather than bitwise. The step is benchmarks/gpu_prefetch.py.
 
     python benchmarks/gpu_check.py           # needs CUDA: without it, says so and exits 0
     python benchmarks/gpu_check.py --cpu     # the same steps on the CPU: checks the script, not a GPU
@@ -36,47 +36,25 @@ to benchmarks/results.json (section "gpu").
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from bench_engines import NEW_TOKENS, gate_suite
 from bench_memory import BARE, MMAP_THRESHOLD, OLD, PLUGIN, build_model, child_result
-from bench_prefetch import ServerDied, calls_seconds, change_goldens, check_alive, requests_logged, verdicts
 from common import report, runner, suites
-from common.runner import CommandFailed, Run
-from engine_models import Server, ServerDidNotStart, vllm_server  # tests/engines: bench_engines puts it on the path
+from common.checks import Check, line_with, tail
+from common.runner import Run
+from gpu_prefetch import prefetch_gate
 
 GOAL = 1.05
 PROMPTS = ["Once upon a time", "The fox and the crow", "Alice was beginning to get very tired",
            "The king said to the queen", "In a hole in the ground there lived"]
 PROBE_PROMPTS = [f"{start} {subject}" for start in ("Tell me about", "Once there was", "Why did", "Where is")
                  for subject in ("a fox", "the queen", "a little mermaid", "the giant", "an old woman")]
-GATE_TESTS = {"cuda": 64, "cpu": 16}  # step 6: the snapshot tests of the prefetch gate
-GATE_CHANGED = 4  # goldens whose first token is hand-changed: the failures both modes must find
-GATE_FLAGS = ("-q", "-p", "pytest_llmdet.plugin", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
-# vLLM's batch-invariant mode on CUDA (compute capability 8.0 or newer): the variable, in bfloat16 (where batch
-# variance is real), on FlashAttention, which supports it (FlashInfer does not) and with it uses one split only
-BATCH_INVARIANT = {"dtype": "bfloat16", "extra_args": ("--attention-backend", "FLASH_ATTN"),
-                   "extra_env": {"VLLM_BATCH_INVARIANT": "1"}}
-
-
-class Check:
-    """One row of the table: what was checked, its result (passed, FAILED, found, none found, skipped) and the
-    detail that backs it."""
-
-    def __init__(self, name: str, result: str, detail: str, must_pass: bool = True) -> None:
-        self.name, self.result, self.detail, self.must_pass = name, result, detail, must_pass
-
-    @property
-    def failed(self) -> bool:
-        return self.must_pass and self.result == "FAILED"
 
 
 def pytest_run(folder: Path, *args: str) -> Run:
@@ -91,17 +69,6 @@ def suite(folder: Path, body: str) -> Path:
     (folder / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     (folder / "test_gpu.py").write_text(body, encoding="utf-8")
     return folder
-
-
-def tail(run: Run, lines: int = 6) -> str:
-    """The end of a run's output, on one line, for a failed check."""
-    text = (run.stdout + run.stderr).strip().splitlines()
-    return " / ".join(line.strip() for line in text[-lines:])
-
-
-def line_with(run: Run, pattern: str) -> str | None:
-    """The first output line that matches `pattern`."""
-    return next((line for line in run.stdout.splitlines() if re.search(pattern, line)), None)
 
 
 # -- the checks ---------------------------------------------------------------------------------------------
@@ -239,98 +206,6 @@ def peak_memory(work: Path, device: str) -> Check:
               f"+{results[BARE]['growth_mb']:.1f}), old output_scores path {results[OLD]['peak_mb']:.1f} MB "
               f"({old:.3f}x); goal <= {GOAL}x")
     return Check(name, "passed" if shipped <= GOAL else "FAILED", detail)
-
-
-@dataclass
-class GateRun:
-    """One check of the prefetch gate: the process, each snapshot's verdict, the requests the server logged,
-    the time spent answering the calls and the prefetch's summary line."""
-
-    run: Run
-    verdicts: dict[tuple[str, str], str]
-    requests: int
-    calls: float | None
-    prefetch: str | None
-
-
-def gate_check(suite: Path, env: dict[str, str], server: Server, *flags: str) -> GateRun:
-    """`pytest --llm-snapshot` of the gate on the server's openai engine with `flags`, its --llm-report read."""
-    before = requests_logged(server.log)
-    report_file = suite / "report.json"  # inside the suite, as in bench_prefetch.py (the rootdir stays put)
-    report_file.unlink(missing_ok=True)
-    run = runner.run_command(runner.pytest_argv(*GATE_FLAGS, "--llm-snapshot", "--llm-engine", "openai",
-                                                "--llm-base-url", server.url, "--llm-report", str(report_file),
-                                                *flags), suite, env=env, check=False)
-    check_alive(server.url, server.log)
-    line = line_with(run, r"^prefetch: .* generated at once")
-    return GateRun(run, verdicts(report_file) if report_file.exists() else {},
-                   requests_logged(server.log) - before, calls_seconds(run.stdout), line)
-
-
-def gate_runs(suite: Path, env: dict[str, str], server: Server) -> tuple[list[str], GateRun, GateRun]:
-    """Goldens recorded with lone requests, GATE_CHANGED of them hand-changed, then the gate checked
-    sequentially and with --llm-prefetch: the changed tests and the two checks."""
-    runner.log("  recording the goldens on the server, one request per call ...")
-    runner.run_command(runner.pytest_argv(*GATE_FLAGS, "--llm-snapshot-update", "--llm-engine", "openai",
-                                          "--llm-base-url", server.url), suite, env=env)
-    changed = change_goldens(suite, GATE_CHANGED)
-    runner.log("  checking sequentially, then with --llm-prefetch ...")
-    return changed, gate_check(suite, env, server), gate_check(suite, env, server, "--llm-prefetch")
-
-
-def prefetch_gate(work: Path, device: str) -> Check:
-    cuda = device.startswith("cuda")
-    name = "prefetch gate, " + ("VLLM_BATCH_INVARIANT=1" if cuda else "no batch invariance on the CPU")
-    if importlib.util.find_spec("vllm") is None:
-        return Check(name, "skipped", "vLLM is not installed in this interpreter (pip install vllm)", must_pass=False)
-    tests = GATE_TESTS["cuda" if cuda else "cpu"]
-    model, suite, env = gate_suite(work / "prefetch", tests)
-    try:
-        with vllm_server(model, work / "prefetch" / "server.log", **(BATCH_INVARIANT if cuda else {})) as server:
-            changed, sequential, prefetched = gate_runs(suite, env, server)
-    except (ServerDidNotStart, ServerDied, CommandFailed) as error:
-        return Check(name, "FAILED", " / ".join(str(error).strip().splitlines()[-6:]))
-    return judge_gate(name, tests, changed, sequential, prefetched, cuda)
-
-
-def judge_gate(name: str, tests: int, changed: list[str], sequential: GateRun, prefetched: GateRun,
-               cuda: bool) -> Check:
-    """Passed when both checks answered their calls with the same verdicts (the hand-changed tests failed)
-    and, on CUDA, every unchanged call was answered from the batch: batched bitwise equal to lone."""
-    failed = sorted({test for (test, _), status in sequential.verdicts.items() if status == "failed"})
-    answered = re.search(r"(\d+) answered from the batch, (\d+) differed from the golden", prefetched.prefetch or "")
-    if None in (sequential.calls, prefetched.calls, answered) or not sequential.verdicts:
-        broken = sequential if sequential.calls is None or not sequential.verdicts else prefetched
-        return Check(name, "FAILED", f"no verdicts, or no generations or prefetch line: {tail(broken.run)}")
-    batched, lone = int(answered.group(1)), int(answered.group(2))
-    disagreed = line_with(prefetched.run, r"^prefetch: in \d+ call\(s\) a lone request gave other tokens")
-    same = sequential.verdicts == prefetched.verdicts and failed == sorted(changed)
-    bitwise = lone == len(changed) and batched == tests - len(changed) and disagreed is None
-    found = (f"same verdicts ({len(failed)} failed: the hand-changed)" if same else
-             f"verdicts DIFFER (sequential failed {failed}; --llm-prefetch "
-             f"{sorted({t for (t, _), s in prefetched.verdicts.items() if s == 'failed'})}; hand-changed "
-             f"{sorted(changed)})")
-    detail = f"{found}; {gate_detail(tests, changed, sequential, prefetched, batched, lone, cuda)}"
-    return Check(name, "passed" if same and (bitwise or not cuda) else "FAILED", detail)
-
-
-def gate_detail(tests: int, changed: list[str], sequential: GateRun, prefetched: GateRun, batched: int, lone: int,
-                cuda: bool) -> str:
-    """The speed-up (wall and calls), the requests, and how the unchanged calls were answered."""
-    walls = sequential.run.wall, prefetched.run.wall
-    calls = sequential.calls or 0.0, prefetched.calls or 0.0
-    beyond = lone - len(changed)
-    how = (f"VLLM_BATCH_INVARIANT=1, bfloat16, FLASH_ATTN: {beyond} beyond the hand-changed differed from the "
-           "golden in the batch (0: batched == lone, bitwise)" if cuda else
-           "without VLLM_BATCH_INVARIANT (vLLM's batch-invariant mode is CUDA >= 8.0 / XPU / ROCm only), so the "
-           f"verdicts were confirmed by lone requests rather than bitwise: {beyond} unchanged call(s) differed in "
-           "the batch and were judged by their lone request")
-    return (f"{tests} snapshot tests x {NEW_TOKENS} new tokens on one vLLM server (the engine tests' tiny Qwen2), "
-            f"goldens recorded with lone requests, {len(changed)} hand-changed; sequential {walls[0]:.1f} s "
-            f"(calls {calls[0]:.2f} s, {sequential.requests} requests), --llm-prefetch {walls[1]:.1f} s (calls "
-            f"{calls[1]:.2f} s, {prefetched.requests} requests): {report.ratio(*walls):.2f}x the wall, "
-            f"{report.ratio(*calls):.2f}x the calls; {batched} answered from the batch, {lone} generated again "
-            f"alone; {how}")
 
 
 # -- the run -------------------------------------------------------------------------------------------------

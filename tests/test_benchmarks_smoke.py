@@ -149,7 +149,7 @@ def test_gpu_check_fails_only_on_a_check_that_must_pass():
 
 
 def _gate_run(failed: list[str], tests: int, batched: int, lone: int, disagreed: int = 0):
-    import gpu_check
+    import gpu_prefetch
 
     statuses = {(f"test_gate.py::test_{n}", "0"): "failed" if f"test_gate.py::test_{n}" in failed else "passed"
                 for n in range(tests)}
@@ -159,39 +159,39 @@ def _gate_run(failed: list[str], tests: int, batched: int, lone: int, disagreed:
               + (f"prefetch: in {disagreed} call(s) a lone request gave other tokens than the batch (x): y\n"
                  if disagreed else ""))
     run = runner.Run(5.0, 1.0, 100.0, 1, output, "")
-    line = gpu_check.line_with(run, r"^prefetch: .* generated at once")
-    return gpu_check.GateRun(run, statuses, tests + 1, gpu_check.calls_seconds(output), line)
+    line = gpu_prefetch.line_with(run, r"^prefetch: .* generated at once")
+    return gpu_prefetch.GateRun(run, statuses, tests + 1, gpu_prefetch.calls_seconds(output), line)
 
 
 def test_gpu_check_prefetch_gate_passes_on_cuda_only_when_every_unchanged_call_came_from_the_batch():
-    import gpu_check
+    import gpu_prefetch
 
     changed = ["test_gate.py::test_0", "test_gate.py::test_1"]
     sequential = _gate_run(changed, 8, 0, 0)
     exact, variant = _gate_run(changed, 8, 6, 2), _gate_run(changed, 8, 5, 3, disagreed=1)
-    assert gpu_check.judge_gate("gate", 8, changed, sequential, exact, cuda=True).result == "passed"
-    failed = gpu_check.judge_gate("gate", 8, changed, sequential, variant, cuda=True)
+    assert gpu_prefetch.judge_gate("gate", 8, changed, sequential, exact, cuda=True).result == "passed"
+    failed = gpu_prefetch.judge_gate("gate", 8, changed, sequential, variant, cuda=True)
     assert failed.failed and "1 beyond the hand-changed differed" in failed.detail
-    on_cpu = gpu_check.judge_gate("gate", 8, changed, sequential, variant, cuda=False)
+    on_cpu = gpu_prefetch.judge_gate("gate", 8, changed, sequential, variant, cuda=False)
     assert on_cpu.result == "passed" and "confirmed by lone requests rather than bitwise" in on_cpu.detail
 
 
 def test_gpu_check_prefetch_gate_fails_on_other_verdicts_or_no_prefetch_line():
-    import gpu_check
+    import gpu_prefetch
 
     changed = ["test_gate.py::test_0"]
     sequential = _gate_run(changed, 4, 0, 0)
     other = _gate_run(["test_gate.py::test_2"], 4, 3, 1)
-    assert "verdicts DIFFER" in gpu_check.judge_gate("gate", 4, changed, sequential, other, cuda=False).detail
-    silent = gpu_check.GateRun(sequential.run, sequential.verdicts, 5, 1.5, None)
-    assert gpu_check.judge_gate("gate", 4, changed, sequential, silent, cuda=True).failed
+    assert "verdicts DIFFER" in gpu_prefetch.judge_gate("gate", 4, changed, sequential, other, cuda=False).detail
+    silent = gpu_prefetch.GateRun(sequential.run, sequential.verdicts, 5, 1.5, None)
+    assert gpu_prefetch.judge_gate("gate", 4, changed, sequential, silent, cuda=True).failed
 
 
 def test_gpu_check_skips_the_prefetch_gate_without_vllm(tmp_path, monkeypatch):
-    import gpu_check
+    import gpu_prefetch
 
-    monkeypatch.setattr(gpu_check.importlib.util, "find_spec", lambda name: None)
-    check = gpu_check.prefetch_gate(tmp_path, "cuda")
+    monkeypatch.setattr(gpu_prefetch.importlib.util, "find_spec", lambda name: None)
+    check = gpu_prefetch.prefetch_gate(tmp_path, "cuda")
     assert check.result == "skipped" and not check.failed and "pip install vllm" in check.detail
 
 

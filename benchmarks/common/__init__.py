@@ -47,6 +47,8 @@ The modules, each one job (none imports torch or transformers at import time):
   `copy_embedded_model(folder)`, `write_trivial_suite`, `write_llmdet_suite`, `write_handrolled_suite`,
   `write_bare_loop`, `write_rerun_suite`, `add_hash_counter`, `collected_count(output)`,
   `llmdet_golden_texts(folder)`, `EMBEDDED_MODEL_DIR`, `MAX_NEW_TOKENS`.
+- `checks`: the rows of gpu_check.py's table. `Check(name, result, detail, must_pass)` (`.failed`: a row that
+  must pass and did not), `tail(run)` (the end of a run's output, on one line), `line_with(run, pattern)`.
 - `old_margins`: `token_statistics(scores, new_ids, top_k)`, the old path's figures over kept scores (imports
   torch when called).
 
