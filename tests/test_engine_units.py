@@ -17,7 +17,7 @@ from pytest_llmdet.errors import cause_line, first_line, named_line
 from pytest_llmdet.golden.variants import Environment, choose_variant, environment_of, parse_key
 from pytest_llmdet.markers import model_choice
 from pytest_llmdet.settings import Settings
-from pytest_llmdet.settings.values import ENGINES, SettingsError, parse_engine_args
+from pytest_llmdet.settings.values import ENGINES, SettingsError, engine_arguments, parse_engine_args
 
 QWEN = {"do_sample": True, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
         "eos_token_id": [2, 0], "bos_token_id": 0, "pad_token_id": 0}
@@ -89,10 +89,12 @@ def test_a_row_needs_the_chosen_token_among_each_steps_candidates():
 
 
 def test_engine_arguments_are_typed_sorted_pairs():
-    assert parse_engine_args('tensor_parallel_size=2 enforce_eager=true max_model_len=2048 '
-                             'quantization=none gpu_memory_utilization=0.5 name="a b" hf_overrides=\'{"x":1}\'') == (
-        ("enforce_eager", True), ("gpu_memory_utilization", 0.5), ("hf_overrides", {"x": 1}),
+    pairs = parse_engine_args('tensor_parallel_size=2 enforce_eager=true max_model_len=2048 '
+                              'quantization=none gpu_memory_utilization=0.5 name="a b" hf_overrides=\'{"x":1}\'')
+    assert pairs == (
+        ("enforce_eager", True), ("gpu_memory_utilization", 0.5), ("hf_overrides", '{"x":1}'),
         ("max_model_len", 2048), ("name", "a b"), ("quantization", None), ("tensor_parallel_size", 2))
+    assert engine_arguments(pairs)["hf_overrides"] == {"x": 1}  # what vllm.LLM gets
     assert parse_engine_args("") == ()
     with pytest.raises(ValueError, match="not valid JSON"):
         parse_engine_args("hf_overrides={x}")
@@ -189,7 +191,8 @@ def test_a_rerecord_command_names_the_engine_the_check_ran_on_and_its_arguments_
                                 "name='a b'"}, environ={})
     words = shlex.split(command.flags_line())
     assert words[:3] == ["--llm-engine", "vllm", "--llm-vllm-args"]
-    assert parse_engine_args(words[3]) == (("enforce_eager", True), ("hf_overrides", {"a": 1}), ("name", "a b"))
+    assert engine_arguments(parse_engine_args(words[3])) == {"enforce_eager": True, "hf_overrides": {"a": 1},
+                                                             "name": "a b"}
     server = rerecord_command({"engine": "openai", "base_url": "http://u:secret@h:1/v1"}, environ={})
     assert server.flags_line() == "--llm-engine openai --llm-base-url http://h:1/v1"  # no password, ever
     assert rerecord_command({}, environ={}).flags_line() == ""
@@ -360,3 +363,15 @@ def test_the_vllm_summary_line_says_when_a_worker_took_a_share_of_the_gpu():
     details = VLLMDetails(512, "0.32.0", "float16", 20, memory_share=0.45)
     assert engine_kind("vllm").loaded_line(_loaded(VLLMOptions(), details, "cuda")) == \
         "models/q bfloat16 on the vllm engine (0.32.0, cuda, gpu_memory_utilization 0.45 per xdist worker)"
+
+
+def test_json_engine_arguments_keep_the_settings_and_the_model_spec_hashable():
+    # a dict value made the spec unhashable: the model pool's lookup failed with a TypeError
+    pairs = parse_engine_args('compilation_config=\'{"level": 0, "cudagraph_sizes": [1, 2]}\' enforce_eager=true')
+    settings = Settings(engine="vllm", vllm_args=pairs)
+    options = engine_kind("vllm").options(settings)
+    assert hash(settings) and hash(options)
+    assert options == engine_kind("vllm").options(Settings(engine="vllm", vllm_args=parse_engine_args(
+        'enforce_eager=true compilation_config=\'{"cudagraph_sizes":[1,2],"level":0}\'')))  # the same JSON
+    assert engine_arguments(pairs) == {"compilation_config": {"cudagraph_sizes": [1, 2], "level": 0},
+                                       "enforce_eager": True}

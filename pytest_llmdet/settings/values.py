@@ -242,10 +242,27 @@ def _engine_arg_value(raw: str, json: Any) -> Any:
             pass
     if raw[:1] in "[{":
         try:
-            return json.loads(raw)
+            return JsonArgument(json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")))
         except ValueError:
             raise ValueError(f"{raw!r} is not valid JSON") from None
     return raw
+
+
+class JsonArgument(str):
+    """An engine argument given as a JSON object or array (`compilation_config={"level":0}`): kept as its
+    canonical JSON text, so that the settings and model specs holding it stay hashable; `engine_arguments`
+    gives vllm.LLM the object itself."""
+
+    @property
+    def value(self) -> Any:
+        import json
+
+        return json.loads(self)
+
+
+def engine_arguments(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The keyword arguments of vllm.LLM from parse_engine_args's pairs: JSON values as objects again."""
+    return {key: value.value if isinstance(value, JsonArgument) else value for key, value in pairs}
 
 
 parse_count = _parse_int(1)  # runs, new tokens: an integer >= 1
