@@ -114,8 +114,10 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
         from vllm.inputs import TokensPrompt
 
         probe = list(tokenizer("Hello")["input_ids"])[:8] or [0]
-        engine.generate([TokensPrompt(prompt_token_ids=probe)], SamplingParams(max_tokens=1, temperature=0.0),
-                        use_tqdm=False)
+        # With log-probs, as every call of this engine asks: vLLM compiles the sampler's log-prob ranking
+        # (torch.compile) on its first use, 3 s on a CPU, which the first test's call would otherwise pay.
+        engine.generate([TokensPrompt(prompt_token_ids=probe)],
+                        SamplingParams(max_tokens=1, temperature=0.0, logprobs=2), use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
         raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,

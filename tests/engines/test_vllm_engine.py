@@ -183,3 +183,23 @@ def test_the_prefix_cache_factor_regenerates_on_vllm_with_the_cache_not_read_the
     assert short["status"] == "n/a"
     assert short["reason"].startswith("the prompt (") and "fills no block of vLLM's prefix cache (" in short["reason"]
     result.stdout.fnmatch_lines(["*prefix-cache (test_prefix.py::test_short): the prompt (* tokens) fills no block*"])
+
+
+COMPILE_SUITE = '''
+from torch._dynamo.utils import counters
+
+def test_first_call(llm):
+    llm  # loaded, its warm-up done
+    before = counters["stats"].get("unique_graphs", 0)
+    llm.generate("Once upon a time", max_new_tokens=4)
+    assert counters["stats"].get("unique_graphs", 0) == before, "a graph was compiled during the test's call"
+'''
+
+
+def test_the_load_compiles_what_the_first_call_would(pytester: pytest.Pytester, engine_models: EngineModels):
+    # vLLM compiles its sampler's log-prob ranking (torch.compile) on first use, 3 s on a CPU: the warm-up asks
+    # for log-probs as every call does, so that the first test's call is not the one to pay it
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.original}\n")
+    pytester.makepyfile(test_compile=COMPILE_SUITE)
+    result = pytester.runpytest_subprocess("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
