@@ -109,19 +109,23 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
                           logprobs_mode="processed_logprobs", **arguments)
     except Exception as error:  # noqa: BLE001 - vLLM says why in many ways; its reason, in one line
         raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
+    details = _details(vllm, engine, spec, limit, threads, share)
     try:  # the first generate warms vLLM up, and is where its kernels refuse a model (CPU attention: head_dim 16)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         probe = list(tokenizer("Hello")["input_ids"])[:8] or [0]
         # With log-probs, as every call of this engine asks: vLLM compiles the sampler's log-prob ranking
-        # (torch.compile) on its first use, 3 s on a CPU, which the first test's call would otherwise pay.
+        # (torch.compile) on its first use, 3 s on a CPU, which the first test's call would otherwise pay. Never
+        # more than max_logprobs: a lower limit is each call's error to name (generate_rows), not the load's.
+        allowed = details.max_logprobs
+        logprobs = min(2, allowed) if isinstance(allowed, int) and allowed >= 0 else 2
         engine.generate([TokensPrompt(prompt_token_ids=probe)],
-                        SamplingParams(max_tokens=1, temperature=0.0, logprobs=2), use_tqdm=False)
+                        SamplingParams(max_tokens=1, temperature=0.0, logprobs=logprobs), use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
         raise ModelLoadError(_cannot_run(vllm, spec, error)) from error
     return LoadedModel(spec, engine, tokenizer, str(current_platform.device_type), time.perf_counter() - started,
-                       generation_config, _details(vllm, engine, spec, limit, threads, share))
+                       generation_config, details)
 
 
 def _details(vllm: Any, engine: Any, spec: ModelSpec, limit: int | None, threads: int | None,

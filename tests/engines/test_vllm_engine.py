@@ -203,3 +203,15 @@ def test_the_load_compiles_what_the_first_call_would(pytester: pytest.Pytester, 
     pytester.makepyfile(test_compile=COMPILE_SUITE)
     result = pytester.runpytest_subprocess("--llm-engine", "vllm", *VLLM_ARGS, "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def test_a_log_prob_limit_below_the_margins_need_is_each_calls_error_not_the_loads(pytester: pytest.Pytester,
+                                                                                     engine_models: EngineModels):
+    # the warm-up asks for log-probs (above) but never more than max_logprobs: the call names the setting
+    pytester.makeini(f"[pytest]\nllm_model = {engine_models.original}\n")
+    pytester.makepyfile(test_limit="def test_it(llm):\n    llm.generate('Once upon a time', max_new_tokens=4)\n")
+    limited = "max_model_len=512 enforce_eager=true max_logprobs=1"
+    result = pytester.runpytest_subprocess("--llm-engine", "vllm", "--llm-vllm-args", limited, "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*needs 2 log-probs per step, and vLLM returns at most max_logprobs = 1: set "
+                                 "--llm-vllm-args max_logprobs=2*"])
