@@ -37,7 +37,6 @@ class _PlainImports:
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
         return PathFinder.find_spec(name, path, target) if name.startswith(cls.prefix) else None
 
-
     @classmethod
     def uninstall(cls) -> None:
         """Off sys.meta_path at exit: a finder of Python's own left there makes the interpreter's shutdown cost

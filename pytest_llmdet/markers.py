@@ -1,7 +1,6 @@
 """The plugin's three markers: their help text (registered in one place, plugin.py) and the pure parsers of
 their arguments. Each parser raises an error that says how the marker is used."""
 
-
 from typing import Any, NamedTuple
 
 from pytest_llmdet.settings import ComparePlan, Settings, SnapshotSettings

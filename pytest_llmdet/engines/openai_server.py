@@ -300,6 +300,7 @@ def parse_completion(response: Any, prompt_ids: list[int], wanted: int, server: 
              for index, (token, candidates, logprob) in enumerate(zip(token_ids, top, chosen, strict=True))]
     return [int(token) for token in token_ids], steps
 
+
 def _step(server: str, vocabulary_size: int, index: int, token: Any, candidates: dict[str, Any] | None,
           logprob: Any, wanted: int) -> dict[int, float]:
     # One step's candidates by token ID, the chosen token's among them: all of them numbers, as many as asked.

@@ -79,14 +79,18 @@ class VLLMDetails(RemoteDetails):
     skips_prefix_cache: bool = False  # its SamplingParams take skip_reading_prefix_cache (the prefix-cache factor)
     memory_share: float | None = None  # gpu_memory_utilization this xdist worker took, when the workers split it
 
+    def returns_logprobs(self, wanted: int) -> bool:
+        """Whether vLLM returns `wanted` log-probs per step (max_logprobs; -1 or unknown: no limit)."""
+        return not (isinstance(self.max_logprobs, int) and 0 <= self.max_logprobs < wanted)
+
 
 def cpu_threads(requested: int | None, environment: Mapping[str, str], default: int) -> int | None:
     """The torch threads for vLLM's CPU kernels in this process, where this engine chooses them (None: leave
     torch's count as it is): `requested` (llm_threads, already set by then) and OMP_NUM_THREADS are the user's;
     otherwise every core of torch's `default` but one, at least one, as vLLM lays out its own server (its worker
     gets all cores but the one it reserves). With every core, each of the many tiny kernels of a decode step
-    waits at OpenMP's barrier for a thread that the rest of the process (or the machine) has preempted: 226 ms
-    per 16-token call against the server's 69 ms on 2 cores (docs/benchmarks.md)."""
+    waits at OpenMP's barrier for a thread that the rest of the process (or the machine) has preempted: on a busy
+    2-core machine 1938 ms per 16-token call against 368 ms with one thread (docs/benchmarks.md)."""
     if requested is not None or environment.get("OMP_NUM_THREADS"):
         return None
     return max(1, default - 1)
@@ -118,8 +122,7 @@ def load_vllm(spec: ModelSpec) -> LoadedModel:
         # With log-probs, as every call of this engine asks: vLLM compiles the sampler's log-prob ranking
         # (torch.compile) on its first use, 3 s on a CPU, which the first test's call would otherwise pay. Never
         # more than max_logprobs: a lower limit is each call's error to name (generate_rows), not the load's.
-        allowed = details.max_logprobs
-        logprobs = min(2, allowed) if isinstance(allowed, int) and allowed >= 0 else 2
+        logprobs = 2 if details.returns_logprobs(2) else details.max_logprobs
         engine.generate([TokensPrompt(prompt_token_ids=probe)],
                         SamplingParams(max_tokens=1, temperature=0.0, logprobs=logprobs), use_tqdm=False)
     except Exception as error:  # noqa: BLE001 - as above
@@ -159,6 +162,13 @@ def _choose_cpu_threads(spec: ModelSpec) -> int | None:
     return torch.get_num_threads()
 
 
+def _row_of(output: Any, top_k: int, eos: frozenset[int]) -> RowOutput:
+    """The row of one vllm RequestOutput: its tokens, and each step's log-probs by token ID."""
+    completion = output.outputs[0]
+    steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
+    return row_from_steps(list(completion.token_ids), steps, top_k, eos)
+
+
 def _cannot_run(vllm: Any, spec: ModelSpec, error: Exception) -> str:
     arguments = " ".join(f"{key}={value}" for key, value in spec.options.arguments)
     given = f" with llm_vllm_args {arguments}" if arguments else ""
@@ -180,11 +190,10 @@ class VLLMEngine(RemoteEngine):
         from vllm.inputs import TokensPrompt
 
         wanted = max(2, top_k)
-        allowed = self.details.max_logprobs
-        if isinstance(allowed, int) and 0 <= allowed < wanted:
+        if not self.details.returns_logprobs(wanted):
             raise GenerationArgumentError(
                 f"--llm-top-k {top_k} needs {wanted} log-probs per step, and vLLM returns at most max_logprobs = "
-                f"{allowed}: set --llm-vllm-args max_logprobs={wanted} (or a smaller --llm-top-k)")
+                f"{self.details.max_logprobs}: set --llm-vllm-args max_logprobs={wanted} (or a smaller --llm-top-k)")
         skip = {} if self._prefix_cache is None else {"skip_reading_prefix_cache": not self._prefix_cache}
         params = []
         for row in rows:
@@ -196,12 +205,7 @@ class VLLMEngine(RemoteEngine):
             for row, output in zip(rows, outputs, strict=True):
                 self._check_prefix_read(len(row), output.num_cached_tokens)
         eos = eos_ids_of(plan)
-        result = []
-        for output in outputs:
-            completion = output.outputs[0]
-            steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
-            result.append(row_from_steps(list(completion.token_ids), steps, top_k, eos))
-        return result
+        return [_row_of(output, top_k, eos) for output in outputs]
 
     def generate_each(self, requests: list[RowRequest], seed: int = 0, concurrency: int = 1
                       ) -> list[RowOutput | None]:
@@ -211,10 +215,10 @@ class VLLMEngine(RemoteEngine):
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        allowed, taken, params = self.details.max_logprobs, [], []
+        taken, params = [], []
         for index, request in enumerate(requests):
             wanted = max(2, request.top_k)
-            if isinstance(allowed, int) and 0 <= allowed < wanted:
+            if not self.details.returns_logprobs(wanted):
                 continue
             try:
                 fields = sampling_fields(request.plan, self.kind, len(request.prompt_ids), wanted, self.tokenizer_eos)
@@ -226,10 +230,7 @@ class VLLMEngine(RemoteEngine):
         outputs = self.model.generate(prompts, params, use_tqdm=False) if prompts else []
         rows: list[RowOutput | None] = [None] * len(requests)
         for index, output in zip(taken, outputs, strict=True):
-            completion = output.outputs[0]
-            steps = [{token: entry.logprob for token, entry in step.items()} for step in completion.logprobs or []]
-            rows[index] = row_from_steps(list(completion.token_ids), steps, requests[index].top_k,
-                                         eos_ids_of(requests[index].plan))
+            rows[index] = _row_of(output, requests[index].top_k, eos_ids_of(requests[index].plan))
         return rows
 
     @property

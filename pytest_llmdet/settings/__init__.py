@@ -4,7 +4,6 @@
     settings/values.py   what each one may be, and its parser
 """
 
-
 import os
 from collections.abc import Callable
 from pathlib import Path

@@ -2,7 +2,6 @@
 help, default and parser (settings/values.py). plugin.py registers them, settings.resolve reads them, the
 re-record command repeats those that shape outputs, and docs/llm-fixture.md shows them as a table."""
 
-
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
