@@ -28,6 +28,8 @@ PROMPT = re.compile(r"^(?P<prompt>.*\? )(?P<answer>[a-z])$")
 DURATION = re.compile(r"\d+\.\d+ ?s\b")
 ABSOLUTE_PATH = re.compile(r"(?<![\w.\]\[])/[^\s)'\"]+")
 ADDRESS = re.compile(r"0x[0-9a-f]+")
+# Released versions (torch 2.13.0+cpu, transformers 5.25.0): the registry moves on, the page stays right
+VERSION = re.compile(r"(?<![\w.])\d+\.\d+\.\d+(?:\+[\w.]+)?(?![\w.])")
 RULE = re.compile(r"([=_-])\1{2,}")  # pytest's section rules: their length follows the text inside
 SHELL_PRELUDE = 'pytest() { "$LLMDET_DOCS_PYTHON" -m pytest "$@"; }\npython() { "$LLMDET_DOCS_PYTHON" "$@"; }\n'
 
@@ -40,7 +42,7 @@ def blocks(page: Path) -> list[tuple[str, str, str]]:
 def pattern(shown: str) -> str:
     """An fnmatch pattern for one shown output line."""
     escaped = re.sub(r"[\[\]*?]", lambda m: f"[{m.group()}]", shown.rstrip())
-    for volatile in (DURATION, ADDRESS):
+    for volatile in (DURATION, ADDRESS, VERSION):
         escaped = volatile.sub("*", escaped)
     escaped = RULE.sub(lambda m: m[1] + "*", escaped)
     return ABSOLUTE_PATH.sub("*", escaped)
