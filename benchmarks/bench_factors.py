@@ -82,7 +82,7 @@ def time_factors(llm: Any, counted: dict[str, int], prompts: list[Any], calls: l
     import torch
 
     from pytest_llmdet.determinism.factors import check_factors
-    from pytest_llmdet.settings.values import FACTOR_NAMES
+    from pytest_llmdet.vocabulary import FACTOR_NAMES
 
     timings = Timings(FACTOR_NAMES)
     runner.log(f"timing {len(FACTOR_NAMES)} factors x {len(prompts)} calls x {rounds} rounds ...")

@@ -1,12 +1,14 @@
 """The plugin's three markers: their help text (registered in one place, plugin.py) and the pure parsers of
 their arguments. Each parser raises an error that says how the marker is used."""
 
-from typing import Any, NamedTuple
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmdet.settings import ComparePlan, Settings, SnapshotSettings
 from pytest_llmdet.settings.values import (
-    FACTOR_NAMES,
-    FactorName,
+    FACTOR_WORDS,
+    Record,
     SettingsError,
     parse_bool,
     parse_compare,
@@ -16,6 +18,9 @@ from pytest_llmdet.settings.values import (
     parse_factors,
     parse_top_k,
 )
+
+if TYPE_CHECKING:
+    from pytest_llmdet.vocabulary import FactorName
 
 DEFAULT_BATCH_SIZE = 4  # the batch probe's batch with `batch=True`
 
@@ -27,7 +32,7 @@ MARKERS = (
     "llm_determinism(runs=None, batch=False, factors=None): run this test `runs` times (default "
     "--llm-determinism-runs) and fail it if any llm.generate call gives other token IDs in another run; "
     "batch=True (or a batch size) also generates each prompt inside a left-padded batch and compares; "
-    f"factors=[...] regenerates each call once under each factor ({', '.join(FACTOR_NAMES)}, or \"all\") "
+    f"factors=[...] regenerates each call once under each factor ({', '.join(FACTOR_WORDS)}, or \"all\") "
     "and compares",
 )
 
@@ -36,14 +41,14 @@ MODEL_USAGE = ('usage: @pytest.mark.llm_model("id-or-path", dtype=..., device=..
 SNAPSHOT_USAGE = 'usage: @pytest.mark.llm_snapshot(compare="exact" or "tolerant", top_k=N)'
 DETERMINISM_USAGE = ("usage: @pytest.mark.llm_determinism(runs=N, batch=False), with N >= 1; "
                      "batch=True or a batch size >= 2; factors=[...]: \"all\" or a list of "
-                     + ", ".join(FACTOR_NAMES))
+                     + ", ".join(FACTOR_WORDS))
 
 
 class MarkerUsageError(ValueError):
     """`@pytest.mark.llm_determinism` was given arguments it does not take."""
 
 
-class ModelChoice(NamedTuple):
+class ModelChoice(Record):
     """What `@pytest.mark.llm_model` asks for: the model (as written) and its dtype, device and trust."""
 
     name: str | None  # None: the run's model (a marker that names only an engine)
@@ -53,7 +58,7 @@ class ModelChoice(NamedTuple):
     engine: str = "transformers"
 
 
-class CheckPlan(NamedTuple):
+class CheckPlan(Record):
     """How one test is checked: how many runs, the batch size of the batch probe (0: no probe), and the other
     factors each call is regenerated under once (the batch factor is `batch_size`)."""
 
@@ -64,6 +69,8 @@ class CheckPlan(NamedTuple):
     @property
     def factor_names(self) -> tuple[FactorName, ...]:
         """Every factor of the check, batch included, in the matrix's order."""
+        from pytest_llmdet.vocabulary import FactorName
+
         return (FactorName.BATCH,) * bool(self.batch_size) + self.factors
 
 
@@ -146,6 +153,8 @@ def check_plan(marker_args: tuple[Any, ...] | None, marker_kwargs: dict[str, Any
 
 def _with_factors(plan: CheckPlan, factors: tuple[FactorName, ...], batch_size: int) -> CheckPlan:
     """`plan` with `factors` added (batch as a batch size, unless the plan has one already)."""
+    from pytest_llmdet.vocabulary import FACTOR_NAMES, FactorName
+
     others = tuple(name for name in FACTOR_NAMES
                    if name != FactorName.BATCH and (name in factors or name in plan.factors))
     batch = plan.batch_size or (batch_size if FactorName.BATCH in factors else 0)

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pytest_llmdet.engines import prepare_cuda_environment
 from pytest_llmdet.engines.kinds import check_settings
-from pytest_llmdet.engines.seeding import prepare_cuda_environment
-from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
-from pytest_llmdet.hooks.keys import (
+from pytest_llmdet.hooks import (
     DETERMINISM_KEY,
     LLM_KEY,
     PREFETCH_KEY,
@@ -29,6 +28,7 @@ from pytest_llmdet.hooks.keys import (
     SHARES_KEY,
     SNAPSHOT_PLUGIN_KEY,
 )
+from pytest_llmdet.hooks import determinism as _determinism  # noqa: F401  (registered by pytest_plugins)
 from pytest_llmdet.hooks.state import DeterminismState, LLMDetSession
 from pytest_llmdet.markers import MARKERS
 from pytest_llmdet.settings import OPTIONS, in_ci, resolve

@@ -1,12 +1,40 @@
 """The words the golden-file code branches on, as enums whose members are their strings: JSON, reports and
 comparisons with plain strings see exactly the words they saw before.
 
-Not imported at startup (an enum class costs about 0.4 ms to define): the settings keep plain strings for these,
-and the code that branches on them compares with these members, which equal those strings."""
+Not imported at startup (an enum class costs about 0.2 to 0.4 ms to define): the settings keep plain strings for
+these (the factor names too: settings.values.FACTOR_WORDS), and the code that branches on them compares with these
+members, which equal those strings."""
 
 from __future__ import annotations
 
-from pytest_llmdet.settings.values import Word  # the one base of every word (factor names are settings' own)
+from enum import Enum
+
+
+class Word(str, Enum):
+    """A word of pytest-llmdet's vocabulary (a status, a kind, a factor): a str whose members print, format and
+    go into JSON as their value, so that no report changes (enum.StrEnum, which Python 3.10 lacks)."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
+
+class FactorName(Word):
+    """The factors of the determinism check (determinism/factors.py), in the order the matrix shows them
+    (settings.values.FACTOR_WORDS, the same words as plain strings)."""
+
+    BATCH = "batch"
+    CACHE = "cache"
+    STATIC_CACHE = "static-cache"
+    PREFIX_CACHE = "prefix-cache"
+    ATTENTION = "attention"
+    THREADS = "threads"
+    DTYPE = "dtype"
+
+
+FACTOR_NAMES: tuple[FactorName, ...] = tuple(FactorName)
 
 
 class SnapshotMode(Word):

@@ -419,10 +419,9 @@ def test_a_run_that_uses_no_model_imports_only_the_settings_side_of_the_plugin(p
     result = pytester.runpytest_subprocess("-q", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([
-        "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.kinds pytest_llmdet.engines.seeding "
-        "pytest_llmdet.hooks pytest_llmdet.hooks.determinism pytest_llmdet.hooks.keys pytest_llmdet.hooks.state "
-        "pytest_llmdet.markers pytest_llmdet.plugin pytest_llmdet.settings pytest_llmdet.settings.options "
-        "pytest_llmdet.settings.values",
+        "llmdet modules: pytest_llmdet pytest_llmdet.engines pytest_llmdet.engines.kinds pytest_llmdet.hooks "
+        "pytest_llmdet.hooks.determinism pytest_llmdet.hooks.state pytest_llmdet.markers pytest_llmdet.plugin "
+        "pytest_llmdet.settings pytest_llmdet.settings.options pytest_llmdet.settings.values",
     ])
 
 

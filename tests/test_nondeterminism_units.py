@@ -29,7 +29,8 @@ from pytest_llmdet.engines.transformers import left_pad
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.json_report import determinism_entry
 from pytest_llmdet.markers import CheckPlan, MarkerUsageError, check_plan
-from pytest_llmdet.settings.values import FACTOR_NAMES, FactorName, parse_factors
+from pytest_llmdet.settings.values import parse_factors
+from pytest_llmdet.vocabulary import FACTOR_NAMES, FactorName
 
 TEXT = {1: " the", 2: " fox", 3: " dog", 4: " ran", 5: ".", 9: " cat"}
 

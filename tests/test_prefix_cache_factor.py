@@ -16,7 +16,7 @@ from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.models import LoadedModel, ModelSpec, ServerOptions, TransformersOptions, VLLMOptions
 from pytest_llmdet.engines.sources import ModelSource
 from pytest_llmdet.engines.variation import Variation
-from pytest_llmdet.settings.values import FactorName
+from pytest_llmdet.vocabulary import FactorName
 
 BLOCK = 4
 

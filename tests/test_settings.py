@@ -3,6 +3,7 @@ bounds (seeds in numpy's range, threads up to four per CPU, max_new_tokens >= 1)
 error naming the option (and the ini file)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from sessions import run
 
 from pytest_llmdet.engines.greedy import GenerationArgumentError, plan_generation
-from pytest_llmdet.settings import OPTIONS, Settings
+from pytest_llmdet.settings import OPTIONS, Settings, SnapshotSettings
 from pytest_llmdet.settings import resolve as resolve_all
 from pytest_llmdet.settings.values import SEED_MAX, SettingsError, threads_max
 
@@ -277,3 +278,94 @@ def test_generate_refuses_a_bad_max_new_tokens_and_none_means_the_setting(pytest
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(["*GenerationArgumentError: max_new_tokens must be an integer >= 1 (or None for "
                                  "the llm_max_new_tokens setting), not 0"])
+
+
+# -- Record, the base of the startup's value types (settings/values.py) ----------------------------------------
+
+
+def test_a_record_behaves_as_the_named_tuple_it_replaces():
+    import copy
+    import pickle
+
+    from pytest_llmdet.settings.values import Record
+
+    class Pair(Record):
+        """Two fields, the second with a default."""
+
+        first: int
+        second: str = "b"
+
+        @property
+        def both(self) -> str:
+            return f"{self.first}{self.second}"
+
+    pair = Pair(1)
+    assert (pair.first, pair.second, pair.both) == (1, "b", "1b")
+    assert pair == (1, "b") and hash(pair) == hash((1, "b")) and isinstance(pair, tuple)
+    assert Pair(first=2, second="c") == Pair(2, "c") != pair
+    first, second = pair
+    assert (first, second) == (1, "b")
+    assert pair._replace(second="z") == Pair(1, "z") and pair == Pair(1)  # _replace makes a new one
+    assert pair._asdict() == {"first": 1, "second": "b"}
+    assert (Pair._fields, Pair._field_defaults, Pair.__doc__) == (("first", "second"), {"second": "b"},
+                                                                   "Two fields, the second with a default.")
+    assert repr(pair) == "Pair(first=1, second='b')"
+    assert type(copy.deepcopy(pair)) is Pair and copy.deepcopy(pair) == pair
+    snapshots = SnapshotSettings(mode="check", top_k=7)  # a module-level Record pickles (a local class cannot)
+    assert pickle.loads(pickle.dumps(snapshots)) == snapshots and snapshots.top_k == 7
+    with pytest.raises(AttributeError):
+        pair.first = 3  # frozen
+    with pytest.raises(AttributeError):
+        pair.third = 3  # no instance dict: a misspelt field is an error, not a new attribute
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (((), {}), "missing required argument: 'first'"),
+    (((1, "b", 3), {}), "takes 2 arguments but 3 were given"),
+    (((1,), {"first": 2}), "unexpected or repeated argument(s): first"),
+    (((1,), {"third": 3}), "unexpected or repeated argument(s): third"),
+])
+def test_a_record_refuses_the_arguments_a_named_tuple_refuses(arguments, message):
+    from pytest_llmdet.settings.values import Record
+
+    class Pair(Record):
+        first: int
+        second: str = "b"
+
+    args, kwargs = arguments
+    with pytest.raises(TypeError, match=re.escape(message)):
+        Pair(*args, **kwargs)
+    with pytest.raises(TypeError, match="third"):
+        Pair(1)._replace(third=3)
+
+
+def test_a_record_field_without_a_default_may_not_follow_one_with_a_default():
+    from pytest_llmdet.settings.values import Record
+
+    with pytest.raises(TypeError, match="Bad: a field without a default follows one with a default"):
+        class Bad(Record):
+            first: int = 0
+            second: str
+
+
+def test_the_startup_value_types_are_records():
+    # typing.NamedTuple costs several times more to define, in every pytest run (benchmarks/bench_import.py)
+    from pytest_llmdet.markers import CheckPlan, ModelChoice
+    from pytest_llmdet.settings import ComparePlan
+    from pytest_llmdet.settings.options import Option
+    from pytest_llmdet.settings.values import Record
+
+    for kind in (Settings, SnapshotSettings, ComparePlan, Option, ModelChoice, CheckPlan):
+        assert issubclass(kind, Record), kind
+    assert Settings._fields[:3] == ("model", "engine", "base_url") and len(Settings._fields) == 22
+
+
+def test_the_startup_factor_words_are_the_factor_enums_values():
+    # the settings hold the factor names as plain strings (no enum defined at startup); parse_factors gives members
+    from pytest_llmdet.settings.values import FACTOR_WORDS, parse_factors
+    from pytest_llmdet.vocabulary import FACTOR_NAMES, FactorName
+
+    assert FACTOR_WORDS == tuple(name.value for name in FactorName) == FACTOR_NAMES
+    parsed = parse_factors("dtype, batch")
+    assert parsed == (FactorName.BATCH, FactorName.DTYPE) and all(type(name) is FactorName for name in parsed)
+    assert parse_factors("all") == FACTOR_NAMES and all(type(name) is FactorName for name in parse_factors("all"))

@@ -23,7 +23,7 @@ from pytest_llmdet.engines.llm import LLM
 from pytest_llmdet.engines.variation import Variation
 from pytest_llmdet.generation import Generation
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE
-from pytest_llmdet.settings.values import FactorName
+from pytest_llmdet.vocabulary import FactorName
 
 
 @dataclass

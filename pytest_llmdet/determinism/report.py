@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pytest_llmdet.determinism.runs import CallDifference, FactorDifference, RunComparison
 from pytest_llmdet.divergence import Divergence, format_margin, token_label
 from pytest_llmdet.generation import Prompt
-from pytest_llmdet.settings.values import FactorName
+from pytest_llmdet.vocabulary import FactorName
 
 EXCERPT_CHARS = 40
 MAX_CALL_REPORTS = 8

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Protocol
 
 from pytest_llmdet.divergence import Divergence, divergence_of
 from pytest_llmdet.generation import Generation, Prompt
-from pytest_llmdet.settings.values import FactorName, Word
+from pytest_llmdet.vocabulary import FactorName, Word
 
 
 class VerdictStatus(Word):

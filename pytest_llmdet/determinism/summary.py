@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pytest_llmdet.determinism.runs import CellStatus, FactorCell, Verdict, VerdictStatus
 from pytest_llmdet.divergence import format_margin
-from pytest_llmdet.settings.values import FACTOR_NAMES, FactorName
+from pytest_llmdet.vocabulary import FACTOR_NAMES, FactorName
 
 MAX_OFFENDERS = 10
 MAX_MATRIX_ROWS = 50  # beyond it, the matrix shows only the rows that are not all `=`

@@ -7,16 +7,19 @@
     engines/models.py        which model, from where; loading once per session with clear errors
     engines/prompts.py       what a prompt may be: checked, and recorded as plain data
     engines/greedy.py        the forced-greedy plan: kept, dropped and refused generation-config fields
-    engines/seeding.py       seeds, deterministic algorithms, the CUDA environment
+    engines/seeding.py       seeds, deterministic algorithms
     engines/step_stats.py    margins, chosen log-probs and top-k recorded step by step
     engines/fingerprint.py   the environment fingerprint of a golden file
     engines/variation.py     a variation: one change a factor of the determinism check asks an engine for
 
-A new engine is a new module with the same verbs, and its kind in engines/kinds.py.
+A new engine is a new module with the same verbs, and its kind in engines/kinds.py. The CUDA environment
+every engine needs is set here, at pytest startup (`prepare_cuda_environment`): here, not in seeding.py,
+because pytest imports this package on every run anyway.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -26,6 +29,17 @@ if TYPE_CHECKING:
     from pytest_llmdet.engines.rows import RowOutput
     from pytest_llmdet.engines.variation import Variation
     from pytest_llmdet.generation import Prompt
+
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
+
+
+def prepare_cuda_environment() -> None:
+    """Set CUBLAS_WORKSPACE_CONFIG before CUDA initialises; cuBLAS is deterministic only with it.
+
+    Called at pytest startup; leaves a value the user set alone.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 class Engine(Protocol):

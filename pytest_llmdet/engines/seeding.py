@@ -5,21 +5,10 @@ Only `seed_everything` and `configure_torch` import torch, and only when a model
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import warnings
 from typing import Any
-
-CUBLAS_WORKSPACE_CONFIG = ":4096:8"
-
-
-def prepare_cuda_environment() -> None:
-    """Set CUBLAS_WORKSPACE_CONFIG before CUDA initialises; cuBLAS is deterministic only with it.
-
-    Called at pytest startup; leaves a value the user set alone.
-    """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 def seed_everything(seed: int) -> None:

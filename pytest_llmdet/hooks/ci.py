@@ -17,7 +17,7 @@ from pytest_llmdet.golden.ledger import SnapshotRun
 from pytest_llmdet.golden.outcome import SnapshotOutcome
 from pytest_llmdet.golden.store import replace_atomically
 from pytest_llmdet.golden.summary import rerecord_commands, review_command
-from pytest_llmdet.hooks.keys import ANNOTATIONS_KEY, DETERMINISM_KEY, SESSION_KEY
+from pytest_llmdet.hooks import ANNOTATIONS_KEY, DETERMINISM_KEY, SESSION_KEY
 from pytest_llmdet.json_report import build_report, snapshot_entry, write_report
 from pytest_llmdet.reports.annotations import annotation_lines
 from pytest_llmdet.reports.data import FAILED

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from pytest_llmdet.golden.ledger import SnapshotRun
-from pytest_llmdet.hooks.keys import BEFORE_FILTERING_KEY
+from pytest_llmdet.hooks import BEFORE_FILTERING_KEY
 
 REPEAT_PARAMETER = "__pytest_repeat_step_number"  # pytest-repeat's: its steps share their test's golden file
 PARTIAL_OPTIONS = (("keyword", "-k"), ("markexpr", "-m"), ("lf", "--lf/--ff"), ("failedfirst", "--lf/--ff"),

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmdet.hooks.keys import DETERMINISM_KEY, FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, MARKER_ERROR_KEY
+from pytest_llmdet.hooks import DETERMINISM_KEY, FACTORS_KEY, FACTORS_RESULT_KEY, LLM_KEY, MARKER_ERROR_KEY
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -33,8 +33,8 @@ from pytest_llmdet.golden.prefetch import (
     prefetch,
 )
 from pytest_llmdet.golden.prefetch import summary_lines as prefetch_lines
+from pytest_llmdet.hooks import LLM_KEY
 from pytest_llmdet.hooks.collection import golden_test_of
-from pytest_llmdet.hooks.keys import LLM_KEY
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.markers import compare_plan
 from pytest_llmdet.settings import SnapshotSettings

@@ -17,7 +17,7 @@ import pytest
 
 from pytest_llmdet.determinism.report import render_report
 from pytest_llmdet.determinism.runs import CellStatus, FactorCell, FactorDifference, compare_runs, verdict_for
-from pytest_llmdet.hooks.keys import (
+from pytest_llmdet.hooks import (
     FACTORS_KEY,
     FACTORS_RESULT_KEY,
     LLM_KEY,
@@ -25,7 +25,7 @@ from pytest_llmdet.hooks.keys import (
     SNAPSHOT_PLUGIN_KEY,
 )
 from pytest_llmdet.markers import DEFAULT_BATCH_SIZE, CheckPlan
-from pytest_llmdet.settings.values import FactorName
+from pytest_llmdet.vocabulary import FactorName
 
 if TYPE_CHECKING:
     from pytest_llmdet.generation import Generation

@@ -22,6 +22,7 @@ from pytest_llmdet.golden.ledger import SnapshotRun
 from pytest_llmdet.golden.location import golden_path
 from pytest_llmdet.golden.snapshot import ModelAccess, SnapshotContext, TestIdentity, TestSnapshots, end_test
 from pytest_llmdet.golden.summary import fragile_lines, summary_lines
+from pytest_llmdet.hooks import ANNOTATIONS_KEY, CALL_RAN_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY
 from pytest_llmdet.hooks.collection import (
     command_id_of,
     golden_test_of,
@@ -29,7 +30,6 @@ from pytest_llmdet.hooks.collection import (
     record_deselected,
     remember_before_filtering,
 )
-from pytest_llmdet.hooks.keys import ANNOTATIONS_KEY, CALL_RAN_KEY, LLM_KEY, PASSIVE_SNAPSHOTS_KEY, SNAPSHOTS_KEY
 from pytest_llmdet.hooks.state import LLMDetSession
 from pytest_llmdet.json_report import junit_properties
 from pytest_llmdet.markers import compare_plan

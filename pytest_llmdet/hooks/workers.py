@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pytest_llmdet.hooks.keys import MERGED_KEY, SHARES_KEY
+from pytest_llmdet.hooks import MERGED_KEY, SHARES_KEY
 
 WORKER_OUTPUT = "llmdet"
 

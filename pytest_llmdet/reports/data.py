@@ -8,7 +8,7 @@ from typing import Any
 
 from pytest_llmdet.divergence import format_margin
 from pytest_llmdet.golden.outcome import DivergenceSummary
-from pytest_llmdet.settings.values import FACTOR_NAMES
+from pytest_llmdet.vocabulary import FACTOR_NAMES
 
 FAILED = ("failed", "missing")
 Entry = dict[str, Any]

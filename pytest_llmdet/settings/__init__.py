@@ -4,10 +4,15 @@
     settings/values.py   what each one may be, and its parser
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pytest_llmdet.vocabulary import FactorName
 
 from pytest_llmdet.settings.options import MODEL_SETTINGS, OPTIONS
 from pytest_llmdet.settings.values import (
@@ -18,13 +23,13 @@ from pytest_llmdet.settings.values import (
     RUNS_DEFAULT,
     SNAPSHOT_DIR_DEFAULT,
     TOP_K_DEFAULT,
-    FactorName,
+    Record,
     SettingsError,
     parse_bool,
 )
 
 
-class Settings(NamedTuple):
+class Settings(Record):
     """The resolved model and determinism settings of one pytest run."""
 
     model: str | None = None
@@ -51,7 +56,7 @@ class Settings(NamedTuple):
     concurrency: int = CONCURRENCY_DEFAULT  # --llm-concurrency: the prefetch's requests in flight to a server
 
 
-class SnapshotSettings(NamedTuple):
+class SnapshotSettings(Record):
     """How golden files are used in this run: mode off, check or update; folder; near-tie threshold."""
 
     mode: str = "off"
@@ -64,7 +69,7 @@ class SnapshotSettings(NamedTuple):
     review: bool = False  # --llm-snapshot-review: a check that compares every snapshot and keeps each change pending
 
 
-class ComparePlan(NamedTuple):
+class ComparePlan(Record):
     """How one test's snapshots are compared: exact, or tolerant with top-k candidates per step."""
 
     mode: str = "exact"
