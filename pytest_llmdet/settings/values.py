@@ -1,8 +1,8 @@
 """What each setting may be: the allowed words and bounds, and the parsers that turn the string of a flag or ini
 option into its typed value (a ValueError names what is allowed; a SettingsError is the whole message).
 
-Imported at startup, as the option table that uses them (settings/options.py); so are the two bases of the
-startup's value types here, `Record` (named tuples)."""
+Imported at startup, as the option table that uses them (settings/options.py); so is `Record`, the base of the
+startup's value types (named tuples)."""
 
 from __future__ import annotations
 
